@@ -1,0 +1,5 @@
+"""Entry point for `python -m chatllm`."""
+
+from chatllm.cli import main
+
+main()

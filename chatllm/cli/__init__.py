@@ -1,0 +1,55 @@
+"""chatllm's command line: the Typer app, its commands, and the one top-level error handler."""
+
+import os
+import sys
+import traceback
+
+from chatllm.cli.app import app
+from chatllm.cli import models, oneshot, chat, summarize, classify  # noqa: F401  (each registers its commands)
+from chatllm.cli.options import GlobalFlags
+from chatllm.errors import INTERRUPTED, ChatllmError, PipeClosed, from_exception, redact
+from chatllm.output import Output
+
+__all__ = ["app", "main"]
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the CLI; turn every expected failure into `error:`/`hint:` lines and an exit code."""
+    out = Output()
+    try:
+        app(args=argv, prog_name="chatllm")
+    except PipeClosed:
+        _quiet_exit(0)
+    except BrokenPipeError:
+        _quiet_exit(0)
+    except KeyboardInterrupt:
+        out.stderr.write("\ninterrupted\n")
+        sys.exit(INTERRUPTED)
+    except ChatllmError as err:
+        _report(out, err)
+    except Exception as exc:  # the last line of defence: known library failures become ChatllmErrors
+        mapped = from_exception(exc)
+        if mapped is None:
+            mapped = ChatllmError(f"internal error: {type(exc).__name__}: {exc}", "rerun with --debug and report the traceback")
+        _report(out, mapped, exc)
+
+
+def _debug() -> bool:
+    return GlobalFlags.debug or os.environ.get("CHATLLM_DEBUG", "").lower() in {"1", "true", "yes"}
+
+
+def _report(out: Output, err: ChatllmError, exc: BaseException | None = None) -> None:
+    if _debug():
+        out.stderr.write(redact("".join(traceback.format_exception(exc or err))))
+    out.error(err)
+    sys.exit(err.exit_code)
+
+
+def _quiet_exit(code: int) -> None:
+    # The reader went away: point stdout at /dev/null so the interpreter's final flush cannot complain.
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+    os._exit(code)

@@ -1,0 +1,38 @@
+"""The Typer app object and the global flags; commands live in sibling modules."""
+
+from typing import Annotated, Optional
+
+import typer
+
+from chatllm import __version__
+from chatllm.cli.options import GlobalFlags
+
+app = typer.Typer(
+    name="chatllm",
+    help="Local LLMs at the terminal: chat, ask, summarize and classify with GGUF models from the Hugging Face Hub.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+    rich_markup_mode=None,
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"chatllm {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    version: Annotated[Optional[bool], typer.Option("--version", "-V", callback=_version, is_eager=True,
+                                                    help="Show the version and exit.")] = None,
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks for errors [env CHATLLM_DEBUG=1].")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show llama.cpp's own log on stderr.")] = False,
+    offline: Annotated[bool, typer.Option("--offline", help="Never touch the network [env HF_HUB_OFFLINE=1].")] = False,
+) -> None:
+    """Global flags go before the command: `chatllm --debug ask ...`."""
+    GlobalFlags.debug = debug
+    GlobalFlags.verbose = verbose
+    GlobalFlags.offline = offline

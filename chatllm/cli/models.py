@@ -1,0 +1,180 @@
+"""Model management: `pull`, `models`/`ls`, `show`, `rm` and `info`."""
+
+from typing import Annotated, Optional
+
+import typer
+
+from chatllm.cli.app import app
+from chatllm.cli.options import plain_settings
+from chatllm.output import Output
+
+ModelArg = Annotated[str, typer.Argument(help="Alias, hf:owner/repo:QUANT, hf:owner/repo/file.gguf[@rev] or a .gguf path.",
+                                         show_default=False)]
+
+
+def _human(n: Optional[int]) -> str:
+    if n is None:
+        return ""
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if n < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return str(n)
+
+
+@app.command()
+def pull(
+    model: ModelArg,
+    force: Annotated[bool, typer.Option("--force", help="Download again even if present and verified.")] = False,
+) -> None:
+    """Download a model from the Hugging Face Hub and verify its sha256 and GGUF header."""
+    from chatllm import download
+    from chatllm.loader import resolve_spec
+
+    out = Output()
+    settings = plain_settings(model)
+    spec = resolve_spec(settings, model)
+    if spec.local_path is not None:
+        out.status(f"{spec.local_path} is a local file: nothing to pull")
+        return
+    path = download.ensure_model(spec, settings, out, force=force, verify=True)
+    out.status(f"ready: {spec.name} -> {path}")
+
+
+@app.command("models")
+def list_models(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """List the registry's models and the GGUF files already downloaded."""
+    from chatllm import download
+    from chatllm.registry import load_registry
+
+    out = Output()
+    settings = plain_settings()
+    rows = download.inventory(load_registry(settings), settings)
+    if as_json:
+        out.json(rows)
+        return
+    out.table(
+        ["model", "params", "quant", "size", "downloaded", "path"],
+        [[r["name"] + (" (default)" if r.get("default") else ""), r["params"], r["quant"], _human(r["size"]),
+          "yes" if r["downloaded"] else "no", r["path"] or ""] for r in rows],
+    )
+
+
+app.command("ls", help="Alias of `models`.", hidden=True)(list_models)
+
+
+@app.command()
+def show(
+    model: ModelArg,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Show a model's metadata, read from the GGUF header without loading the weights."""
+    from chatllm import download
+    from chatllm.gguf import format_params, read_header
+    from chatllm.loader import model_path, resolve_spec
+
+    out = Output()
+    settings = plain_settings(model)
+    spec = resolve_spec(settings, model)
+    path = spec.local_path or download.cached_path(spec, settings)
+    if path is None:
+        path = model_path(spec, settings, out)
+    info = read_header(path)
+    data = {
+        "model": spec.name,
+        "repo": spec.repo,
+        "file": spec.file or path.name,
+        "path": str(path),
+        "size": info.size,
+        "sha256": download.known_sha256(spec, path),
+        "architecture": info.architecture,
+        "parameters": info.n_params,
+        "context_length": info.context_length,
+        "quantization": info.quantization,
+        "chat_template": info.chat_template is not None,
+        "chat_template_sha256": info.chat_template_hash,
+        "gguf_version": info.version,
+        "tensors": info.tensor_count,
+        "description": spec.description,
+        "license": spec.license,
+    }
+    if as_json:
+        out.json(data)
+        return
+    data["parameters"] = f"{format_params(info.n_params)} ({info.n_params:,})"
+    data["size"] = f"{_human(info.size)} ({info.size:,} bytes)"
+    data["chat_template"] = f"yes ({info.chat_template_hash})" if info.chat_template else "no (use `generate`, or --chat-format)"
+    del data["chat_template_sha256"]
+    for key, value in data.items():
+        if value not in (None, ""):
+            out.line(f"{key:<16}{value}")
+
+
+@app.command()
+def rm(
+    model: ModelArg,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask.")] = False,
+) -> None:
+    """Remove a model's downloaded files (and nothing else)."""
+    from chatllm import download
+    from chatllm.errors import ChatllmError
+    from chatllm.loader import resolve_spec
+
+    out = Output()
+    settings = plain_settings(model)
+    spec = resolve_spec(settings, model)
+    if spec.local_path is not None:
+        raise ChatllmError(f"{spec.local_path} is your own file, not a download", "delete it yourself if you mean to")
+    files = download.downloaded_files(spec, settings)
+    if not files:
+        out.status(f"{spec.name} is not downloaded: nothing to remove")
+        return
+    total = sum(f.stat().st_size for f in files if f.exists())
+    if not yes:
+        if not out.confirm(f"remove {spec.name} ({_human(total)})?"):
+            raise ChatllmError("not removed", "pass -y to remove without asking")
+    download.remove_files(files, settings)
+    out.status(f"removed {spec.name} ({_human(total)})")
+
+
+@app.command()
+def info(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
+    """Versions, the compute backend this build supports, threads, paths and defaults."""
+    import platform
+
+    from chatllm import __version__
+    from chatllm.devices import physical_cores
+    from chatllm.engine import build_info
+    from chatllm.loader import resolve_spec
+
+    out = Output()
+    settings = plain_settings()
+    build = build_info()
+    try:
+        default_model = resolve_spec(settings).name
+    except Exception as exc:  # an unknown CHATLLM_MODEL should not hide the rest of the report
+        default_model = f"{settings.model} ({exc})"
+    data = {
+        "chatllm": __version__,
+        "python": platform.python_version(),
+        "llama_cpp_python": build["llama_cpp_python"],
+        "backend": build["backend"],
+        "gpu_offload": build["gpu_offload"],
+        "threads": settings.n_threads or physical_cores(),
+        "default_model": default_model,
+        "device": settings.device,
+        "home": str(settings.home),
+        "config_dir": str(settings.config_dir),
+        "models_cache": str(settings.hub_cache),
+        "hf_endpoint": settings.hf_endpoint,
+        "hf_token": "set" if settings.hf_token else "not set",
+        "offline": settings.offline,
+        "cpu_features": build["system_info"],
+    }
+    if as_json:
+        out.json(data)
+    else:
+        for key, value in data.items():
+            out.line(f"{key:<18}{value}")

@@ -1,0 +1,77 @@
+"""Device selection (CPU, CUDA, Metal) and thread defaults: pure logic, testable without a GPU."""
+
+from __future__ import annotations
+
+import os
+import platform
+
+from chatllm.errors import ChatllmError, UsageError
+
+INSTALL_HINTS = {
+    "cuda": 'reinstall with CUDA: CMAKE_ARGS="-DGGML_CUDA=on" pip install --force-reinstall --no-cache-dir llama-cpp-python',
+    "metal": 'reinstall with Metal (macOS): CMAKE_ARGS="-DGGML_METAL=on" pip install --force-reinstall --no-cache-dir llama-cpp-python',
+}
+
+
+def choose_gpu_layers(device: str, gpu_layers: int | None, supports_offload: bool, backend: str) -> int:
+    """How many layers to offload: 0 for CPU, -1 for all; refuses a GPU the build cannot use."""
+    device = device.lower()
+    if device == "cpu":
+        if gpu_layers not in (None, 0):
+            raise UsageError("--gpu-layers needs a GPU device", "drop --device cpu, or drop --gpu-layers")
+        return 0
+    if device in ("cuda", "metal"):
+        if not supports_offload or backend.lower() != device:
+            have = backend if supports_offload else "CPU only"
+            raise ChatllmError(f"--device {device} asked for, but this llama-cpp-python build is {have}", INSTALL_HINTS[device])
+        return -1 if gpu_layers is None else gpu_layers
+    if device != "auto":
+        raise UsageError(f"unknown device {device!r}", "use auto, cpu, cuda or metal")
+    if not supports_offload:
+        return 0
+    return -1 if gpu_layers is None else gpu_layers
+
+
+def physical_cores() -> int:
+    """Physical cores (hyper-threads slow token generation down), else the logical count."""
+    logical = os.cpu_count() or 1
+    try:
+        affinity = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        affinity = logical
+    cores = _linux_physical_cores() if platform.system() == "Linux" else None
+    if cores is None and platform.system() == "Darwin":
+        cores = _sysctl_int("hw.perflevel0.physicalcpu") or _sysctl_int("hw.physicalcpu")
+    return max(1, min(cores or logical, affinity))
+
+
+def _linux_physical_cores() -> int | None:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
+            text = fh.read()
+    except OSError:
+        return None
+    pairs = set()
+    phys = core = None
+    for line in text.splitlines() + [""]:
+        key, _, value = line.partition(":")
+        key = key.strip()
+        if key == "physical id":
+            phys = value.strip()
+        elif key == "core id":
+            core = value.strip()
+        elif not line.strip():
+            if core is not None:
+                pairs.add((phys, core))
+            phys = core = None
+    return len(pairs) or None
+
+
+def _sysctl_int(name: str) -> int | None:
+    import subprocess
+
+    try:
+        out = subprocess.run(["sysctl", "-n", name], capture_output=True, text=True, timeout=2).stdout
+        return int(out.strip())
+    except (OSError, ValueError, subprocess.SubprocessError):
+        return None

@@ -1,0 +1,437 @@
+"""The one module that imports llama_cpp: load a GGUF, tokenize, stream tokens, score continuations."""
+
+from __future__ import annotations
+
+import codecs
+import collections
+import ctypes
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import llama_cpp
+from llama_cpp import _internals as internals
+from llama_cpp import llama_chat_format
+
+from chatllm.devices import choose_gpu_layers, physical_cores
+from chatllm.errors import ChatllmError, ContextOverflowError
+from chatllm.settings import Sampling
+
+_LOG: collections.deque[str] = collections.deque(maxlen=400)
+_LOG_ECHO = False
+
+
+@llama_cpp.llama_log_callback
+def _log_callback(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
+    # llama.cpp writes straight to stderr unless a callback takes its log; keep it for --verbose and errors.
+    line = text.decode("utf-8", errors="replace")
+    _LOG.append(line)
+    if _LOG_ECHO:
+        sys.stderr.write(line)
+
+
+llama_cpp.llama_log_set(_log_callback, ctypes.c_void_p(0))
+_BACKEND_READY = False
+
+
+def captured_log() -> str:
+    """What llama.cpp logged lately (for --verbose and for load errors)."""
+    return "".join(_LOG)
+
+
+def build_info() -> dict:
+    """What this llama-cpp-python build can do, without loading a model."""
+    system = llama_cpp.llama_print_system_info().decode(errors="replace")
+    return {
+        "llama_cpp_python": llama_cpp.__version__,
+        "gpu_offload": bool(llama_cpp.llama_supports_gpu_offload()),
+        "backend": backend_name(system, bool(llama_cpp.llama_supports_gpu_offload())),
+        "mmap": bool(llama_cpp.llama_supports_mmap()),
+        "system_info": system.strip(),
+    }
+
+
+def backend_name(system_info: str, gpu_offload: bool) -> str:
+    """CUDA, Metal, Vulkan, ROCm... or CPU, from llama.cpp's system info."""
+    if gpu_offload:
+        for name in ("CUDA", "Metal", "Vulkan", "ROCm", "HIP", "SYCL", "OpenCL"):
+            if name.upper() in system_info.upper():
+                return name
+        return "GPU"
+    return "CPU"
+
+
+@dataclass
+class GenerationStats:
+    """Counts and timings of one generation."""
+
+    prompt_tokens: int = 0
+    cached_tokens: int = 0
+    completion_tokens: int = 0
+    first_token_seconds: float = 0.0
+    seconds: float = 0.0
+    finish_reason: str = "stop"
+
+    @property
+    def tokens_per_second(self) -> float:
+        """Generation speed after the first token."""
+        gen_time = self.seconds - self.first_token_seconds
+        n = self.completion_tokens - 1
+        return n / gen_time if n > 0 and gen_time > 0 else 0.0
+
+
+class _StopFilter:
+    """Holds back text that might be the start of a stop string, and cuts at the first full match."""
+
+    def __init__(self, stops: Sequence[str]):
+        self.stops = [s for s in stops if s]
+        self.pending = ""
+        self.stopped = False
+
+    def feed(self, text: str) -> str:
+        if not self.stops:
+            return text
+        self.pending += text
+        cut = min((i for i in (self.pending.find(s) for s in self.stops) if i >= 0), default=-1)
+        if cut >= 0:
+            self.stopped = True
+            out, self.pending = self.pending[:cut], ""
+            return out
+        hold = 0
+        for s in self.stops:
+            for k in range(min(len(s) - 1, len(self.pending)), 0, -1):
+                if self.pending.endswith(s[:k]):
+                    hold = max(hold, k)
+                    break
+        out = self.pending[: len(self.pending) - hold]
+        self.pending = self.pending[len(self.pending) - hold :]
+        return out
+
+    def flush(self) -> str:
+        out, self.pending = self.pending, ""
+        return out
+
+
+class Engine:
+    """One loaded model and its context; keeps the KV cache across calls so shared prefixes cost nothing."""
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        n_ctx: int | None = None,
+        n_threads: int | None = None,
+        n_batch: int = 512,
+        device: str = "auto",
+        gpu_layers: int | None = None,
+        flash_attn: bool | None = None,
+        chat_format: str | None = None,
+        verbose: bool = False,
+        name: str | None = None,
+    ):
+        global _BACKEND_READY, _LOG_ECHO
+        _LOG_ECHO = verbose
+        if not _BACKEND_READY:
+            llama_cpp.llama_backend_init()
+            _BACKEND_READY = True
+        self.path = Path(path)
+        self.name = name or self.path.name
+        info = build_info()
+        self.backend = info["backend"]
+        self.gpu_layers = choose_gpu_layers(device, gpu_layers, info["gpu_offload"], info["backend"])
+        model_params = llama_cpp.llama_model_default_params()
+        model_params.n_gpu_layers = 0x7FFFFFFF if self.gpu_layers == -1 else self.gpu_layers
+        _LOG.clear()
+        try:
+            self._model = internals.LlamaModel(path_model=str(self.path), params=model_params, verbose=True)
+        except (ValueError, OSError) as exc:
+            tail = _last_error_line(captured_log())
+            raise ChatllmError(
+                f"llama.cpp could not load {self.path.name}: {tail or exc}",
+                "the file may be corrupt or need a newer llama-cpp-python; try `chatllm pull MODEL --force`",
+            )
+        self.n_ctx_train = self._model.n_ctx_train()
+        wanted_ctx = n_ctx or min(self.n_ctx_train or 8192, 8192)
+        self.n_threads = n_threads or physical_cores()
+        ctx_params = llama_cpp.llama_context_default_params()
+        ctx_params.n_ctx = wanted_ctx
+        ctx_params.n_batch = min(n_batch, wanted_ctx)
+        ctx_params.n_ubatch = min(n_batch, wanted_ctx)
+        ctx_params.n_threads = self.n_threads
+        ctx_params.n_threads_batch = self.n_threads
+        ctx_params.flash_attn_type = (
+            llama_cpp.LLAMA_FLASH_ATTN_TYPE_AUTO
+            if flash_attn is None
+            else (llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED if flash_attn else llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED)
+        )
+        ctx_params.no_perf = True
+        try:
+            self._ctx = internals.LlamaContext(model=self._model, params=ctx_params, verbose=True)
+        except ValueError:
+            self._model.close()
+            raise ChatllmError(
+                f"llama.cpp could not create a {wanted_ctx}-token context: {_last_error_line(captured_log())}",
+                "lower --ctx (memory grows with it)",
+            )
+        self.n_ctx = self._ctx.n_ctx()
+        self.n_batch = ctx_params.n_batch
+        self._batch = internals.LlamaBatch(n_tokens=self.n_batch, embd=0, n_seq_max=1, verbose=True)
+        self._vocab = self._model.vocab
+        self.n_vocab = self._model.n_vocab()
+        self._tokens: list[int] = []  # what the KV cache holds, position by position
+        self._piece = ctypes.create_string_buffer(256)
+        self.metadata = self._model.metadata()
+        self.chat_template = self.metadata.get("tokenizer.chat_template") or None
+        self.chat_format = chat_format
+        self._formatter = None
+        self.last_stats = GenerationStats()
+
+    # -- tokens ---------------------------------------------------------------------------------
+
+    def tokenize(self, text: str, *, add_bos: bool = False, special: bool = False) -> list[int]:
+        """Text to token ids (special=True parses template markers like <|im_start|>)."""
+        return self._model.tokenize(text.encode("utf-8"), add_bos, special)
+
+    def count_tokens(self, text: str) -> int:
+        """How many tokens the text costs."""
+        return len(self.tokenize(text))
+
+    def detokenize(self, tokens: Sequence[int]) -> str:
+        """Token ids back to text."""
+        return b"".join(self._token_bytes(t) for t in tokens).decode("utf-8", errors="replace")
+
+    def _token_bytes(self, token: int) -> bytes:
+        n = llama_cpp.llama_token_to_piece(self._vocab, token, self._piece, len(self._piece), 0, False)
+        if n < 0:
+            buf = ctypes.create_string_buffer(-n)
+            n = llama_cpp.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, False)
+            return buf.raw[:n]
+        return self._piece.raw[:n]
+
+    def prompt_tokens(self, prompt: str, special: bool = True) -> list[int]:
+        """Tokenize a prompt, BOS added unless the text has it; special=True parses template markers."""
+        add_bos = bool(self._model.add_bos_token())
+        bos = self._model.token_bos()
+        if add_bos and bos >= 0:
+            bos_text = self._model.token_get_text(bos)
+            if bos_text and prompt.startswith(bos_text):
+                add_bos = False
+        return self.tokenize(prompt, add_bos=add_bos, special=special)
+
+    # -- chat template --------------------------------------------------------------------------
+
+    @property
+    def has_chat_template(self) -> bool:
+        """True when the model can be used for chat (own template or a chat_format override)."""
+        return bool(self.chat_format or self.chat_template)
+
+    def render_chat(self, messages: list[dict], add_generation_prompt: bool = True) -> str:
+        """Render messages with the GGUF's template (sandboxed Jinja) or the chat_format override."""
+        if not self.has_chat_template:
+            raise ChatllmError(
+                f"{self.name} has no chat template, so it cannot chat",
+                "use `chatllm generate` for raw continuation, or pass --chat-format chatml (or llama-3, gemma, ...)",
+            )
+        try:
+            if self.chat_format:
+                return _named_format(self.chat_format)(messages=messages).prompt
+            if self._formatter is None:
+                self._formatter = llama_chat_format.Jinja2ChatFormatter(
+                    template=self.chat_template,
+                    eos_token=self._special_text(self._model.token_eos()),
+                    bos_token=self._special_text(self._model.token_bos()),
+                    add_generation_prompt=True,
+                )
+            env = self._formatter._environment
+            return env.render(
+                messages=messages,
+                eos_token=self._formatter.eos_token,
+                bos_token=self._formatter.bos_token,
+                raise_exception=_raise_template_error,
+                add_generation_prompt=add_generation_prompt,
+                strftime_now=self._formatter.strftime_now,
+            )
+        except ChatllmError:
+            raise
+        except Exception as exc:  # the template is untrusted model data: any failure is the template's
+            raise ChatllmError(
+                f"the chat template of {self.name} failed to render: {type(exc).__name__}: {str(exc)[:200]}",
+                "pass --chat-format chatml (or llama-3, gemma, mistral-instruct, ...) to use a built-in format",
+            )
+
+    def _special_text(self, token: int) -> str:
+        return self._model.token_get_text(token) if token >= 0 else ""
+
+    # -- evaluation -----------------------------------------------------------------------------
+
+    def _check_fits(self, n_prompt: int, reserve: int) -> None:
+        if n_prompt + reserve > self.n_ctx or n_prompt >= self.n_ctx:
+            raise ContextOverflowError(n_prompt, self.n_ctx, reserve if n_prompt < self.n_ctx else 0)
+
+    def _eval(self, tokens: Sequence[int]) -> int:
+        """Make the KV cache hold exactly `tokens`, evaluating only what differs; returns tokens reused."""
+        keep = 0
+        limit = min(len(self._tokens), len(tokens) - 1)  # the last token is always re-run for its logits
+        while keep < limit and self._tokens[keep] == tokens[keep]:
+            keep += 1
+        if not llama_cpp.llama_memory_seq_rm(self._ctx.memory, 0, keep, -1):
+            llama_cpp.llama_memory_clear(self._ctx.memory, True)
+            keep = 0
+        del self._tokens[keep:]
+        for start in range(keep, len(tokens), self.n_batch):
+            chunk = tokens[start : start + self.n_batch]
+            self._decode(chunk, start, logits_from=len(chunk) - 1)
+            self._tokens.extend(chunk)
+        return keep
+
+    def _decode(self, chunk: Sequence[int], pos: int, logits_from: int) -> None:
+        batch = self._batch.batch
+        n = len(chunk)
+        batch.n_tokens = n
+        for i, tok in enumerate(chunk):
+            batch.token[i] = tok
+            batch.pos[i] = pos + i
+            batch.n_seq_id[i] = 1
+            batch.seq_id[i][0] = 0
+            batch.logits[i] = i >= logits_from
+        rc = llama_cpp.llama_decode(self._ctx.ctx, batch)
+        if rc != 0:
+            if rc == 2:
+                raise KeyboardInterrupt
+            raise ChatllmError(f"llama.cpp failed to evaluate the prompt (code {rc})", "try a smaller --ctx or prompt")
+
+    def _sampler(self, s: Sampling) -> internals.LlamaSampler:
+        sampler = internals.LlamaSampler()
+        if s.repeat_penalty and s.repeat_penalty != 1.0:
+            sampler.add_penalties(self.n_vocab, 64, s.repeat_penalty, 0.0, 0.0)
+        if s.temperature <= 0:
+            sampler.add_greedy()
+            return sampler
+        if s.top_k > 0:
+            sampler.add_top_k(s.top_k)
+        if s.top_p < 1.0:
+            sampler.add_top_p(s.top_p, 1)
+        if s.min_p > 0:
+            sampler.add_min_p(s.min_p, 1)
+        sampler.add_temp(s.temperature)
+        seed = s.seed if s.seed is not None else int.from_bytes(os.urandom(4), "little")
+        sampler.add_dist(seed & 0xFFFFFFFF)
+        return sampler
+
+    def stream(self, prompt: str | Sequence[int], sampling: Sampling) -> Iterator[str]:
+        """Yield text pieces as tokens arrive; multi-byte characters come out whole. Stats in last_stats."""
+        tokens = self.prompt_tokens(prompt) if isinstance(prompt, str) else list(prompt)
+        if not tokens:
+            raise ChatllmError("empty prompt", "give some text")
+        max_tokens = min(sampling.max_tokens, self.n_ctx - len(tokens))
+        self._check_fits(len(tokens), min(sampling.max_tokens, 1))
+        stats = self.last_stats = GenerationStats(prompt_tokens=len(tokens), finish_reason="length")
+        start = time.perf_counter()
+        stats.cached_tokens = self._eval(tokens)
+        sampler = self._sampler(sampling)
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        stops = _StopFilter(sampling.stop)
+        ctx, smpl, vocab = self._ctx.ctx, sampler.sampler, self._vocab
+        try:
+            for _ in range(max_tokens):
+                token = llama_cpp.llama_sampler_sample(smpl, ctx, -1)
+                if llama_cpp.llama_vocab_is_eog(vocab, token):
+                    stats.finish_reason = "stop"
+                    break
+                stats.completion_tokens += 1
+                if stats.completion_tokens == 1:
+                    stats.first_token_seconds = time.perf_counter() - start
+                text = stops.feed(decoder.decode(self._token_bytes(token)))
+                if text:
+                    yield text
+                if stops.stopped:
+                    stats.finish_reason = "stop"
+                    break
+                if len(self._tokens) + 1 >= self.n_ctx:
+                    break
+                self._decode((token,), len(self._tokens), 0)
+                self._tokens.append(token)
+            tail = stops.feed(decoder.decode(b"", final=True)) if not stops.stopped else ""
+            tail += stops.flush() if not stops.stopped else ""
+            if tail:
+                yield tail
+        except (KeyboardInterrupt, GeneratorExit):
+            stats.finish_reason = "interrupted"
+            raise
+        finally:
+            stats.seconds = time.perf_counter() - start
+            sampler.close()
+
+    def complete(self, prompt: str | Sequence[int], sampling: Sampling) -> str:
+        """The whole generated text at once."""
+        return "".join(self.stream(prompt, sampling))
+
+    def score_continuations(self, prefix: str | Sequence[int], continuations: Sequence[Sequence[int]]) -> list[float]:
+        """Log-probability of each token sequence following the prefix (the prefix stays cached)."""
+        import numpy as np
+
+        tokens = self.prompt_tokens(prefix) if isinstance(prefix, str) else list(prefix)
+        longest = max((len(c) for c in continuations), default=0)
+        self._check_fits(len(tokens) + longest, 0)
+        self._eval(tokens)
+        first = self._logprobs_at(-1, np)
+        scores = []
+        for cont in continuations:
+            if not cont:
+                scores.append(0.0)
+                continue
+            total = float(first[cont[0]])
+            if len(cont) > 1:
+                self._eval(tokens)
+                body = list(cont[:-1])
+                self._decode(body, len(tokens), 0)
+                self._tokens.extend(body)
+                for i, tok in enumerate(cont[1:]):
+                    total += float(self._logprobs_at(i, np)[tok])
+            scores.append(total)
+        return scores
+
+    def _logprobs_at(self, i: int, np):
+        ptr = llama_cpp.llama_get_logits_ith(self._ctx.ctx, i)
+        logits = np.ctypeslib.as_array(ptr, shape=(self.n_vocab,)).astype(np.float64)
+        m = logits.max()
+        return logits - (m + math.log(np.exp(logits - m).sum()))
+
+    def close(self) -> None:
+        """Free the context and the model."""
+        for part in ("_batch", "_ctx", "_model"):
+            obj = getattr(self, part, None)
+            if obj is not None:
+                obj.close()
+                setattr(self, part, None)
+
+    def __enter__(self) -> "Engine":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _raise_template_error(message: str):
+    raise ChatllmError(f"the chat template refused the conversation: {message}", "check the roles, or pass --chat-format")
+
+
+def _named_format(name: str):
+    func = getattr(llama_chat_format, "format_" + name.replace("-", "_").replace(".", ""), None)
+    if func is None:
+        for attr in dir(llama_chat_format):
+            if attr.startswith("format_") and attr[7:].replace("_", "") == name.replace("-", "").replace("_", ""):
+                func = getattr(llama_chat_format, attr)
+    if func is None:
+        raise ChatllmError(f"unknown chat format {name!r}", "try chatml, llama-3, gemma, mistral-instruct, qwen, zephyr")
+    return func
+
+
+def _last_error_line(log: str) -> str:
+    lines = [ln.strip() for ln in log.splitlines() if ln.strip()]
+    errors = [ln for ln in lines if "error" in ln.lower() or "failed" in ln.lower()]
+    return (errors or lines or [""])[-1][:300]

@@ -1,0 +1,101 @@
+"""Reading user text from files and stdin: encodings, BOM, CRLF, binary and empty input."""
+
+from __future__ import annotations
+
+import codecs
+import sys
+from pathlib import Path
+from typing import IO, Callable, Iterator
+
+from chatllm.errors import UsageError
+
+SNIFF = 64 * 1024
+BLOCK = 1 << 20
+
+
+def _check_path(path: Path) -> None:
+    if str(path) == "-":
+        return
+    if path.is_dir():
+        raise UsageError(f"{path} is a directory", "give a file, or `-` for stdin")
+    if not path.exists():
+        raise UsageError(f"no such file: {path}", "check the path")
+
+
+def open_binary(path: Path | str) -> IO[bytes]:
+    """Open a file (or `-` for stdin) for bytes, with clear errors."""
+    path = Path(path)
+    if str(path) == "-":
+        return sys.stdin.buffer
+    _check_path(path)
+    try:
+        return open(path, "rb")
+    except PermissionError:
+        raise UsageError(f"cannot read {path}: permission denied", "check the file's permissions")
+    except OSError as exc:
+        raise UsageError(f"cannot read {path}: {exc.strerror}", "check the file")
+
+
+def iter_text(stream: IO[bytes], name: str, warn: Callable[[str], None] | None = None) -> Iterator[str]:
+    """Decode a byte stream in blocks: UTF-8 (BOM dropped), CRLF -> LF, invalid bytes replaced with a warning.
+
+    Refuses binary data (NUL bytes) and yields nothing for empty input. Memory stays bounded by the block size.
+    """
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    first = True
+    warned = False
+    carry_cr = False
+    while True:
+        block = stream.read(BLOCK)
+        if not block:
+            break
+        if b"\x00" in block:
+            raise UsageError(f"{name} looks like binary data (it has NUL bytes)", "give a text file")
+        if first:
+            block = block.removeprefix(codecs.BOM_UTF8)
+            first = False
+        text = decoder.decode(block)
+        if not warned and "\ufffd" in text and warn:
+            warn(f"{name} is not valid UTF-8; undecodable bytes were replaced with U+FFFD")
+            warned = True
+        if carry_cr:
+            text = "\r" + text
+        carry_cr = text.endswith("\r")
+        if carry_cr:
+            text = text[:-1]
+        text = text.replace("\r\n", "\n").replace("\r", "\n")
+        if text:
+            yield text
+    tail = decoder.decode(b"", final=True) + ("\n" if carry_cr else "")
+    if tail:
+        if "\ufffd" in tail and not warned and warn:
+            warn(f"{name} is not valid UTF-8; undecodable bytes were replaced with U+FFFD")
+        yield tail
+
+
+def read_text(path: Path | str, warn: Callable[[str], None] | None = None, *, limit: int | None = None) -> str:
+    """A whole text file (or `-` for stdin), decoded; raises UsageError for empty, binary or missing input."""
+    name = "stdin" if str(path) == "-" else str(path)
+    stream = open_binary(path)
+    try:
+        parts, size = [], 0
+        for piece in iter_text(stream, name, warn):
+            parts.append(piece)
+            size += len(piece)
+            if limit is not None and size > limit:
+                raise UsageError(f"{name} is too long ({size:,}+ characters)", "give a shorter text, or use `chatllm summarize`")
+        text = "".join(parts)
+    finally:
+        if stream is not sys.stdin.buffer:
+            stream.close()
+    if not text.strip():
+        raise UsageError(f"{name} is empty", "give some text")
+    return text
+
+
+def stdin_is_piped() -> bool:
+    """True when stdin is a pipe or file rather than a terminal (or closed)."""
+    try:
+        return sys.stdin is not None and not sys.stdin.isatty()
+    except (AttributeError, ValueError):
+        return False

@@ -1,0 +1,200 @@
+"""The only code that prints: answers on stdout, everything else on stderr; rich in a terminal, plain in a pipe."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from contextlib import contextmanager
+from typing import IO, Iterable, Iterator, Sequence
+
+from chatllm.errors import ChatllmError, PipeClosed, redact
+
+
+def _isatty(stream: IO) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+class Output:
+    """Owns stdout and stderr; tests inject streams and flip the TTY flags."""
+
+    def __init__(
+        self,
+        stdout: IO | None = None,
+        stderr: IO | None = None,
+        *,
+        stdout_tty: bool | None = None,
+        stderr_tty: bool | None = None,
+        color: bool | None = None,
+    ):
+        self.stdout = stdout or sys.stdout
+        self.stderr = stderr or sys.stderr
+        self.is_tty = _isatty(self.stdout) if stdout_tty is None else stdout_tty
+        self.err_tty = _isatty(self.stderr) if stderr_tty is None else stderr_tty
+        dumb = os.environ.get("TERM", "") == "dumb"
+        self.color = (not os.environ.get("NO_COLOR") and not dumb) if color is None else color
+        self._console = None
+        self._err_console = None
+
+    # -- consoles (rich is imported only when something is drawn) --------------------------------
+
+    @property
+    def console(self):
+        """A rich Console on stdout, for a terminal."""
+        if self._console is None:
+            from rich.console import Console
+
+            self._console = Console(
+                file=self.stdout, force_terminal=self.is_tty, no_color=not self.color, highlight=False, soft_wrap=False
+            )
+        return self._console
+
+    @property
+    def err_console(self):
+        """A rich Console on stderr."""
+        if self._err_console is None:
+            from rich.console import Console
+
+            self._err_console = Console(
+                file=self.stderr, force_terminal=self.err_tty, no_color=not self.color, highlight=False
+            )
+        return self._err_console
+
+    @property
+    def rich(self) -> bool:
+        """Whether stdout gets rendered markdown and colour."""
+        return self.is_tty and self.color
+
+    # -- the answer -------------------------------------------------------------------------------
+
+    def write(self, text: str) -> None:
+        """Part of the answer, flushed at once so pipes see it as it comes."""
+        try:
+            self.stdout.write(text)
+            self.stdout.flush()
+        except BrokenPipeError:
+            raise PipeClosed from None
+
+    def line(self, text: str = "") -> None:
+        """One line of the answer."""
+        self.write(text + "\n")
+
+    def json(self, obj: object) -> None:
+        """One JSON document (or JSON Lines row) on stdout."""
+        self.line(json.dumps(obj, ensure_ascii=False))
+
+    def markdown(self, text: str) -> None:
+        """Rendered markdown in a colour terminal, plain text elsewhere."""
+        if self.rich:
+            from rich.markdown import Markdown
+
+            self.console.print(Markdown(text))
+        else:
+            self.line(text)
+
+    def table(self, columns: Sequence[str], rows: Iterable[Sequence[object]], title: str | None = None) -> None:
+        """A table: rich in a terminal, tab-separated in a pipe."""
+        rows = [[("" if v is None else str(v)) for v in row] for row in rows]
+        if self.is_tty:
+            from rich.table import Table
+
+            table = Table(*columns, title=title, header_style="bold" if self.color else "")
+            for row in rows:
+                table.add_row(*row)
+            self.console.print(table)
+        else:
+            self.line("\t".join(columns))
+            for row in rows:
+                self.line("\t".join(row))
+
+    # -- everything else goes to stderr ----------------------------------------------------------
+
+    def status(self, message: str) -> None:
+        """A dim status line on stderr."""
+        if self.err_tty and self.color:
+            self.err_console.print(message, style="dim", markup=False, highlight=False)
+        else:
+            self.stderr.write(message + "\n")
+            self.stderr.flush()
+
+    def warn(self, message: str) -> None:
+        """`warning: ...` on stderr."""
+        self._err_line("warning", message, "yellow")
+
+    def error(self, err: ChatllmError) -> None:
+        """`error: ...` and `hint: ...` on stderr, with any token redacted."""
+        self._err_line("error", redact(err.message), "bold red")
+        if err.hint:
+            self._err_line("hint", redact(err.hint), "cyan")
+
+    def _err_line(self, label: str, message: str, style: str) -> None:
+        if self.err_tty and self.color:
+            from rich.text import Text
+
+            text = Text(f"{label}: ", style=style)
+            text.append(message)
+            self.err_console.print(text, highlight=False, soft_wrap=True)
+        else:
+            self.stderr.write(f"{label}: {message}\n")
+            self.stderr.flush()
+
+    def confirm(self, question: str) -> bool:
+        """Ask y/N on the terminal; False when stdin is not a terminal."""
+        if not _isatty(sys.stdin):
+            return False
+        self.stderr.write(f"{question} [y/N] ")
+        self.stderr.flush()
+        try:
+            answer = sys.stdin.readline()
+        except (EOFError, KeyboardInterrupt):
+            return False
+        return answer.strip().lower() in {"y", "yes"}
+
+    @contextmanager
+    def progress(self, description: str, total: float | None = None, unit: str = "") -> Iterator[object]:
+        """A rich progress bar on stderr in a terminal; a silent stand-in elsewhere."""
+        if not self.err_tty:
+            yield _NoProgress()
+            return
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
+                   TimeRemainingColumn()]
+        with Progress(*columns, console=self.err_console, transient=True) as bar:
+            task = bar.add_task(description, total=total, info="")
+            yield _RichProgress(bar, task)
+
+
+class _NoProgress:
+    def advance(self, n: float = 1, info: str = "") -> None:
+        pass
+
+    def update(self, **kw) -> None:
+        pass
+
+
+class _RichProgress:
+    def __init__(self, bar, task):
+        self.bar, self.task = bar, task
+
+    def advance(self, n: float = 1, info: str = "") -> None:
+        self.bar.update(self.task, advance=n, info=info)
+
+    def update(self, **kw) -> None:
+        self.bar.update(self.task, **kw)
+
+
+def format_stats(stats) -> str:
+    """`12 tokens, 85.3 tok/s, first token 0.21 s` for a GenerationStats."""
+    parts = [f"{stats.completion_tokens} tokens"]
+    if stats.tokens_per_second:
+        parts.append(f"{stats.tokens_per_second:.1f} tok/s")
+    parts.append(f"first token {stats.first_token_seconds:.2f} s")
+    if stats.finish_reason == "length":
+        parts.append("stopped at --max-tokens")
+    elif stats.finish_reason == "interrupted":
+        parts.append("interrupted")
+    return ", ".join(parts)

@@ -1,0 +1,178 @@
+"""The model registry: the shipped models.toml merged with the user's, and parsing of MODEL references."""
+
+from __future__ import annotations
+
+import difflib
+import re
+from dataclasses import dataclass, fields
+from importlib import resources
+from pathlib import Path, PurePosixPath
+
+from chatllm.errors import ChatllmError, UsageError
+from chatllm.settings import DEFAULT_MODEL, Settings, read_toml
+
+SPLIT_RE = re.compile(r"-(\d{5})-of-(\d{5})\.gguf$", re.IGNORECASE)
+QUANT_RE = re.compile(r"(?<![A-Za-z0-9])(I?Q\d(?:_[A-Z0-9]+)*|BF16|F16|F32)(?![A-Za-z0-9])", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One model: where it lives on the Hub (or on disk) and how to run it."""
+
+    alias: str | None = None
+    repo: str | None = None
+    file: str | None = None  # None with quant set: pick the file from the repo listing
+    quant: str | None = None
+    revision: str = "main"
+    sha256: str | None = None
+    size: int | None = None
+    context: int | None = None
+    chat_format: str | None = None
+    description: str = ""
+    license: str = ""
+    params: str = ""
+    default: bool = False
+    local_path: Path | None = None
+    source: str = "builtin"
+
+    @property
+    def name(self) -> str:
+        """How to show this model to the user."""
+        if self.alias:
+            return self.alias
+        if self.local_path:
+            return str(self.local_path)
+        return f"hf:{self.repo}/{self.file}" if self.file else f"hf:{self.repo}:{self.quant}"
+
+    @property
+    def quantization(self) -> str:
+        """The quant named in the file name, or ''."""
+        found = QUANT_RE.findall(Path(self.file or (self.local_path and self.local_path.name) or "").stem)
+        return found[-1].upper() if found else (self.quant or "").upper()
+
+
+TABLE_KEYS = {f.name for f in fields(ModelSpec)} - {"alias", "quant", "local_path", "source"}
+
+
+def shipped_registry_path() -> Path:
+    """models.toml inside the installed package, or at the repo top level in a source checkout."""
+    packaged = resources.files("chatllm").joinpath("models.toml")
+    if packaged.is_file():
+        return Path(str(packaged))
+    return Path(__file__).resolve().parent.parent / "models.toml"
+
+
+def _validate_file(path: Path, alias: str, value: object) -> str:
+    if not isinstance(value, str) or not value:
+        raise ChatllmError(f"{path}: [{alias}] needs a `file`", "give the GGUF file name inside the repo")
+    posix = PurePosixPath(value)
+    if posix.is_absolute() or ".." in posix.parts or "\\" in value or re.match(r"^[A-Za-z]:", value):
+        raise ChatllmError(
+            f"{path}: [{alias}] file {value!r} must be a relative path inside the repo",
+            "remove '..' and leading '/' from `file`",
+        )
+    return value
+
+
+def _load_table(path: Path, source: str) -> dict[str, ModelSpec]:
+    specs: dict[str, ModelSpec] = {}
+    for alias, table in read_toml(path).items():
+        if not isinstance(table, dict):
+            raise ChatllmError(f"{path}: {alias!r} must be a table like [{alias}]", "see the shipped models.toml for the shape")
+        unknown = set(table) - TABLE_KEYS
+        if unknown:
+            raise ChatllmError(
+                f"{path}: [{alias}] has unknown key {sorted(unknown)[0]!r}",
+                f"known keys: {', '.join(sorted(TABLE_KEYS))}",
+            )
+        if not isinstance(table.get("repo"), str) or table["repo"].count("/") != 1:
+            raise ChatllmError(f"{path}: [{alias}] needs `repo = \"owner/name\"`", "give the Hub repository")
+        values = dict(table, file=_validate_file(path, alias, table.get("file")))
+        sha = values.get("sha256")
+        if sha is not None and not re.fullmatch(r"[0-9a-fA-F]{64}", str(sha)):
+            raise ChatllmError(f"{path}: [{alias}] sha256 is not 64 hex digits", "copy the hash from the Hub file page")
+        specs[alias] = ModelSpec(alias=alias, source=source, **values)
+    return specs
+
+
+def load_registry(settings: Settings) -> dict[str, ModelSpec]:
+    """All aliases: the shipped ones, overridden and extended by the user's models.toml."""
+    registry = _load_table(shipped_registry_path(), "builtin")
+    registry.update(_load_table(settings.user_registry, "user"))
+    return registry
+
+
+def default_alias(registry: dict[str, ModelSpec]) -> str:
+    """The alias marked default (the user's choice wins), else DEFAULT_MODEL."""
+    marked = [s for s in registry.values() if s.default]
+    user = [s for s in marked if s.source == "user"]
+    return (user or marked)[0].alias if marked else DEFAULT_MODEL
+
+
+def parse_ref(ref: str, registry: dict[str, ModelSpec]) -> ModelSpec:
+    """Turn a MODEL argument (alias, hf:owner/repo:QUANT, hf:owner/repo/file.gguf[@rev], path) into a spec."""
+    ref = ref.strip()
+    if not ref:
+        raise UsageError("empty model name", "run `chatllm models` to see the aliases")
+    if ref in registry:
+        return registry[ref]
+    if ref.startswith("hf:"):
+        return _parse_hf(ref)
+    path = Path(ref).expanduser()
+    if ref.lower().endswith(".gguf") or path.exists() or "/" in ref or ref.startswith("."):
+        if path.is_dir():
+            raise UsageError(f"{ref} is a directory, not a .gguf file", "give the path of the .gguf file itself")
+        if not path.exists():
+            raise UsageError(f"no such model file: {ref}", "check the path, or use an alias from `chatllm models`")
+        return ModelSpec(local_path=path.resolve(), source="path")
+    close = difflib.get_close_matches(ref, list(registry), n=3, cutoff=0.5)
+    hint = f"did you mean {', '.join(close)}? " if close else ""
+    raise UsageError(f"unknown model {ref!r}", hint + "run `chatllm models` for aliases, or use hf:owner/repo:QUANT or a .gguf path")
+
+
+def _parse_hf(ref: str) -> ModelSpec:
+    body = ref[3:]
+    usage = "use hf:owner/repo:QUANT or hf:owner/repo/file.gguf[@revision]"
+    parts = body.split("/", 2)
+    if len(parts) == 2 and ":" in parts[1]:
+        name, quant = parts[1].split(":", 1)
+        if not (parts[0] and name and quant):
+            raise UsageError(f"bad model reference {ref!r}", usage)
+        return ModelSpec(repo=f"{parts[0]}/{name}", quant=quant, source="hf")
+    if len(parts) == 3 and parts[0] and parts[1]:
+        file, _, revision = parts[2].partition("@")
+        if not file.lower().endswith(".gguf") or ".." in PurePosixPath(file).parts:
+            raise UsageError(f"bad model reference {ref!r}: the file must be a .gguf inside the repo", usage)
+        return ModelSpec(repo=f"{parts[0]}/{parts[1]}", file=file, revision=revision or "main", source="hf")
+    raise UsageError(f"bad model reference {ref!r}", usage)
+
+
+def pick_quant_file(repo: str, quant: str, files: list[str]) -> str:
+    """Choose the one .gguf in a repo listing whose name carries the quant; ambiguity is an error."""
+    wanted = quant.upper()
+    ggufs = [f for f in files if f.lower().endswith(".gguf")]
+    matches = [f for f in ggufs if wanted in [q.upper() for q in QUANT_RE.findall(PurePosixPath(f).stem)]]
+    # Split models list every shard: keep the first, the loader finds the rest.
+    firsts = [f for f in matches if not SPLIT_RE.search(f) or SPLIT_RE.search(f).group(1) == "00001"]
+    if len(firsts) == 1:
+        return firsts[0]
+    if not firsts:
+        quants = sorted({q.upper() for f in ggufs for q in QUANT_RE.findall(PurePosixPath(f).stem)})
+        raise UsageError(
+            f"no {wanted} file in {repo}",
+            f"available quants: {', '.join(quants) or 'none (no .gguf files)'}",
+        )
+    raise UsageError(
+        f"{wanted} is ambiguous in {repo}: {', '.join(firsts)}",
+        f"name the file: hf:{repo}/{firsts[0]}",
+    )
+
+
+def split_parts(file: str) -> list[str]:
+    """All shard names of a split GGUF (just [file] for a single-file model)."""
+    m = SPLIT_RE.search(file)
+    if not m:
+        return [file]
+    total = int(m.group(2))
+    stem = file[: m.start()]
+    return [f"{stem}-{i:05d}-of-{total:05d}.gguf" for i in range(1, total + 1)]

@@ -1,0 +1,216 @@
+"""Settings: flags, config.toml and the environment, read at call time into one frozen dataclass."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from chatllm.errors import ChatllmError, UsageError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+DEFAULT_MODEL = "qwen2.5-1.5b"
+DEVICES = ("auto", "cpu", "cuda", "metal")
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How to pick tokens; every generating command takes these."""
+
+    max_tokens: int = 512
+    temperature: float = 0.7
+    top_p: float = 0.95
+    top_k: int = 40
+    min_p: float = 0.05
+    repeat_penalty: float = 1.1
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+
+    def replace(self, **changes) -> "Sampling":
+        """A copy with some values changed (None values are ignored)."""
+        return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything a command needs to know about where things live and how to run the model."""
+
+    home: Path
+    config_dir: Path
+    hub_cache: Path
+    hf_endpoint: str
+    hf_token: str | None = field(default=None, repr=False)
+    offline: bool = False
+    model: str = DEFAULT_MODEL
+    device: str = "auto"
+    gpu_layers: int | None = None  # None: decided by device; -1: all
+    n_ctx: int | None = None
+    n_threads: int | None = None
+    n_batch: int = 512
+    chat_format: str | None = None
+    verbose: bool = False
+    debug: bool = False
+    sampling: Sampling = Sampling()
+
+    @property
+    def db_path(self) -> Path:
+        """The SQLite conversation store."""
+        return self.home / "chatllm.db"
+
+    @property
+    def user_registry(self) -> Path:
+        """The user's own models.toml, merged over the shipped one."""
+        return self.config_dir / "models.toml"
+
+    def replace(self, **changes) -> "Settings":
+        """A copy with some values changed."""
+        return dataclasses.replace(self, **changes)
+
+
+CONFIG_KEYS = {"model", "device", "gpu_layers", "ctx", "threads", "batch", "sampling"}
+SAMPLING_KEYS = {f.name for f in dataclasses.fields(Sampling)}
+
+
+def home_dir() -> Path:
+    """CHATLLM_HOME, else the platform's data dir for chatllm."""
+    env = os.environ.get("CHATLLM_HOME")
+    if env:
+        return Path(env).expanduser()
+    import platformdirs
+
+    return Path(platformdirs.user_data_dir("chatllm", appauthor=False))
+
+
+def config_dir() -> Path:
+    """CHATLLM_HOME when set (so one variable moves all state), else the platform's config dir."""
+    env = os.environ.get("CHATLLM_HOME")
+    if env:
+        return Path(env).expanduser()
+    import platformdirs
+
+    return Path(platformdirs.user_config_dir("chatllm", appauthor=False))
+
+
+def hub_cache_dir() -> Path:
+    """The standard Hugging Face cache, so models other tools downloaded are found."""
+    if os.environ.get("HF_HUB_CACHE"):
+        return Path(os.environ["HF_HUB_CACHE"]).expanduser()
+    hf_home = os.environ.get("HF_HOME")
+    if hf_home:
+        return Path(hf_home).expanduser() / "hub"
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
+    return base / "huggingface" / "hub"
+
+
+def _truthy(value: str | None) -> bool:
+    return (value or "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def read_toml(path: Path) -> dict:
+    """Parse a TOML file; a syntax error names the file, line and column."""
+    try:
+        with open(path, "rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError:
+        return {}
+    except tomllib.TOMLDecodeError as exc:
+        raise ChatllmError(f"{path}: invalid TOML: {exc}", f"fix the syntax in {path}; chatllm never rewrites it")
+    except (IsADirectoryError, PermissionError, UnicodeDecodeError) as exc:
+        raise ChatllmError(f"{path}: cannot read: {exc}", f"check {path}")
+
+
+def load_config(path: Path) -> dict:
+    """Read config.toml, refusing unknown keys so typos do not go unnoticed."""
+    data = read_toml(path)
+    unknown = set(data) - CONFIG_KEYS
+    if unknown:
+        raise ChatllmError(
+            f"{path}: unknown key {sorted(unknown)[0]!r}",
+            f"known keys: {', '.join(sorted(CONFIG_KEYS))}; sampling keys go under [sampling]",
+        )
+    sampling = data.get("sampling", {})
+    if not isinstance(sampling, dict) or set(sampling) - SAMPLING_KEYS:
+        bad = sorted(set(sampling) - SAMPLING_KEYS) if isinstance(sampling, dict) else ["sampling"]
+        raise ChatllmError(f"{path}: unknown sampling key {bad[0]!r}", f"known: {', '.join(sorted(SAMPLING_KEYS))}")
+    return data
+
+
+def parse_gpu_layers(value: str | int | None) -> int | None:
+    """'all' -> -1, a number -> itself, None -> None."""
+    if value is None:
+        return None
+    if isinstance(value, int):
+        return value
+    if value.strip().lower() == "all":
+        return -1
+    try:
+        n = int(value)
+    except ValueError:
+        raise UsageError(f"--gpu-layers must be a number or 'all', not {value!r}", "for example --gpu-layers all")
+    if n < -1:
+        raise UsageError("--gpu-layers must be >= 0 or 'all'", "for example --gpu-layers 20")
+    return n
+
+
+def load_settings(
+    *,
+    model: str | None = None,
+    device: str | None = None,
+    gpu_layers: str | int | None = None,
+    ctx: int | None = None,
+    threads: int | None = None,
+    offline: bool | None = None,
+    verbose: bool = False,
+    debug: bool = False,
+    **sampling: object,
+) -> Settings:
+    """Build Settings: flags win over config.toml, which wins over built-in defaults."""
+    cfg_dir = config_dir()
+    cfg = load_config(cfg_dir / "config.toml")
+    model = model or os.environ.get("CHATLLM_MODEL") or cfg.get("model") or DEFAULT_MODEL
+    device = (device or os.environ.get("CHATLLM_DEVICE") or cfg.get("device") or "auto").lower()
+    if device not in DEVICES:
+        raise UsageError(f"unknown device {device!r}", f"use one of: {', '.join(DEVICES)}")
+    layers = parse_gpu_layers(gpu_layers if gpu_layers is not None else cfg.get("gpu_layers"))
+    cfg_sampling = dict(cfg.get("sampling", {}))
+    if "stop" in cfg_sampling:
+        cfg_sampling["stop"] = tuple(cfg_sampling["stop"])
+    base = Sampling().replace(**cfg_sampling)
+    flag_sampling = {k: v for k, v in sampling.items() if v is not None}
+    if "stop" in flag_sampling:
+        flag_sampling["stop"] = tuple(flag_sampling["stop"]) or None
+    for key in flag_sampling:
+        if key not in SAMPLING_KEYS:
+            raise TypeError(f"unknown sampling setting {key}")
+    samp = base.replace(**flag_sampling)
+    if samp.max_tokens < 1:
+        raise UsageError("--max-tokens must be at least 1")
+    if samp.temperature < 0:
+        raise UsageError("--temperature must be >= 0")
+    n_ctx = ctx if ctx is not None else cfg.get("ctx")
+    if n_ctx is not None and n_ctx < 64:
+        raise UsageError(f"--ctx {n_ctx} is too small", "use at least 64 tokens")
+    return Settings(
+        home=home_dir(),
+        config_dir=cfg_dir,
+        hub_cache=hub_cache_dir(),
+        hf_endpoint=(os.environ.get("HF_ENDPOINT") or "https://huggingface.co").rstrip("/"),
+        hf_token=os.environ.get("HF_TOKEN") or os.environ.get("HUGGING_FACE_HUB_TOKEN") or None,
+        offline=bool(offline) or _truthy(os.environ.get("HF_HUB_OFFLINE")),
+        model=model,
+        device=device,
+        gpu_layers=layers,
+        n_ctx=n_ctx,
+        n_threads=threads if threads is not None else cfg.get("threads"),
+        n_batch=int(cfg.get("batch", 512)),
+        verbose=verbose,
+        debug=debug or _truthy(os.environ.get("CHATLLM_DEBUG")),
+        sampling=samp,
+    )
