@@ -35,7 +35,7 @@ class ContextOverflowError(ChatllmError):
     def __init__(self, prompt_tokens: int, n_ctx: int, reserve: int = 0, what: str = "prompt"):
         need = f"{prompt_tokens} tokens" + (f" + {reserve} for the reply" if reserve else "")
         super().__init__(
-            f"{what} too long: {need} does not fit the {n_ctx}-token context window",
+            f"{what} too long: {need} exceed the {n_ctx}-token context window",
             "shorten the input, lower --max-tokens, or raise --ctx (up to the model's training context)",
         )
         self.prompt_tokens = prompt_tokens

@@ -191,9 +191,9 @@ def load_settings(
             raise TypeError(f"unknown sampling setting {key}")
     samp = base.replace(**flag_sampling)
     if samp.max_tokens < 1:
-        raise UsageError("--max-tokens must be at least 1")
+        raise UsageError("--max-tokens must be at least 1", "for example --max-tokens 256")
     if samp.temperature < 0:
-        raise UsageError("--temperature must be >= 0")
+        raise UsageError("--temperature must be >= 0", "0 is deterministic; 0.7 is a common choice")
     n_ctx = ctx if ctx is not None else cfg.get("ctx")
     if n_ctx is not None and n_ctx < 64:
         raise UsageError(f"--ctx {n_ctx} is too small", "use at least 64 tokens")
