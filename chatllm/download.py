@@ -269,9 +269,16 @@ def _remove_path(path: Path) -> None:
             pass
 
 
-def known_sha256(spec: ModelSpec, path: Path) -> str | None:
-    """The sha256 chatllm knows for a file (pinned, or the Hub's LFS hash), without hashing it."""
-    return _expected_sha(spec, path, spec.file or path.name)
+def file_sha256(spec: ModelSpec, path: Path, settings: Settings) -> str:
+    """The file's sha256: the pinned or LFS hash once verified, else computed once and remembered."""
+    real = Path(os.path.realpath(path))
+    st = real.stat()
+    known = _load_verified(settings).get(str(real))
+    if known and known["size"] == st.st_size and known["mtime_ns"] == st.st_mtime_ns:
+        return known["sha256"]
+    digest = sha256_file(real)
+    _remember(settings, real, digest)
+    return digest
 
 
 # -- inventory and removal -------------------------------------------------------------------------

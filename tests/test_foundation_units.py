@@ -149,3 +149,19 @@ def test_error_mapping_and_redaction(monkeypatch):
     assert from_exception(ValueError("bug")) is None
     err = from_exception(OSError(28, "No space left on device"))
     assert err and "disk full" in err.message
+
+
+def test_wheel_ships_models_toml(tmp_path):
+    import subprocess
+    import sys
+    import zipfile
+
+    root = Path(__file__).resolve().parent.parent
+    r = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), str(root)],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    [wheel] = tmp_path.glob("chatllm-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "chatllm/models.toml" in names
+    shipped = zipfile.ZipFile(wheel).read("chatllm/models.toml").decode()
+    assert shipped == (root / "models.toml").read_text()

@@ -88,7 +88,7 @@ def show(
         "file": spec.file or path.name,
         "path": str(path),
         "size": info.size,
-        "sha256": download.known_sha256(spec, path),
+        "sha256": download.file_sha256(spec, path, settings),
         "architecture": info.architecture,
         "parameters": info.n_params,
         "context_length": info.context_length,
