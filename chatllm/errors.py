@@ -67,13 +67,15 @@ def from_exception(exc: BaseException, what: str = "") -> ChatllmError | None:
             f"model not downloaded and the Hub is not reachable{where}",
             "connect to the network and run `chatllm pull MODEL`, or unset HF_HUB_OFFLINE / drop --offline",
         )
+    # The Hub answers 401 for a repo that does not exist (so private names do not leak): its error code,
+    # not the status, tells a missing repo from a gated one.
+    if "RepositoryNotFoundError" in names and "GatedRepoError" not in names:
+        return ChatllmError(f"no such repository on the Hub{where}", "check the owner/repo spelling; private repos need HF_TOKEN")
     if "GatedRepoError" in names or status in (401, 403):
         return ChatllmError(
             f"access denied by the Hub{where}: HTTP {status or 403}",
             "accept the model's licence on huggingface.co and set HF_TOKEN to a token that can read it",
         )
-    if "RepositoryNotFoundError" in names:
-        return ChatllmError(f"no such repository on the Hub{where}", "check the owner/repo spelling; private repos need HF_TOKEN")
     if "RevisionNotFoundError" in names:
         return ChatllmError(f"no such revision on the Hub{where}", "check the @revision or drop it to use main")
     if "EntryNotFoundError" in names or status == 404:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import os
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,7 +14,7 @@ MAGIC = b"GGUF"
 SUPPORTED_VERSIONS = (2, 3)
 MAX_TENSORS = 1_000_000
 MAX_KV = 100_000
-MAX_DIMS = 8
+MAX_DIMS = 4  # GGML_MAX_DIMS
 MAX_STRING = 64 * 1024 * 1024
 DEFAULT_ALIGNMENT = 32
 
@@ -32,6 +31,7 @@ GGML_TYPES = {
     20: ("IQ4_NL", 32, 18), 21: ("IQ3_S", 256, 110), 22: ("IQ2_S", 256, 82), 23: ("IQ4_XS", 256, 136),
     24: ("I8", 1, 1), 25: ("I16", 1, 2), 26: ("I32", 1, 4), 27: ("I64", 1, 8), 28: ("F64", 1, 8),
     29: ("IQ1_M", 256, 56), 30: ("BF16", 1, 2), 34: ("TQ1_0", 256, 54), 35: ("TQ2_0", 256, 66),
+    39: ("MXFP4", 32, 17), 40: ("NVFP4", 64, 36), 41: ("Q1_0", 128, 18), 42: ("Q2_0", 64, 18),
 }
 
 # general.file_type values, as llama.cpp names them.
@@ -64,6 +64,8 @@ class GGUFInfo:
     tensor_count: int
     metadata: dict = field(default_factory=dict)
     n_params: int = 0
+    data_offset: int = 0  # where the tensor data starts
+    data_size: int = 0  # the tensor data's length, padding included
 
     @property
     def architecture(self) -> str:
@@ -95,63 +97,109 @@ class GGUFInfo:
         return hashlib.sha256(tpl.encode()).hexdigest()[:12] if tpl else None
 
 
+_U32, _U64, _I64 = struct.Struct("<I"), struct.Struct("<Q"), struct.Struct("<q")
+_CHUNK = 1 << 20
+MAX_KEPT_ITEMS = 4096  # longer arrays are checked and skipped, never held in memory
+MAX_LAYERS = 512  # LLAMA_MAX_LAYERS: llama.cpp aborts on more (GGML_ASSERT), so refuse first
+GGML_MAX_NAME = 64  # llama.cpp's limit on tensor names, terminating NUL included
+# Token-indexed arrays llama.cpp reads by position: each must be as long as tokenizer.ggml.tokens.
+_PER_TOKEN = ("tokenizer.ggml.scores", "tokenizer.ggml.token_type")
+
+
 class _Reader:
+    """Reads the header through a 1 MiB window, so skipping 100k-token vocabularies stays cheap."""
+
     def __init__(self, fh: BinaryIO, size: int, path: Path):
         self.fh, self.size, self.path = fh, size, path
+        self.buf, self.base, self.pos = b"", 0, 0
 
     def fail(self, problem: str) -> GGUFError:
         return GGUFError(self.path, problem)
 
-    def read(self, n: int) -> bytes:
-        if n < 0 or self.fh.tell() + n > self.size:
+    def _window(self, n: int) -> int:
+        """Make the window cover [pos, pos + n) and return pos's offset in it."""
+        if n < 0 or self.pos + n > self.size:
             raise self.fail("truncated header (a length points past the end of the file)")
-        data = self.fh.read(n)
-        if len(data) != n:
-            raise self.fail("truncated header")
-        return data
+        off = self.pos - self.base
+        if off < 0 or off + n > len(self.buf):
+            self.fh.seek(self.pos)
+            self.buf, self.base, off = self.fh.read(max(n, _CHUNK)), self.pos, 0
+            if len(self.buf) < n:
+                raise self.fail("truncated header (the file ended early)")
+        return off
 
-    def unpack(self, fmt: str):
-        return struct.unpack(fmt, self.read(struct.calcsize(fmt)))[0]
+    def read(self, n: int) -> bytes:
+        off = self._window(n)
+        self.pos += n
+        return self.buf[off : off + n]
+
+    def unpack(self, st: struct.Struct):
+        off = self._window(st.size)
+        self.pos += st.size
+        return st.unpack_from(self.buf, off)[0]
+
+    def raw_string(self) -> bytes:
+        n = self.unpack(_U64)
+        if self.pos + n > self.size:
+            raise self.fail(f"truncated header: a string of {n} bytes runs past the end of the file")
+        if n > MAX_STRING:
+            raise self.fail(f"a string of {n} bytes in the header (the limit is {MAX_STRING})")
+        return self.read(n)
 
     def string(self) -> str:
-        n = self.unpack("<Q")
-        if n > MAX_STRING:
-            raise self.fail(f"string of {n} bytes in the header")
-        return self.read(n).decode("utf-8", errors="replace")
+        return self.raw_string().decode("utf-8", errors="replace")
 
     def skip(self, n: int) -> None:
-        if n < 0 or self.fh.tell() + n > self.size:
+        if n < 0 or self.pos + n > self.size:
             raise self.fail("truncated header (an array runs past the end of the file)")
-        self.fh.seek(n, os.SEEK_CUR)
+        self.pos += n
 
-    def value(self, vtype: int, keep: bool):
+    def skip_strings(self, count: int) -> None:
+        for _ in range(count):
+            off = self._window(8)
+            n = _U64.unpack_from(self.buf, off)[0]
+            self.pos += 8
+            if n > MAX_STRING or self.pos + n > self.size:
+                raise self.fail("truncated header (a string array runs past the end of the file)")
+            self.pos += n
+
+    def value(self, vtype: int, keep: bool, key: str, lengths: dict):
         if vtype in _SCALARS:
-            return self.unpack(_SCALARS[vtype])
+            return self.unpack(_SCALAR_STRUCTS[vtype])
         if vtype == _STRING:
             return self.string()
-        if vtype == _ARRAY:
-            itype, count = self.unpack("<I"), self.unpack("<Q")
-            if itype == _ARRAY:
-                raise self.fail("nested arrays are not supported")
-            if itype in _SCALARS:
-                nbytes = count * struct.calcsize(_SCALARS[itype])
-                if not keep:
-                    self.skip(nbytes)
-                    return None
-                return list(struct.unpack(f"<{count}{_SCALARS[itype][1]}", self.read(nbytes)))
-            if itype != _STRING:
-                raise self.fail(f"unknown array type {itype}")
-            if count * 8 > self.size:
-                raise self.fail(f"array of {count} strings cannot fit in the file")
-            for _ in range(count):
-                n = self.unpack("<Q")
-                self.skip(n)
+        if vtype != _ARRAY:
+            raise self.fail(f"key {key!r} has unknown metadata type {vtype}")
+        itype, count = self.unpack(_U32), self.unpack(_U64)
+        lengths[key] = count
+        keep = keep and count <= MAX_KEPT_ITEMS
+        if itype in _SCALARS:
+            width = _SCALAR_STRUCTS[itype].size
+            if count > (self.size - self.pos) // width:
+                raise self.fail(f"truncated header: array {key!r} of {count} items cannot fit in the rest of the file")
+            if not keep:
+                self.skip(count * width)
+                return None
+            return list(struct.unpack(f"<{count}{_SCALARS[itype][1]}", self.read(count * width)))
+        if itype != _STRING:
+            raise self.fail(f"array {key!r} has unknown item type {itype}")
+        if count > (self.size - self.pos) // 8:
+            raise self.fail(f"truncated header: array {key!r} of {count} strings cannot fit in the rest of the file")
+        if not keep:
+            self.skip_strings(count)
             return None
-        raise self.fail(f"unknown metadata type {vtype}")
+        return [self.string() for _ in range(count)]
+
+
+_SCALAR_STRUCTS = {t: struct.Struct(fmt) for t, fmt in _SCALARS.items()}
 
 
 def read_header(path: Path | str, *, check_data: bool = True) -> GGUFInfo:
-    """Parse and sanity-check a GGUF header; raise GGUFError on anything implausible."""
+    """Parse and sanity-check a GGUF header; raise GGUFError on anything implausible.
+
+    The checks are at least as strict as llama.cpp's own GGUF reader (so nothing it would refuse, or trip
+    over, gets past), plus the tokenizer-array lengths llama.cpp indexes by token id.
+    """
     path = Path(path)
     try:
         size = path.stat().st_size
@@ -162,66 +210,130 @@ def read_header(path: Path | str, *, check_data: bool = True) -> GGUFInfo:
         raise ChatllmError(f"no such model file: {path}", "check the path or run `chatllm pull MODEL`")
     except PermissionError:
         raise ChatllmError(f"cannot read model file: {path}", "check the file's permissions")
+    except OSError as exc:
+        raise ChatllmError(f"cannot read model file: {path}: {exc.strerror}", "check the file")
     with fh:
-        r = _Reader(fh, size, path)
-        if size < 24:
-            raise r.fail(f"only {size} bytes")
-        magic = fh.read(4)
-        if magic != MAGIC:
-            raise r.fail(f"wrong magic {magic!r} ({_guess_kind(magic)})")
-        version = r.unpack("<I")
-        if version == 1:
-            raise r.fail("GGUF version 1 is obsolete and not supported")
-        if version not in SUPPORTED_VERSIONS:
-            raise r.fail(f"unknown GGUF version {version}")
-        n_tensors, n_kv = r.unpack("<Q"), r.unpack("<Q")
-        if n_tensors > MAX_TENSORS or n_tensors * 28 > size:
-            raise r.fail(f"implausible tensor count {n_tensors}")
-        if n_kv > MAX_KV or n_kv * 13 > size:
-            raise r.fail(f"implausible metadata count {n_kv}")
-        metadata: dict = {}
-        for _ in range(n_kv):
-            key = r.string()
-            vtype = r.unpack("<I")
-            value = r.value(vtype, keep=not key.startswith("tokenizer.ggml."))
-            if value is not None:
-                metadata[key] = value
-        n_params, data_needed = 0, 0
-        for _ in range(n_tensors):
-            r.string()
-            n_dims = r.unpack("<I")
-            if n_dims == 0 or n_dims > MAX_DIMS:
-                raise r.fail(f"tensor with {n_dims} dimensions")
-            dims = [r.unpack("<Q") for _ in range(n_dims)]
-            ttype, offset = r.unpack("<I"), r.unpack("<Q")
-            elements = 1
-            for d in dims:
-                elements *= d
+        try:
+            return _parse(_Reader(fh, size, path), check_data)
+        except OSError as exc:  # an I/O error mid-read (a bad disk, a file on a vanished mount)
+            raise ChatllmError(f"cannot read model file: {path}: {exc.strerror or exc}", "check the file and its disk")
+
+
+def _parse(r: _Reader, check_data: bool) -> GGUFInfo:
+    size = r.size
+    head = r.fh.read(16)
+    r.fh.seek(0)
+    if head[:4] != MAGIC:
+        raise r.fail(f"wrong magic {head[:4]!r} ({_guess_kind(head)})")
+    if size < 24:
+        raise r.fail(f"only {size} bytes")
+    r.pos = 4
+    version = r.unpack(_U32)
+    if version == 1:
+        raise r.fail("GGUF version 1 is obsolete and not supported")
+    if version and version & 0xFFFF == 0:
+        raise r.fail(f"GGUF version {version:#x}: a big-endian file, which this machine cannot read")
+    if version not in SUPPORTED_VERSIONS:
+        raise r.fail(f"unknown GGUF version {version}")
+    n_tensors, n_kv = r.unpack(_U64), r.unpack(_U64)
+    if n_tensors > MAX_TENSORS or n_kv > MAX_KV:
+        raise r.fail(f"implausible counts: {n_tensors} tensors, {n_kv} metadata keys")
+    if n_tensors * 28 + n_kv * 13 > size:
+        raise r.fail(f"truncated: the header lists {n_tensors} tensors and {n_kv} keys, which cannot fit in {size} bytes")
+    metadata: dict = {}
+    types: dict[str, int] = {}
+    lengths: dict[str, int] = {}
+    seen_keys: set[bytes] = set()
+    for _ in range(n_kv):
+        raw = r.raw_string()
+        if not raw or b"\x00" in raw:
+            raise r.fail("an empty metadata key, or one with a NUL byte")
+        if raw in seen_keys:
+            raise r.fail(f"duplicate metadata key {raw.decode('utf-8', 'replace')!r}")
+        seen_keys.add(raw)
+        key = raw.decode("utf-8", errors="replace")
+        vtype = r.unpack(_U32)
+        types[key] = vtype
+        value = r.value(vtype, not key.startswith("tokenizer.ggml."), key, lengths)
+        if value is not None:
+            metadata[key] = value
+    alignment = metadata.get("general.alignment", DEFAULT_ALIGNMENT)
+    if "general.alignment" in types and types["general.alignment"] != 4:
+        raise r.fail("general.alignment must be a uint32")
+    if alignment <= 0 or alignment & (alignment - 1):
+        raise r.fail(f"bad alignment {alignment!r}")
+    _check_tokenizer(r, lengths)
+    _check_hparams(r, metadata)
+    n_params, data_size, names = 0, 0, set()
+    for _ in range(n_tensors):
+        raw = r.raw_string()
+        if len(raw) >= GGML_MAX_NAME or b"\x00" in raw:
+            raise r.fail(f"bad tensor name {raw[:80]!r}")
+        if raw in names:
+            raise r.fail(f"duplicate tensor name {raw.decode('utf-8', 'replace')!r}")
+        names.add(raw)
+        n_dims = r.unpack(_U32)
+        if n_dims == 0 or n_dims > MAX_DIMS:
+            raise r.fail(f"tensor with {n_dims} dimensions")
+        dims = [r.unpack(_I64) for _ in range(n_dims)]
+        elements = 1
+        for d in dims:
+            if d <= 0:
+                raise r.fail(f"tensor {raw.decode('utf-8', 'replace')!r} has a dimension of {d}")
+            elements *= d
             if elements > size * 64:
                 raise r.fail("tensor dimensions larger than the file could hold")
-            n_params += elements
-            if ttype in GGML_TYPES:
-                _, block, nbytes = GGML_TYPES[ttype]
-                data_needed = max(data_needed, offset + (elements + block - 1) // block * nbytes)
-            else:
-                data_needed = max(data_needed, offset)
-        alignment = metadata.get("general.alignment", DEFAULT_ALIGNMENT)
-        if not isinstance(alignment, int) or alignment <= 0 or alignment & (alignment - 1):
-            raise r.fail(f"bad alignment {alignment!r}")
-        data_start = (fh.tell() + alignment - 1) // alignment * alignment
-        if check_data and data_start + data_needed > size:
-            raise r.fail(f"truncated: tensor data needs {data_start + data_needed} bytes, the file has {size}")
-    return GGUFInfo(path=path, version=version, size=size, tensor_count=n_tensors, metadata=metadata, n_params=n_params)
+        ttype, offset = r.unpack(_U32), r.unpack(_U64)
+        if ttype not in GGML_TYPES:
+            raise r.fail(f"tensor {raw.decode('utf-8', 'replace')!r} has unknown type {ttype}")
+        _, block, block_bytes = GGML_TYPES[ttype]
+        if dims[0] % block:
+            raise r.fail(f"tensor rows of {dims[0]} elements do not fit {GGML_TYPES[ttype][0]} blocks of {block}")
+        if offset != data_size:
+            raise r.fail(f"tensor {raw.decode('utf-8', 'replace')!r} at offset {offset}, expected {data_size}")
+        nbytes = elements // block * block_bytes
+        data_size += (nbytes + alignment - 1) // alignment * alignment
+        n_params += elements
+    data_offset = (r.pos + alignment - 1) // alignment * alignment
+    if check_data and data_offset + data_size > size:
+        raise r.fail(f"truncated: tensor data needs {data_offset + data_size} bytes, the file has {size}")
+    return GGUFInfo(path=r.path, version=version, size=size, tensor_count=n_tensors, metadata=metadata,
+                    n_params=n_params, data_offset=data_offset, data_size=data_size)
 
 
-def _guess_kind(magic: bytes) -> str:
-    lowered = magic.lower()
-    if lowered.startswith((b"<!do", b"<htm", b"<?xm", b"<hea")):
+def _check_hparams(r: _Reader, metadata: dict) -> None:
+    """Values llama.cpp asserts on (an abort that takes the whole process down) rather than reporting."""
+    arch = metadata.get("general.architecture")
+    layers = metadata.get(f"{arch}.block_count") if isinstance(arch, str) else None
+    if isinstance(layers, int) and not 1 <= layers <= MAX_LAYERS:
+        raise r.fail(f"{arch}.block_count = {layers} is outside 1..{MAX_LAYERS}")
+
+
+def _check_tokenizer(r: _Reader, lengths: dict) -> None:
+    """llama.cpp indexes these arrays by token id: they must be as long as the vocabulary."""
+    n_tokens = lengths.get("tokenizer.ggml.tokens")
+    if n_tokens is None:
+        return
+    # (Special-token ids outside the vocabulary are fine: llama.cpp checks those itself and falls back.)
+    for key in _PER_TOKEN:
+        if key in lengths and lengths[key] != n_tokens:
+            raise r.fail(f"{key} has {lengths[key]} entries for {n_tokens} tokens")
+
+
+def _guess_kind(head: bytes) -> str:
+    lowered = head.lstrip().lower()
+    if lowered.startswith((b"<!do", b"<htm", b"<?xm", b"<hea", b"<bod")):
         return "an HTML page, probably an error page saved as a model"
-    if lowered.startswith(b"{"):
-        return "JSON text"
-    if magic[:1] and magic[1:4] == b"\x00\x00\x00" or magic.startswith(b"\x00"):
-        return "looks like safetensors or another binary format"
+    if lowered.startswith((b"{", b"[")):
+        return "JSON text, probably an error message saved as a model"
+    if len(head) >= 9 and head[8:9] == b"{" and 2 <= struct.unpack_from("<Q", head)[0] < 100_000_000:
+        return "a safetensors file: convert it to GGUF first"
+    if head[:2] == b"PK":
+        return "a zip archive (a PyTorch checkpoint?)"
+    if head[:4] == b"ggjt" or head[:4] == b"tjgg" or head[:4] in (b"lmgg", b"fmgg"):
+        return "an old GGML file from before GGUF"
+    if head.startswith(b"version https://git-lfs"):
+        return "a Git LFS pointer, not the file itself"
     return "not a GGUF file"
 
 

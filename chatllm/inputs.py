@@ -93,6 +93,41 @@ def read_text(path: Path | str, warn: Callable[[str], None] | None = None, *, li
     return text
 
 
+DEFAULT_CTX = 8192  # the context chatllm gives a model when neither --ctx nor the registry says otherwise
+CHARS_PER_TOKEN_BOUND = 64  # more text than any tokenizer packs into one token of real input
+
+
+def prompt_char_limit(n_ctx: int | None = None) -> int:
+    """The most characters worth reading for a prompt of n_ctx tokens: past it the text cannot fit anyway."""
+    return CHARS_PER_TOKEN_BOUND * (n_ctx or DEFAULT_CTX)
+
+
+def read_prompt(path: Path | str, warn: Callable[[str], None] | None = None, n_ctx: int | None = None, *,
+                allow_empty: bool = False) -> str:
+    """A file (or `-` for stdin) as prompt text; stops reading once it cannot fit n_ctx tokens (bounded memory)."""
+    name = "stdin" if str(path) == "-" else str(path)
+    limit = prompt_char_limit(n_ctx)
+    stream = open_binary(path)
+    parts, size = [], 0
+    try:
+        for piece in iter_text(stream, name, warn):
+            parts.append(piece)
+            size += len(piece)
+            if size > limit:
+                raise UsageError(
+                    f"{name} is too long for a prompt: over {limit:,} characters, which a "
+                    f"{n_ctx or DEFAULT_CTX:,}-token context window cannot hold",
+                    "use `chatllm summarize` for long texts, or give a shorter part",
+                )
+    finally:
+        if stream is not sys.stdin.buffer:
+            stream.close()
+    text = "".join(parts)
+    if not text.strip() and not allow_empty:
+        raise UsageError(f"{name} is empty", "give some text")
+    return text
+
+
 def stdin_is_piped() -> bool:
     """True when stdin is a pipe or file rather than a terminal (or closed)."""
     try:

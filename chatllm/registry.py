@@ -9,7 +9,7 @@ from importlib import resources
 from pathlib import Path, PurePosixPath
 
 from chatllm.errors import ChatllmError, UsageError
-from chatllm.settings import DEFAULT_MODEL, Settings, read_toml
+from chatllm.settings import DEFAULT_MODEL, Settings, check_types, read_toml
 
 SPLIT_RE = re.compile(r"-(\d{5})-of-(\d{5})\.gguf$", re.IGNORECASE)
 QUANT_RE = re.compile(r"(?<![A-Za-z0-9])(I?Q\d(?:_[A-Z0-9]+)*|BF16|F16|F32)(?![A-Za-z0-9])", re.IGNORECASE)
@@ -52,6 +52,15 @@ class ModelSpec:
 
 
 TABLE_KEYS = {f.name for f in fields(ModelSpec)} - {"alias", "quant", "local_path", "source"}
+_TEXT = ((str,), "a string", 'description = "..."')
+SPEC_TYPES = {
+    "repo": ((str,), "a string", 'repo = "owner/name"'), "file": ((str,), "a string", 'file = "model.Q4_K_M.gguf"'),
+    "revision": ((str,), "a string", 'revision = "main"'), "sha256": ((str,), "a string", 'sha256 = "<64 hex digits>"'),
+    "size": ((int,), "a whole number of bytes", "size = 986048768"),
+    "context": ((int,), "a whole number of tokens", "context = 8192"),
+    "chat_format": ((str,), "a string", 'chat_format = "chatml"'), "description": _TEXT, "license": _TEXT,
+    "params": ((str,), "a string", 'params = "1.5B"'), "default": ((bool,), "true or false", "default = true"),
+}
 
 
 def shipped_registry_path() -> Path:
@@ -85,6 +94,7 @@ def _load_table(path: Path, source: str) -> dict[str, ModelSpec]:
                 f"{path}: [{alias}] has unknown key {sorted(unknown)[0]!r}",
                 f"known keys: {', '.join(sorted(TABLE_KEYS))}",
             )
+        check_types(path, table, SPEC_TYPES, f"[{alias}] ")
         if not isinstance(table.get("repo"), str) or table["repo"].count("/") != 1:
             raise ChatllmError(f"{path}: [{alias}] needs `repo = \"owner/name\"`", "give the Hub repository")
         values = dict(table, file=_validate_file(path, alias, table.get("file")))

@@ -136,10 +136,50 @@ def load_config(path: Path) -> dict:
             f"known keys: {', '.join(sorted(CONFIG_KEYS))}; sampling keys go under [sampling]",
         )
     sampling = data.get("sampling", {})
-    if not isinstance(sampling, dict) or set(sampling) - SAMPLING_KEYS:
-        bad = sorted(set(sampling) - SAMPLING_KEYS) if isinstance(sampling, dict) else ["sampling"]
+    if not isinstance(sampling, dict):
+        raise ChatllmError(f"{path}: sampling must be a table", "write it as a [sampling] section with keys under it")
+    if set(sampling) - SAMPLING_KEYS:
+        bad = sorted(set(sampling) - SAMPLING_KEYS)
         raise ChatllmError(f"{path}: unknown sampling key {bad[0]!r}", f"known: {', '.join(sorted(SAMPLING_KEYS))}")
+    if isinstance(sampling.get("stop"), str):
+        sampling["stop"] = [sampling["stop"]]
+    check_types(path, data, CONFIG_TYPES)
+    check_types(path, sampling, SAMPLING_TYPES, "sampling.")
     return data
+
+
+# What each config key holds: (accepted types, how to say it, an example).
+CONFIG_TYPES = {
+    "model": ((str,), "a string", 'model = "qwen2.5-1.5b"'),
+    "device": ((str,), "a string", 'device = "cpu"'),
+    "gpu_layers": ((int, str), "a number or \"all\"", 'gpu_layers = "all"'),
+    "ctx": ((int,), "a whole number", "ctx = 4096"),
+    "threads": ((int,), "a whole number", "threads = 4"),
+    "batch": ((int,), "a whole number", "batch = 512"),
+}
+SAMPLING_TYPES = {
+    "max_tokens": ((int,), "a whole number", "max_tokens = 256"),
+    "temperature": ((int, float), "a number", "temperature = 0.7"),
+    "top_p": ((int, float), "a number", "top_p = 0.95"),
+    "top_k": ((int,), "a whole number", "top_k = 40"),
+    "min_p": ((int, float), "a number", "min_p = 0.05"),
+    "repeat_penalty": ((int, float), "a number", "repeat_penalty = 1.1"),
+    "seed": ((int,), "a whole number", "seed = 42"),
+    "stop": ((list,), "a list of strings", 'stop = ["###"]'),
+}
+
+
+def check_types(path: Path, table: dict, types: dict, prefix: str = "") -> None:
+    """Refuse a value of the wrong type with the file, the key and an example, before it reaches the code."""
+    for key, value in table.items():
+        if key not in types:
+            continue
+        accepted, what, example = types[key]
+        ok = isinstance(value, accepted) and (bool in accepted or not isinstance(value, bool))
+        if ok and isinstance(value, list):
+            ok = all(isinstance(v, str) for v in value)
+        if not ok:
+            raise ChatllmError(f"{path}: {prefix}{key} must be {what}, not {value!r}", f"for example: {example}")
 
 
 def parse_gpu_layers(value: str | int | None) -> int | None:

@@ -41,19 +41,15 @@ def stream_answer(engine, prompt, settings: Settings, out: Output, as_json: bool
         out.status(format_stats(engine.last_stats))
 
 
-def gather_input(words: Optional[List[str]], file: Optional[Path], out: Output) -> str:
-    """The prompt words, then the -f file, then piped stdin, joined by blank lines."""
-    from chatllm.inputs import read_text, stdin_is_piped
+def gather_input(words: Optional[List[str]], file: Optional[Path], out: Output, n_ctx: Optional[int] = None) -> str:
+    """The prompt words, then the -f file, then piped stdin, joined by blank lines (reading stops past n_ctx)."""
+    from chatllm.inputs import read_prompt, stdin_is_piped
 
     parts = [" ".join(words).strip()] if words else []
     if file is not None:
-        parts.append(read_text(file, out.warn))
+        parts.append(read_prompt(file, out.warn, n_ctx))
     if stdin_is_piped():
-        import sys
-
-        data = sys.stdin.buffer.read()
-        if data.strip():
-            parts.append(read_text_from_bytes(data, out))
+        parts.append(read_prompt("-", out.warn, n_ctx, allow_empty=True))
     parts = [p for p in parts if p.strip()]
     if not parts:
         raise UsageError("nothing to ask: no prompt, no -f FILE and no piped input",
@@ -87,7 +83,7 @@ def ask(
     from chatllm.loader import load_engine
 
     out = Output()
-    message = gather_input(prompt, file, out)
+    message = gather_input(prompt, file, out, settings.n_ctx)
     engine = load_engine(settings, out)
     messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": message}]
     stream_answer(engine, engine.render_chat(messages), settings, out, as_json)
@@ -109,6 +105,6 @@ def generate(
     from chatllm.loader import load_engine
 
     out = Output()
-    text = gather_input(prompt, file, out)
+    text = gather_input(prompt, file, out, settings.n_ctx)
     engine = load_engine(settings, out)
     stream_answer(engine, engine.prompt_tokens(text, special=False), settings, out, as_json, strip_leading=False)
