@@ -1,6 +1,7 @@
 """chatllm's command line: the Typer app, its commands, and the one top-level error handler."""
 
 import os
+import signal
 import sys
 import traceback
 
@@ -16,15 +17,20 @@ __all__ = ["app", "main"]
 def main(argv: list[str] | None = None) -> None:
     """Run the CLI; turn every expected failure into `error:`/`hint:` lines and an exit code."""
     out = Output()
+    # SIGTERM takes the same careful path as Ctrl-C: a reply in flight is kept as interrupted, stores close.
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         app(args=argv, prog_name="chatllm")
+    except SystemExit as exc:
+        if _TERMINATED:
+            sys.exit(128 + signal.SIGTERM)
+        raise
     except PipeClosed:
         _quiet_exit(0)
     except BrokenPipeError:
         _quiet_exit(0)
     except KeyboardInterrupt:
-        out.stderr.write("\ninterrupted\n")
-        sys.exit(INTERRUPTED)
+        sys.exit(128 + signal.SIGTERM if _TERMINATED else INTERRUPTED)
     except ChatllmError as err:
         _report(out, err)
     except Exception as exc:  # the last line of defence: known library failures become ChatllmErrors
@@ -32,6 +38,15 @@ def main(argv: list[str] | None = None) -> None:
         if mapped is None:
             mapped = ChatllmError(f"internal error: {type(exc).__name__}: {exc}", "rerun with --debug and report the traceback")
         _report(out, mapped, exc)
+
+
+_TERMINATED = False
+
+
+def _interrupt(signum, frame) -> None:
+    global _TERMINATED
+    _TERMINATED = True
+    raise KeyboardInterrupt
 
 
 def _debug() -> bool:
