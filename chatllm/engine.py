@@ -17,7 +17,7 @@ import llama_cpp
 from llama_cpp import _internals as internals
 from llama_cpp import llama_chat_format
 
-from chatllm.devices import choose_gpu_layers, physical_cores
+from chatllm.devices import choose_gpu_layers, default_threads
 from chatllm.errors import ChatllmError, ContextOverflowError
 from chatllm.settings import Sampling
 
@@ -156,17 +156,19 @@ class Engine:
             )
         self.n_ctx_train = self._model.n_ctx_train()
         wanted_ctx = n_ctx or min(self.n_ctx_train or 8192, 8192)
-        self.n_threads = n_threads or physical_cores()
+        self.n_threads = n_threads or default_threads()
         ctx_params = llama_cpp.llama_context_default_params()
         ctx_params.n_ctx = wanted_ctx
         ctx_params.n_batch = min(n_batch, wanted_ctx)
         ctx_params.n_ubatch = min(n_batch, wanted_ctx)
         ctx_params.n_threads = self.n_threads
         ctx_params.n_threads_batch = self.n_threads
+        if flash_attn is None:
+            # On the CPU, llama.cpp's flash attention slows down deep into a long context (turn-20 chat
+            # latency 1.7x turn 2 with it, 1.15x without); on a GPU it saves memory and time.
+            flash_attn = self.gpu_layers != 0
         ctx_params.flash_attn_type = (
-            llama_cpp.LLAMA_FLASH_ATTN_TYPE_AUTO
-            if flash_attn is None
-            else (llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED if flash_attn else llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED)
+            llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED if flash_attn else llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
         )
         ctx_params.no_perf = True
         try:
@@ -307,6 +309,10 @@ class Engine:
     def _sampler(self, s: Sampling) -> internals.LlamaSampler:
         sampler = internals.LlamaSampler()
         if s.repeat_penalty and s.repeat_penalty != 1.0:
+            if s.repeat_penalty > 1.0 and (s.top_k > 0 or s.temperature <= 0):
+                # The penalty pass walks the whole vocabulary (1 ms/token on a 262k vocab). A penalty > 1 only lowers
+                # the <= 64 recent tokens, so the best k after it are among the best k + 64 before: exact, and cheap.
+                sampler.add_top_k((s.top_k if s.temperature > 0 else 1) + 64)
             sampler.add_penalties(self.n_vocab, 64, s.repeat_penalty, 0.0, 0.0)
         if s.temperature <= 0:
             sampler.add_greedy()
@@ -351,8 +357,8 @@ class Engine:
                 if stops.stopped:
                     stats.finish_reason = "stop"
                     break
-                if len(self._tokens) + 1 >= self.n_ctx:
-                    break
+                if len(self._tokens) + 1 >= self.n_ctx or stats.completion_tokens >= max_tokens:
+                    break  # the last token's logits are never used: skip its decode (a next prompt re-feeds it)
                 self._decode((token,), len(self._tokens), 0)
                 self._tokens.append(token)
             tail = stops.feed(decoder.decode(b"", final=True)) if not stops.stopped else ""

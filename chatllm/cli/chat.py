@@ -1,1 +1,169 @@
-"""Placeholder: filled in by its issue."""
+"""`chatllm chat` (the REPL) and `chatllm history` (saved conversations)."""
+
+import time
+from typing import Annotated, Optional
+
+import typer
+
+from chatllm.cli.app import app
+from chatllm.cli.options import model_command, plain_settings
+from chatllm.errors import ChatllmError, UsageError
+from chatllm.output import Output
+from chatllm.settings import Settings
+
+
+@app.command()
+@model_command
+def chat(
+    system: Annotated[Optional[str], typer.Option("--system", "-s", help="System prompt for the conversation.")] = None,
+    cont: Annotated[bool, typer.Option("--continue", "-c", help="Resume the most recent conversation.")] = False,
+    resume: Annotated[Optional[int], typer.Option("--resume", "-r", metavar="ID",
+                                                  help="Resume conversation ID (see `chatllm history`).")] = None,
+    *,
+    settings: Settings,
+) -> None:
+    """Chat with a model: replies stream as they are written, and every exchange is saved.
+
+    Type /help inside for the commands. With stdin piped, each line is one message (slash commands work) and
+    the replies come out as plain text: printf 'Hello\\n/exit\\n' | chatllm chat
+    """
+    import sys
+
+    from chatllm.inputs import stdin_is_piped
+    from chatllm.loader import load_engine
+    from chatllm.store import Store
+    from chatllm.tasks.chat import Conversation
+
+    if cont and resume is not None:
+        raise UsageError("--continue and --resume cannot be used together", "--continue picks the latest; "
+                         "--resume ID a given one")
+    out = Output()
+    piped = stdin_is_piped()
+    store = Store(settings.db_path)
+    try:
+        stored = None
+        if cont or resume is not None:
+            conv_id = resume if resume is not None else store.latest_id()
+            if conv_id is None:
+                raise UsageError("no saved conversation to continue", "start one with `chatllm chat`")
+            stored = store.load(conv_id)  # before loading the model: a wrong id fails fast
+        engine = load_engine(settings, out)
+        if not engine.has_chat_template:
+            name = engine.name
+            engine.close()
+            raise ChatllmError(f"{name} has no chat template, so it cannot chat",
+                               "use `chatllm generate` with a base model, or pass --chat-format chatml")
+        conv = Conversation(engine, settings.sampling, system=system, store=store, notice=out.status)
+        if stored is not None:
+            conv.resume(stored, system)
+            if stored.model and stored.model != engine.name:
+                out.status(f"note: conversation {stored.id} was with {stored.model}; continuing with {engine.name}")
+        try:
+            _run(conv, out, settings, store, piped, sys.stdin)
+        finally:
+            conv.engine.close()
+    finally:
+        store.close()
+
+
+def _run(conv, out: Output, settings: Settings, store, piped: bool, stdin) -> None:
+    from chatllm.repl import Repl, make_session, piped_lines
+
+    if piped:
+        repl = Repl(conv, out, settings, store=store, interactive=False)
+        repl.run_piped(piped_lines(stdin.buffer, out.warn))
+        if repl.errors:
+            raise typer.Exit(1)
+        return
+    output = None
+    if not out.is_tty and out.err_tty:
+        # stdout goes to a file: draw the prompt on the terminal (stderr) so only replies land in the file
+        from prompt_toolkit.output import create_output
+
+        output = create_output(stdout=out.stderr)
+    session = make_session(settings.home / "chat_history", output=output, color=out.color)
+    Repl(conv, out, settings, store=store, session=session).run_interactive()
+
+
+history_app = typer.Typer(
+    help="Saved conversations: list them (id, model, first line, turns, date), `show ID` as markdown, `rm ID`.",
+    invoke_without_command=True,
+    no_args_is_help=False,
+    rich_markup_mode=None,
+)
+app.add_typer(history_app, name="history")
+
+
+def _store():
+    from chatllm.store import Store
+
+    return Store(plain_settings().db_path)
+
+
+@history_app.callback()
+def history(
+    ctx: typer.Context,
+    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON list.")] = False,
+    limit: Annotated[int, typer.Option("--limit", "-n", help="Show at most N conversations (0: all).")] = 0,
+) -> None:
+    """List saved conversations, most recent first: id, model, first line, turns, date.
+
+    Example: chatllm history; chatllm history show 3; chatllm chat --resume 3
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    if limit < 0:
+        raise UsageError("--limit must be 0 or more", "0 shows all")
+    from chatllm.repl import short_model
+
+    out = Output()
+    store = _store()
+    try:
+        rows = store.list(limit or None)
+    finally:
+        store.close()
+    if as_json:
+        out.json([r.as_dict() for r in rows])
+        return
+    if not rows:
+        out.status("no saved conversations yet; start one with `chatllm chat`")
+        return
+    out.table(["id", "model", "first line", "turns", "date"], [
+        [r.id, short_model(r.model), r.title, r.turns, time.strftime("%Y-%m-%d %H:%M", time.localtime(r.updated_at))]
+        for r in rows])
+
+
+@history_app.command("show")
+def history_show(
+    conv_id: Annotated[int, typer.Argument(metavar="ID", help="Conversation id from `chatllm history`.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of markdown.")] = False,
+) -> None:
+    """Print one conversation as markdown (rendered in a terminal)."""
+    from chatllm.tasks.chat import conversation_json, transcript_markdown
+
+    out = Output()
+    store = _store()
+    try:
+        conv = store.load(conv_id)
+    finally:
+        store.close()
+    kw = dict(model=conv.model, conv_id=conv.id, created_at=conv.created_at)
+    if as_json:
+        out.json(conversation_json(conv.system, conv.exchanges, **kw))
+    else:
+        out.markdown(transcript_markdown(conv.system, conv.exchanges, **kw))
+
+
+@history_app.command("rm")
+def history_rm(
+    conv_ids: Annotated[list[int], typer.Argument(metavar="ID...", help="Conversation ids to delete.")],
+) -> None:
+    """Delete saved conversations."""
+    out = Output()
+    store = _store()
+    try:
+        for conv_id in conv_ids:
+            store.delete(conv_id)
+            out.status(f"deleted conversation {conv_id}")
+    finally:
+        store.close()

@@ -1,0 +1,274 @@
+"""The SQLite conversation store: stdlib sqlite3, WAL, schema migrations by PRAGMA user_version."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Iterator, Sequence
+
+from chatllm.errors import ChatllmError, UsageError
+
+# Each entry moves the schema from version i to i + 1; never edit a released entry, append a new one.
+MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE conversations (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL,
+        model TEXT NOT NULL DEFAULT '',
+        system TEXT
+    );
+    CREATE INDEX conversations_updated ON conversations (updated_at);
+    CREATE TABLE exchanges (
+        conversation_id INTEGER NOT NULL REFERENCES conversations (id) ON DELETE CASCADE,
+        seq INTEGER NOT NULL,
+        user TEXT NOT NULL,
+        assistant TEXT NOT NULL,
+        interrupted INTEGER NOT NULL DEFAULT 0,
+        model TEXT NOT NULL DEFAULT '',
+        created_at REAL NOT NULL,
+        prompt_tokens INTEGER,
+        completion_tokens INTEGER,
+        first_token_seconds REAL,
+        seconds REAL,
+        PRIMARY KEY (conversation_id, seq)
+    );
+    """,
+)
+
+
+@dataclass
+class Exchange:
+    """One user message and the reply to it."""
+
+    user: str
+    assistant: str
+    interrupted: bool = False
+    model: str = ""
+    created_at: float = field(default_factory=time.time)
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    first_token_seconds: float | None = None
+    seconds: float | None = None
+
+
+@dataclass
+class StoredConversation:
+    """A conversation as saved: its row and its exchanges in order."""
+
+    id: int
+    model: str
+    system: str | None
+    created_at: float
+    updated_at: float
+    exchanges: list[Exchange]
+
+
+@dataclass
+class Summary:
+    """One line of `chatllm history`."""
+
+    id: int
+    model: str
+    title: str
+    turns: int
+    created_at: float
+    updated_at: float
+
+    def as_dict(self) -> dict:
+        """JSON-ready form."""
+        return {
+            "id": self.id,
+            "model": self.model,
+            "title": self.title,
+            "turns": self.turns,
+            "created_at": _iso(self.created_at),
+            "updated_at": _iso(self.updated_at),
+        }
+
+
+def _iso(ts: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(ts))
+
+
+def first_line(text: str, width: int = 60) -> str:
+    """The first non-empty line of text, cut to width characters."""
+    line = next((ln.strip() for ln in text.splitlines() if ln.strip()), "")
+    return line if len(line) <= width else line[: width - 1] + "…"
+
+
+class Store:
+    """Conversations in one SQLite file; every write is its own committed transaction."""
+
+    def __init__(self, path: Path | str, migrations: Sequence[str] = MIGRATIONS):
+        self.path = Path(path)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            # isolation_level=None: we issue BEGIN/COMMIT ourselves, so each exchange is one transaction.
+            self._db = sqlite3.connect(self.path, isolation_level=None, timeout=10)
+            self._db.execute("PRAGMA foreign_keys = ON")
+            self._db.execute("PRAGMA journal_mode = WAL")
+            # NORMAL in WAL mode survives a killed process (not a power cut) and keeps commits fast.
+            self._db.execute("PRAGMA synchronous = NORMAL")
+            self._migrate(migrations)
+        except sqlite3.DatabaseError as exc:
+            raise self._error(exc) from None
+        except OSError as exc:
+            raise ChatllmError(f"cannot open the conversation store {self.path}: {exc}",
+                               "check that CHATLLM_HOME is writable")
+
+    def _error(self, exc: Exception) -> ChatllmError:
+        text = str(exc)
+        if "locked" in text or "busy" in text:
+            return ChatllmError(f"the conversation store {self.path} is locked by another process",
+                                "try again in a moment")
+        if "readonly" in text or "unable to open" in text:
+            return ChatllmError(f"cannot write the conversation store {self.path}: {text}",
+                                "check the permissions of CHATLLM_HOME")
+        return ChatllmError(f"the conversation store {self.path} is unreadable: {text}",
+                            f"move {self.path} aside to start a fresh history (chatllm will create a new one)")
+
+    def _migrate(self, migrations: Sequence[str]) -> None:
+        version = self._db.execute("PRAGMA user_version").fetchone()[0]
+        if version > len(migrations):
+            raise ChatllmError(
+                f"the conversation store {self.path} has schema version {version}, newer than this chatllm knows",
+                "upgrade chatllm, or point CHATLLM_HOME elsewhere",
+            )
+        for number in range(version, len(migrations)):
+            # One script per step: the schema change and the version bump commit together or not at all.
+            try:
+                self._db.executescript(f"BEGIN;\n{migrations[number]}\nPRAGMA user_version = {number + 1};\nCOMMIT;")
+            except sqlite3.DatabaseError:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                raise
+
+    @property
+    def schema_version(self) -> int:
+        """The PRAGMA user_version of the file."""
+        return self._db.execute("PRAGMA user_version").fetchone()[0]
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+        except sqlite3.DatabaseError as exc:
+            raise self._error(exc) from None
+
+    def close(self) -> None:
+        """Close the database."""
+        self._db.close()
+
+    # -- writes -------------------------------------------------------------------------------------
+
+    def create(self, model: str, system: str | None, exchanges: Iterable[Exchange] = ()) -> int:
+        """A new conversation (with any exchanges it already has); returns its id."""
+        now = time.time()
+        with self._transaction() as db:
+            cur = db.execute(
+                "INSERT INTO conversations (created_at, updated_at, model, system) VALUES (?, ?, ?, ?)",
+                (now, now, model, system),
+            )
+            conv_id = cur.lastrowid
+            for seq, ex in enumerate(exchanges):
+                self._put(db, conv_id, seq, ex)
+        return conv_id
+
+    def put_exchange(self, conv_id: int, seq: int, exchange: Exchange, model: str | None = None) -> None:
+        """Store the exchange at position seq (replacing one there) and drop any after it, in one commit."""
+        with self._transaction() as db:
+            db.execute("DELETE FROM exchanges WHERE conversation_id = ? AND seq >= ?", (conv_id, seq))
+            self._put(db, conv_id, seq, exchange)
+            self._touch(db, conv_id, model=model)
+
+    def delete_from(self, conv_id: int, seq: int) -> None:
+        """Drop the exchanges at position seq and after (for /undo)."""
+        with self._transaction() as db:
+            db.execute("DELETE FROM exchanges WHERE conversation_id = ? AND seq >= ?", (conv_id, seq))
+            self._touch(db, conv_id)
+
+    def set_system(self, conv_id: int, system: str | None) -> None:
+        """Change a conversation's system prompt."""
+        with self._transaction() as db:
+            db.execute("UPDATE conversations SET system = ? WHERE id = ?", (system, conv_id))
+            self._touch(db, conv_id)
+
+    def delete(self, conv_id: int) -> None:
+        """Delete a conversation and its exchanges."""
+        with self._transaction() as db:
+            if db.execute("DELETE FROM conversations WHERE id = ?", (conv_id,)).rowcount == 0:
+                raise _not_found(conv_id)
+
+    @staticmethod
+    def _put(db: sqlite3.Connection, conv_id: int, seq: int, ex: Exchange) -> None:
+        db.execute(
+            "INSERT INTO exchanges (conversation_id, seq, user, assistant, interrupted, model, created_at, prompt_tokens,"
+            " completion_tokens, first_token_seconds, seconds) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (conv_id, seq, ex.user, ex.assistant, int(ex.interrupted), ex.model, ex.created_at, ex.prompt_tokens,
+             ex.completion_tokens, ex.first_token_seconds, ex.seconds),
+        )
+
+    @staticmethod
+    def _touch(db: sqlite3.Connection, conv_id: int, model: str | None = None) -> None:
+        if model:
+            db.execute("UPDATE conversations SET updated_at = ?, model = ? WHERE id = ?", (time.time(), model, conv_id))
+        else:
+            db.execute("UPDATE conversations SET updated_at = ? WHERE id = ?", (time.time(), conv_id))
+
+    # -- reads --------------------------------------------------------------------------------------
+
+    def latest_id(self) -> int | None:
+        """The most recently used conversation that has at least one exchange."""
+        row = self._query(
+            "SELECT c.id FROM conversations c WHERE EXISTS (SELECT 1 FROM exchanges e WHERE e.conversation_id = c.id)"
+            " ORDER BY c.updated_at DESC, c.id DESC LIMIT 1"
+        ).fetchone()
+        return row[0] if row else None
+
+    def load(self, conv_id: int) -> StoredConversation:
+        """One conversation with its exchanges; UsageError when there is no such id."""
+        row = self._query("SELECT id, model, system, created_at, updated_at FROM conversations WHERE id = ?",
+                          (conv_id,)).fetchone()
+        if row is None:
+            raise _not_found(conv_id)
+        rows = self._query(
+            "SELECT user, assistant, interrupted, model, created_at, prompt_tokens, completion_tokens,"
+            " first_token_seconds, seconds FROM exchanges WHERE conversation_id = ? ORDER BY seq",
+            (conv_id,),
+        ).fetchall()
+        exchanges = [Exchange(r[0], r[1], bool(r[2]), r[3], r[4], r[5], r[6], r[7], r[8]) for r in rows]
+        return StoredConversation(row[0], row[1], row[2], row[3], row[4], exchanges)
+
+    def list(self, limit: int | None = None) -> list[Summary]:
+        """Conversations with at least one exchange, most recent first."""
+        sql = (
+            "SELECT c.id, c.model, c.created_at, c.updated_at, COUNT(e.seq),"
+            " (SELECT user FROM exchanges f WHERE f.conversation_id = c.id ORDER BY f.seq LIMIT 1)"
+            " FROM conversations c JOIN exchanges e ON e.conversation_id = c.id"
+            " GROUP BY c.id ORDER BY c.updated_at DESC, c.id DESC"
+        )
+        params: tuple = ()
+        if limit is not None:
+            sql += " LIMIT ?"
+            params = (limit,)
+        return [Summary(r[0], r[1], first_line(r[5] or ""), r[4], r[2], r[3]) for r in self._query(sql, params)]
+
+    def _query(self, sql: str, params: tuple = ()) -> sqlite3.Cursor:
+        try:
+            return self._db.execute(sql, params)
+        except sqlite3.DatabaseError as exc:
+            raise self._error(exc) from None
+
+
+def _not_found(conv_id: int) -> UsageError:
+    return UsageError(f"no conversation with id {conv_id}", "`chatllm history` lists the saved conversations")

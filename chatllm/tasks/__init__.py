@@ -1,0 +1,1 @@
+"""Task logic over the Engine protocol: chat, summarize, classify."""
