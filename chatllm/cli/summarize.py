@@ -1,1 +1,272 @@
-"""Placeholder: filled in by its issue."""
+"""`chatllm summarize`: files of any length (or stdin) to streamed summaries, map-reduce beyond the window."""
+
+import os
+from dataclasses import dataclass, field
+from typing import IO, Annotated, Iterator, List, Optional
+
+import typer
+
+from chatllm.cli.app import app
+from chatllm.cli.options import model_command
+from chatllm.errors import UsageError
+from chatllm.output import Output
+from chatllm.settings import Sampling, Settings
+
+LENGTH_CHOICES = ("short", "medium", "long")
+STYLE_CHOICES = ("paragraph", "bullets", "tldr")
+
+
+@dataclass
+class Source:
+    """One input (a file or stdin), checked before the model loads; its text is read again, in blocks, later."""
+
+    path: str
+    name: str
+    size_hint: int | None = None  # approximate length in characters
+    _stdin_blocks: Iterator[str] | None = field(default=None, repr=False)
+    _peeked: list[str] = field(default_factory=list, repr=False)
+
+    def blocks(self, out: Output) -> Iterator[str]:
+        """The decoded text, block by block (bounded memory)."""
+        from chatllm.inputs import iter_text, open_binary
+
+        if self._stdin_blocks is not None:
+            yield from self._peeked
+            self._peeked = []
+            yield from self._stdin_blocks
+            return
+        stream = open_binary(self.path)
+        try:
+            yield from iter_text(stream, self.name, out.warn)
+        finally:
+            stream.close()
+
+
+def check_source(path: str, out: Output) -> Source:
+    """Open an input and read up to its first words: missing, unreadable, directory, binary and empty are refused."""
+    from chatllm.inputs import iter_text, open_binary
+
+    is_stdin = path == "-"
+    name = "stdin" if is_stdin else path
+    stream = open_binary(path)
+    size = _stream_size(stream)
+    # A file is read again later, so warnings wait for that read; stdin is read once, so it warns now.
+    blocks = iter_text(stream, name, out.warn if is_stdin else None)
+    peeked: list[str] = []
+    try:
+        for block in blocks:
+            peeked.append(block)
+            if block.strip():
+                break
+        else:
+            raise UsageError(f"{name} is empty", "give a file with some text in it" if not is_stdin
+                             else "pipe some text in: cat notes.txt | chatllm summarize")
+    finally:
+        if not is_stdin:
+            stream.close()
+    first = "".join(peeked)
+    size_hint = None
+    if size:
+        raw = len(first.encode("utf-8")) or 1
+        size_hint = int(size * len(first) / raw)
+    if is_stdin:
+        return Source(path, name, size_hint, _stdin_blocks=blocks, _peeked=peeked)
+    return Source(path, name, size_hint)
+
+
+def _stream_size(stream: IO[bytes]) -> int | None:
+    try:
+        st = os.fstat(stream.fileno())
+    except (OSError, ValueError, AttributeError):
+        return None
+    import stat
+
+    return st.st_size if stat.S_ISREG(st.st_mode) and st.st_size > 0 else None
+
+
+def gather_sources(files: Optional[List[str]], out: Output) -> list[Source]:
+    """The inputs named (or piped stdin), each checked; refuses a missing input before any model loads."""
+    from chatllm.inputs import stdin_is_piped
+
+    paths = list(files or [])
+    if not paths:
+        if not stdin_is_piped():
+            raise UsageError("nothing to summarize: no FILE and no piped input",
+                             "chatllm summarize notes.txt, or: cat notes.txt | chatllm summarize")
+        paths = ["-"]
+    if paths.count("-") > 1:
+        raise UsageError("stdin (-) given more than once", "name - once")
+    return [check_source(p, out) for p in paths]
+
+
+class ProgressView:
+    """A rich progress bar on stderr (chunks done, tokens/s, time left); nothing at all when stderr is a pipe."""
+
+    def __init__(self, out: Output, label: str):
+        self.out = out
+        self.label = label
+        self.bar = None
+        self.task = None
+        if out.err_tty:
+            from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+            self.bar = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
+                                TextColumn("{task.fields[detail]}"), TimeElapsedColumn(),
+                                console=out.err_console, transient=True)
+            self.task = self.bar.add_task(f"{label}: reading", total=1000, detail="")
+            self.bar.start()
+
+    def update(self, p) -> None:
+        """Show one Progress event from the summarizer."""
+        if self.bar is None:
+            return
+        if p.stage == "map":
+            what = f"{p.done}/{p.total} parts done" if p.total else f"{p.done} parts done"
+        elif p.stage == "reduce":
+            what = f"merging notes {p.done}/{p.total}"
+        elif p.stage == "final":
+            what = "writing the summary"
+        else:
+            what = "reading"
+        detail = []
+        if p.prompt_tokens:
+            detail.append(f"{p.prompt_rate:,.0f} tok/s")
+        if 0.02 < p.fraction < 1:
+            detail.append(f"~{_duration(p.seconds * (1 - p.fraction) / p.fraction)} left")
+        self.bar.update(self.task, description=f"{self.label}: {what}", completed=int(p.fraction * 1000),
+                        detail=" · ".join(detail))
+
+    def stop(self) -> None:
+        """Remove the bar (it is transient) before the summary streams to the same terminal."""
+        if self.bar is not None:
+            self.bar.stop()
+            self.bar = None
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+def _options(length: str, words: Optional[int], style: str, lang: Optional[str], focus: Optional[str],
+             chunk_tokens: Optional[int], settings: Settings):
+    from chatllm.tasks.summarize import SummaryOptions
+
+    length, style = length.lower(), style.lower()
+    if length not in LENGTH_CHOICES:
+        raise UsageError(f"unknown --length {length!r}", "use short, medium or long (or --words N)")
+    if style not in STYLE_CHOICES:
+        raise UsageError(f"unknown --style {style!r}", "use paragraph, bullets or tldr")
+    if words is not None and not 1 <= words <= 5000:
+        raise UsageError("--words must be between 1 and 5000", "for example --words 100")
+    if chunk_tokens is not None and 0 < chunk_tokens < 64 or (chunk_tokens or 0) < 0:
+        raise UsageError("--chunk-tokens must be at least 64", "for example --chunk-tokens 2048, or 0 for the whole window")
+    # --max-tokens caps each summary only when it was changed from the default; otherwise the length decides.
+    cap = settings.sampling.max_tokens if settings.sampling.max_tokens != Sampling().max_tokens else None
+    return SummaryOptions(length=length, words=words, style=style, lang=lang or None, focus=focus or None,
+                          max_tokens=cap, **({} if chunk_tokens is None else {"chunk_tokens": chunk_tokens or None}))
+
+
+def _run(engine, source_blocks, size_hint, label: str, settings: Settings, options, out: Output, as_json: bool):
+    """Summarize one stream: progress on stderr, the final pass streamed to stdout (or returned for --json)."""
+    from chatllm.tasks.summarize import Summarizer
+
+    view = ProgressView(out, label)
+    started = [False]
+
+    def on_text(piece: str) -> None:
+        if as_json:
+            return
+        if not started[0]:
+            started[0] = True
+            if out.is_tty:
+                view.stop()
+        out.write(piece)
+
+    try:
+        summarizer = Summarizer(engine, settings.sampling, options, on_progress=view.update)
+        result = summarizer.summarize(source_blocks, on_text=on_text, size_hint=size_hint)
+    finally:
+        view.stop()
+    if not as_json and (not result.text.endswith("\n")):
+        out.write("\n")
+    return result
+
+
+def _stats_line(result) -> str:
+    parts = [f"{result.input_tokens:,} tokens in"]
+    if result.levels:
+        parts.append(f"{result.chunks} parts, {result.levels} level{'s' if result.levels > 1 else ''}")
+    else:
+        parts.append("one pass")
+    parts.append(f"{result.completion_tokens:,} tokens out")
+    rate = result.prompt_tokens / result.seconds if result.seconds else 0
+    parts.append(f"{result.seconds:.1f} s ({rate:,.0f} tok/s)")
+    if result.finish_reason == "length":
+        parts.append("summary stopped at its token limit")
+    return ", ".join(parts)
+
+
+@app.command()
+@model_command
+def summarize(
+    files: Annotated[Optional[List[str]], typer.Argument(
+        help="Text files to summarize; - reads stdin (stdin is also read when piped and no FILE is given).",
+        show_default=False, metavar="FILE")] = None,
+    length: Annotated[str, typer.Option("--length", "-l", metavar="short|medium|long",
+                                        help="About 50, 150 or 300 words.")] = "medium",
+    words: Annotated[Optional[int], typer.Option("--words", "-w", metavar="N", help="Aim at N words (overrides --length).",
+                                                 show_default=False)] = None,
+    style: Annotated[str, typer.Option("--style", metavar="paragraph|bullets|tldr",
+                                       help="One paragraph, a bulleted list, or a one-sentence TL;DR.")] = "paragraph",
+    lang: Annotated[Optional[str], typer.Option("--lang", metavar="LANG", help="Write the summary in LANG [default: the input's].",
+                                                show_default=False)] = None,
+    focus: Annotated[Optional[str], typer.Option("--focus", metavar="TEXT", help="What to pay attention to, e.g. 'costs and risks'.",
+                                                 show_default=False)] = None,
+    combine: Annotated[bool, typer.Option("--combine", help="One summary of all the files together.")] = False,
+    chunk_tokens: Annotated[Optional[int], typer.Option(
+        "--chunk-tokens", metavar="N", help="Largest part for long input, in tokens; 0: as large as --ctx allows [default: 2048].",
+        show_default=False)] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON (one object per summary) with token counts.")] = False,
+    *,
+    settings: Settings,
+) -> None:
+    """Summarize files of any length: one pass when the text fits the context window, map-reduce beyond it.
+
+    Example: chatllm summarize report.txt --length short; curl -s URL | chatllm summarize --style bullets
+    """
+    out = Output()
+    options = _options(length, words, style, lang, focus, chunk_tokens, settings)
+    sources = gather_sources(files, out)  # every input is checked before the model loads
+
+    from chatllm.loader import load_engine
+
+    engine = load_engine(settings, out)
+    if combine and len(sources) > 1:
+        groups = [("all files", sources)]
+    else:
+        groups = [(s.name, [s]) for s in sources]
+    many = len(groups) > 1
+    for i, (label, group) in enumerate(groups):
+        if many and not as_json:
+            out.line(("\n" if i else "") + f"## {label}\n")
+        size = sum(s.size_hint or 0 for s in group) or None
+        result = _run(engine, _joined(group, out), size, label, settings, options, out, as_json)
+        if as_json:
+            record = {"file": label} if not (combine and len(sources) > 1) else {"files": [s.name for s in group]}
+            record.update(model=engine.name, **result.as_dict())
+            out.json(record)
+        elif out.err_tty:
+            out.status(_stats_line(result))
+
+
+def _joined(sources: list[Source], out: Output) -> Iterator[str]:
+    """The blocks of several sources in order, a blank line between files so paragraphs never merge."""
+    for i, source in enumerate(sources):
+        if i:
+            yield "\n\n"
+        yield from source.blocks(out)

@@ -1,0 +1,109 @@
+"""Speed of `chatllm summarize` on a whole novel, against the engine's raw prompt rate measured in the same run.
+
+    python bench/bench_summarize.py                        # Alice in Wonderland, SmolLM2 test model, 8k window
+    python bench/bench_summarize.py -m MODEL.gguf --ctx 4096 --chunk-tokens 0 --show
+
+Reports total seconds, tokens in (the document), tokens out (all generated text), and the prompt-processing
+rate achieved: document tokens / (wall time - time spent generating), so chunking, tokenizing, prompt
+building and the instruction tokens all count against it. The reference is the engine evaluating the same
+document's tokens raw, in prompts as long as the summarizer's, from a cold cache, before and after the run
+(the mean of the two); a single 512-token batch is shown too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+DOC = ROOT.parent / "shared" / "data" / "longdocs" / "alice_in_wonderland_pg11.txt"
+TEST_MODEL = Path.home() / ".cache" / "chatllm-test" / "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def raw_rate(engine, tokens: list[int], length: int, repeats: int = 2) -> float:
+    """Tokens/s of evaluating `length` document tokens as one fresh prompt (the engine alone, no chatllm logic)."""
+    from chatllm.settings import Sampling
+
+    rates = []
+    for r in range(repeats):
+        start = (r * 7919) % max(1, len(tokens) - length)
+        prompt = tokens[start:start + length]
+        engine.complete(prompt, Sampling(max_tokens=1, temperature=0))
+        stats = engine.last_stats
+        rates.append((stats.prompt_tokens - stats.cached_tokens) / stats.first_token_seconds)
+    return statistics.mean(rates)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the benchmark and print the figures."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-m", "--model", default=os.environ.get("CHATLLM_MODEL") or str(TEST_MODEL), help=".gguf path")
+    parser.add_argument("--doc", type=Path, default=DOC)
+    parser.add_argument("--ctx", type=int, default=None, help="context window [the model's, at most 8192]")
+    parser.add_argument("--chunk-tokens", type=int, default=None, help="as `chatllm summarize --chunk-tokens`")
+    parser.add_argument("--length", default="medium")
+    parser.add_argument("--show", action="store_true", help="print the summary")
+    args = parser.parse_args(argv)
+
+    from chatllm.engine import Engine
+    from chatllm.gguf import read_header
+    from chatllm.inputs import iter_text, open_binary
+    from chatllm.settings import Sampling
+    from chatllm.tasks.summarize import SummaryOptions, Summarizer
+
+    info = read_header(Path(args.model))
+    engine = Engine(args.model, n_ctx=args.ctx or min(info.context_length or 8192, 8192))
+    with open(args.doc, encoding="utf-8-sig", newline=None) as fh:
+        doc_tokens = engine.tokenize(fh.read())
+    options = SummaryOptions(length=args.length, **({} if args.chunk_tokens is None
+                                                    else {"chunk_tokens": args.chunk_tokens or None}))
+    sampling = Sampling(temperature=0)
+
+    before_batch = raw_rate(engine, doc_tokens, engine.n_batch)
+    before_same = raw_rate(engine, doc_tokens, options.chunk_tokens or engine.n_ctx // 2)
+
+    stream = open_binary(args.doc)
+    size = args.doc.stat().st_size
+    start = time.perf_counter()
+    summarizer = Summarizer(engine, sampling, options)
+    result = summarizer.summarize(iter_text(stream, args.doc.name), size_hint=size)
+    wall = time.perf_counter() - start
+    stream.close()
+
+    calls = result.calls_log
+    map_len = int(statistics.median(c["prompt_tokens"] for c in calls[: max(1, result.chunks)]))
+    raw_same = (before_same + raw_rate(engine, doc_tokens, map_len)) / 2
+    after_batch = raw_rate(engine, doc_tokens, engine.n_batch)
+
+    gen_seconds = sum(c["seconds"] - c["first_token_seconds"] for c in calls)
+    eval_seconds = sum(c["first_token_seconds"] for c in calls)
+    evaluated = sum(c["prompt_tokens"] - c["cached_tokens"] for c in calls)
+    prompt_wall = wall - gen_seconds
+    achieved = result.input_tokens / prompt_wall
+    batch = (before_batch + after_batch) / 2
+
+    print(f"document             {args.doc.name} ({size:,} bytes)")
+    print(f"model                {Path(args.model).name}, n_ctx {engine.n_ctx}, n_batch {engine.n_batch}, "
+          f"{engine.n_threads} threads")
+    print(f"total seconds        {wall:.1f}")
+    print(f"tokens in            {result.input_tokens:,} (document), {result.prompt_tokens:,} evaluated in all prompts")
+    print(f"tokens out           {result.completion_tokens:,} in {result.calls} calls "
+          f"({result.chunks} chunks, {result.levels} level{'s' if result.levels != 1 else ''})")
+    print(f"seconds: prompts     {eval_seconds:.1f} in llama.cpp ({evaluated / eval_seconds:,.1f} tok/s), "
+          f"generation {gen_seconds:.1f}, chatllm's own work {wall - eval_seconds - gen_seconds:.1f}")
+    print(f"prompt rate achieved {achieved:,.1f} tok/s  (document tokens / (wall - generation))")
+    print(f"raw rate, same size  {raw_same:,.1f} tok/s  ({map_len}-token prompts)  -> {100 * achieved / raw_same:.0f}%")
+    print(f"raw rate, one batch  {batch:,.1f} tok/s  ({engine.n_batch}-token prompts)  -> {100 * achieved / batch:.0f}%")
+    if args.show:
+        print("\n" + result.text)
+
+
+if __name__ == "__main__":
+    main()
