@@ -1,0 +1,69 @@
+"""sentiment / classify through the real CLI and the real model."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+pytestmark = pytest.mark.model
+
+
+def test_single_text_prints_label_and_probability(chatllm):
+    r = chatllm("sentiment", "I loved this movie, it was wonderful and moving.")
+    assert r.returncode == 0, r.stderr
+    label, prob = r.stdout.strip().split("\t")
+    assert label == "positive" and 0.5 < float(prob) <= 1
+
+
+def test_json_scores_sum_to_one(chatllm):
+    r = chatllm("sentiment", "--json", "--neutral", "The food was cold and the waiter was rude.")
+    data = json.loads(r.stdout)
+    assert set(data["scores"]) == {"positive", "negative", "neutral"}
+    assert abs(sum(data["scores"].values()) - 1) < 1e-3 and data["label"] == "negative"
+
+
+def test_lines_keep_order_and_report_empty_rows(chatllm):
+    text = "great product, works perfectly\n\nterrible, it broke in a day and support never answered\n这家酒店非常干净\n"
+    r = chatllm("sentiment", "--lines", "--json", input=text)
+    assert r.returncode == 0, r.stderr
+    rows = [json.loads(line) for line in r.stdout.splitlines()]
+    assert len(rows) == 4
+    assert rows[0]["label"] == "positive" and rows[0]["text"].startswith("great")
+    assert rows[1] == {"line": 2, "error": "empty text", "text": ""}
+    assert rows[2]["label"] == "negative" and rows[3]["text"] == "这家酒店非常干净"
+
+
+def test_csv_column_by_name(chatllm, tmp_path):
+    data = tmp_path / "reviews.csv"
+    data.write_text("id,review\n1,\"Wonderful, I loved it\"\n2,\"Awful, a waste of money\"\n")
+    r = chatllm("sentiment", "--lines", "--column", "review", "-f", str(data))
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert [ln.split("\t")[2] for ln in lines] == ["Wonderful, I loved it", "Awful, a waste of money"]
+    r = chatllm("sentiment", "--lines", "--column", "nope", "-f", str(data))
+    assert r.returncode == 2 and "columns: id, review" in r.stderr
+
+
+def test_classify_with_custom_labels(chatllm):
+    r = chatllm("classify", "--labels", "news,blog,ad", "--describe", "ad=selling something",
+                "--json", "Buy one, get one free this weekend only!")
+    assert r.returncode == 0, r.stderr
+    data = json.loads(r.stdout)
+    assert set(data["scores"]) == {"news", "blog", "ad"} and data["label"] == "ad"
+
+
+@pytest.mark.parametrize("args, stdin, message", [
+    (["sentiment"], "", "stdin is empty"),
+    (["sentiment", "--labels", "pos", "x"], "", "at least two different labels"),
+    (["classify", "--labels", "a,b", "--describe", "nolabel", "x"], "", "is not label=text"),
+    (["sentiment", "-f", "/nonexistent.txt"], "", "no such file"),
+])
+def test_usage_errors_exit_2(chatllm, args, stdin, message):
+    r = chatllm(*args, input=stdin)
+    assert r.returncode == 2 and message in r.stderr and "hint: " in r.stderr
+
+
+def test_binary_input_is_refused(chatllm):
+    r = chatllm("sentiment", "--lines", input=b"abc\x00\x01def\n")
+    assert r.returncode == 2 and b"binary" in r.stderr
