@@ -73,8 +73,9 @@ def iter_text(stream: IO[bytes], name: str, warn: Callable[[str], None] | None =
         yield tail
 
 
-def read_text(path: Path | str, warn: Callable[[str], None] | None = None, *, limit: int | None = None) -> str:
-    """A whole text file (or `-` for stdin), decoded; raises UsageError for empty, binary or missing input."""
+def read_text(path: Path | str, warn: Callable[[str], None] | None = None, *, limit: int | None = None,
+              allow_empty: bool = False, too_long: str | None = None) -> str:
+    """A whole text file (or `-` for stdin), decoded; raises UsageError for empty, binary, missing or too-long input."""
     name = "stdin" if str(path) == "-" else str(path)
     stream = open_binary(path)
     try:
@@ -83,12 +84,13 @@ def read_text(path: Path | str, warn: Callable[[str], None] | None = None, *, li
             parts.append(piece)
             size += len(piece)
             if limit is not None and size > limit:
-                raise UsageError(f"{name} is too long ({size:,}+ characters)", "give a shorter text, or use `chatllm summarize`")
+                raise UsageError(too_long or f"{name} is too long ({size:,}+ characters)",
+                                 "use `chatllm summarize` for long texts, or give a shorter part")
         text = "".join(parts)
     finally:
         if stream is not sys.stdin.buffer:
             stream.close()
-    if not text.strip():
+    if not text.strip() and not allow_empty:
         raise UsageError(f"{name} is empty", "give some text")
     return text
 
@@ -107,25 +109,9 @@ def read_prompt(path: Path | str, warn: Callable[[str], None] | None = None, n_c
     """A file (or `-` for stdin) as prompt text; stops reading once it cannot fit n_ctx tokens (bounded memory)."""
     name = "stdin" if str(path) == "-" else str(path)
     limit = prompt_char_limit(n_ctx)
-    stream = open_binary(path)
-    parts, size = [], 0
-    try:
-        for piece in iter_text(stream, name, warn):
-            parts.append(piece)
-            size += len(piece)
-            if size > limit:
-                raise UsageError(
-                    f"{name} is too long for a prompt: over {limit:,} characters, which a "
-                    f"{n_ctx or DEFAULT_CTX:,}-token context window cannot hold",
-                    "use `chatllm summarize` for long texts, or give a shorter part",
-                )
-    finally:
-        if stream is not sys.stdin.buffer:
-            stream.close()
-    text = "".join(parts)
-    if not text.strip() and not allow_empty:
-        raise UsageError(f"{name} is empty", "give some text")
-    return text
+    too_long = (f"{name} is too long for a prompt: over {limit:,} characters, which a "
+                f"{n_ctx or DEFAULT_CTX:,}-token context window cannot hold")
+    return read_text(path, warn, limit=limit, allow_empty=allow_empty, too_long=too_long)
 
 
 def stdin_is_piped() -> bool:
