@@ -374,6 +374,8 @@ def random_gguf(draw) -> bytes:
         atype = draw(st.sampled_from([UINT64, BOOL, INT32])) if lie() else UINT32
         value = draw(st.sampled_from([0, 3, 2**31 + 1])) if lie() else draw(st.sampled_from([1, 8, 16, 32, 64]))
         fmt = {UINT32: "<I", UINT64: "<Q", BOOL: "<?", INT32: "<i"}[atype]
+        if atype == INT32 and value >= 2**31:
+            value = -value % 2**31  # an int32 cannot hold it: lie with a negative alignment instead
         kvs.append(("general.alignment", struct.pack("<I", atype) + struct.pack(fmt, value if atype != BOOL else True)))
         if atype == UINT32 and value and not value & (value - 1):
             alignment = value
