@@ -32,6 +32,14 @@ def choose_gpu_layers(device: str, gpu_layers: int | None, supports_offload: boo
     return -1 if gpu_layers is None else gpu_layers
 
 
+def extra_buffers_safe(system_info: str) -> bool:
+    """Whether llama.cpp may repack weights into its extra CPU buffer types (AMX, REPACK) on this CPU."""
+    # On AMX CPUs (Sapphire Rapids and later) llama.cpp's AMX matmul segfaults on the first batch of a prompt
+    # (Q4_1 and Q4_K_M both, seen here; ggml-org/llama.cpp#20824, ollama dropped its AMX build). The AMX buffer
+    # cannot be turned off alone, so on such CPUs the plain CPU buffers are used for all weights.
+    return "AMX_INT8 = 1" not in system_info
+
+
 def physical_cores() -> int:
     """Physical cores (hyper-threads slow token generation down), else the logical count."""
     logical = os.cpu_count() or 1

@@ -17,7 +17,7 @@ import llama_cpp
 from llama_cpp import _internals as internals
 from llama_cpp import llama_chat_format
 
-from chatllm.devices import choose_gpu_layers, default_threads
+from chatllm.devices import choose_gpu_layers, default_threads, extra_buffers_safe
 from chatllm.errors import ChatllmError, ContextOverflowError
 from chatllm.settings import Sampling
 
@@ -145,6 +145,7 @@ class Engine:
         self.gpu_layers = choose_gpu_layers(device, gpu_layers, info["gpu_offload"], info["backend"])
         model_params = llama_cpp.llama_model_default_params()
         model_params.n_gpu_layers = 0x7FFFFFFF if self.gpu_layers == -1 else self.gpu_layers
+        model_params.use_extra_bufts = extra_buffers_safe(info["system_info"])
         _LOG.clear()
         try:
             self._model = internals.LlamaModel(path_model=str(self.path), params=model_params, verbose=True)

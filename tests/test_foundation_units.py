@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from chatllm.devices import choose_gpu_layers, physical_cores
+from chatllm.devices import choose_gpu_layers, extra_buffers_safe, physical_cores
 from chatllm.errors import ChatllmError, UsageError, from_exception, redact
 from chatllm.registry import load_registry, parse_ref, pick_quant_file, shipped_registry_path, split_parts
 from chatllm.settings import load_settings
@@ -126,6 +126,13 @@ def test_gpu_on_the_wrong_build_says_how_to_install(device, offload, backend, hi
     with pytest.raises(ChatllmError) as info:
         choose_gpu_layers(device, None, offload, backend)
     assert hint in info.value.hint
+
+
+def test_weight_repacking_is_off_on_amx_cpus():
+    amx = "CPU : AVX2 = 1 | AVX512 = 1 | AMX_INT8 = 1 | OPENMP = 1 | REPACK = 1 | "
+    assert not extra_buffers_safe(amx)
+    assert extra_buffers_safe(amx.replace("AMX_INT8 = 1 | ", ""))
+    assert extra_buffers_safe("Metal : EMBED_LIBRARY = 1 | CPU : NEON = 1 | ARM_FMA = 1 | REPACK = 1 | ")
 
 
 def test_physical_cores_is_sane():

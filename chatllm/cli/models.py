@@ -145,7 +145,7 @@ def info(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = 
     import platform
 
     from chatllm import __version__
-    from chatllm.devices import physical_cores
+    from chatllm.devices import extra_buffers_safe, physical_cores
     from chatllm.engine import build_info
     from chatllm.loader import resolve_spec
 
@@ -171,6 +171,7 @@ def info(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = 
         "hf_endpoint": settings.hf_endpoint,
         "hf_token": "set" if settings.hf_token else "not set",
         "offline": settings.offline,
+        "weight_repacking": "on" if extra_buffers_safe(build["system_info"]) else "off (AMX CPU: llama.cpp's AMX kernels crash)",
         "cpu_features": build["system_info"],
     }
     if as_json:
