@@ -192,10 +192,18 @@ def fmt(value: float, unit: str) -> str:
 # -- figures 1 and 2: decode loop and prompt rate ------------------------------------------------------------------
 
 
+def repacking() -> bool:
+    """Whether chatllm's Engine lets llama.cpp repack weights on this CPU; the reference is run the same way."""
+    from chatllm.devices import extra_buffers_safe
+    from chatllm.engine import build_info
+
+    return extra_buffers_safe(build_info()["system_info"])
+
+
 def llama_bench(bins: dict, model: Path, threads: int, n_prompt: int, n_gen: int) -> float:
     """One llama-bench repetition (after its own warmup run): tokens per second."""
     cmd = [str(bins["llama-bench"]), "-m", str(model), "-t", str(threads), "-p", str(n_prompt), "-n", str(n_gen),
-           "-r", "1", "-o", "json"]
+           "-r", "1", "-o", "json", "--repack", str(int(repacking()))]
     run = checked(timed_run(cmd, timeout=300), "llama-bench")
     return float(json.loads(run.out)[0]["avg_ts"])
 
@@ -257,7 +265,7 @@ def oneshot_figures(bins: dict, model: Path, label: str, info: dict, pairs: int,
     ours += ["-m", str(model), "-n", str(ASK_TOKENS), "--temperature", "0", "--threads", t]
     ref = [str(bins["llama-completion"]), "-m", str(model), "-p", ref_prompt, "-n", str(ASK_TOKENS), "--temp", "0",
            "--repeat-penalty", "1.1", "--repeat-last-n", "64", "--ignore-eos", "-no-cnv", "--no-display-prompt",
-           "-t", t, "-c", n_ctx]
+           "-t", t, "-c", n_ctx, *([] if repacking() else ["--no-repack"])]
     check = json.loads(checked(timed_run(ours + ["--json"], env), f"chatllm {what}").out)
     checked(timed_run(ref), "llama-completion")  # warm the page cache for both
     wall = Figure("3", f"`chatllm {what}` wall / `llama-completion` wall ({ASK_TOKENS} tokens, same prompt)", label,
@@ -558,6 +566,7 @@ def render(figures: list[Figure], others: list[dict], meta: dict) -> str:
         "built from that package's own `vendor/llama.cpp` (Release, native CPU flags) by `bench/llamacpp_ref.py`",
         f"- models: {meta['models']}",
         f"- threads: {meta['threads']}",
+        f"- weight repacking: {meta['repack']}",
         "",
         "| # | figure | model | chatllm | reference | ratio | target | met |",
         "|---|---|---|---:|---:|---:|---|---|",
@@ -658,6 +667,8 @@ def main() -> None:
         "llama_cpp_python": version,
         "llama_commit": commit,
         "threads": threads_note,
+        "repack": "on for both sides" if repacking() else
+                  "off for both sides (`--repack 0` / `--no-repack`): this CPU has AMX, whose llama.cpp kernels segfault",
         "models": ", ".join(f"{label} ({m.name}, {m.stat().st_size / 2**20:.0f} MiB)" for label, m in models),
     }
     out = Path(args.out)
