@@ -30,7 +30,7 @@ def test_lines_keep_order_and_report_empty_rows(chatllm):
     rows = [json.loads(line) for line in r.stdout.splitlines()]
     assert len(rows) == 4
     assert rows[0]["label"] == "positive" and rows[0]["text"].startswith("great")
-    assert rows[1] == {"line": 2, "error": "empty text", "text": ""}
+    assert rows[1] == {"line": 2, "label": None, "error": "empty line", "text": ""}
     assert rows[2]["label"] == "negative" and rows[3]["text"] == "这家酒店非常干净"
 
 
@@ -42,7 +42,7 @@ def test_csv_column_by_name(chatllm, tmp_path):
     lines = r.stdout.splitlines()
     assert [ln.split("\t")[2] for ln in lines] == ["Wonderful, I loved it", "Awful, a waste of money"]
     r = chatllm("sentiment", "--lines", "--column", "nope", "-f", str(data))
-    assert r.returncode == 2 and "columns: id, review" in r.stderr
+    assert r.returncode == 2 and "its header row has: id, review" in r.stderr
 
 
 def test_classify_with_custom_labels(chatllm):
@@ -55,8 +55,8 @@ def test_classify_with_custom_labels(chatllm):
 
 @pytest.mark.parametrize("args, stdin, message", [
     (["sentiment"], "", "stdin is empty"),
-    (["sentiment", "--labels", "pos", "x"], "", "at least two different labels"),
-    (["classify", "--labels", "a,b", "--describe", "nolabel", "x"], "", "is not label=text"),
+    (["sentiment", "--labels", "pos", "x"], "", "need at least two labels, got 1"),
+    (["classify", "--labels", "a,b", "--describe", "nolabel", "x"], "", "is not LABEL=TEXT"),
     (["sentiment", "-f", "/nonexistent.txt"], "", "no such file"),
 ])
 def test_usage_errors_exit_2(chatllm, args, stdin, message):

@@ -1,89 +1,222 @@
-"""Label scoring logic against a fake engine: probabilities, calibration, languages, shared prefixes."""
+"""Label scoring logic against a fake engine: probabilities, calibration, cached prefix, languages, examples."""
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
 
-from chatllm.errors import UsageError
-from chatllm.tasks.classify import Classifier, detect_language
+from chatllm.errors import ContextOverflowError, UsageError
+from chatllm.tasks.classify import Classifier, Result, clean, detect_language, parse_labels, sentiment_labels
+from chatllm.tasks.fewshot import Example, load_examples
+
+CUES = {"positive": ("good", "好"), "negative": ("bad", "差"), "news": ("report",), "newsletter": ("subscribe",),
+        "ad": ("buy",), "blog": ("diary",)}
 
 
 class FakeEngine:
-    """Tokens are characters; a label's log-prob is high when the item line contains a cue word for it."""
+    """Characters are tokens; a label scores high when the item (after the last `Text:`) holds one of its cues."""
 
-    n_ctx = 4096
-
-    def __init__(self, bias: float = 0.0):
-        self.prefixes: list[list[int]] = []
-        self.bias = bias
+    def __init__(self, bias: dict[str, float] | None = None, n_ctx: int = 4096):
+        self.bias = bias or {}
+        self.n_ctx = n_ctx
+        self.calls: list[list[int]] = []
+        self.prompt_texts: list[str] = []
 
     def tokenize(self, text, *, add_bos=False, special=False):
-        return [ord(c) for c in text]
+        return ([1] if add_bos else []) + [ord(c) for c in text]
 
     def prompt_tokens(self, prompt, special=True):
+        self.prompt_texts.append(prompt)
         return [1] + self.tokenize(prompt)
 
+    def text_of(self, tokens) -> str:
+        return "".join(chr(t) for t in tokens if t != 1)
+
     def score_continuations(self, prefix, continuations):
-        self.prefixes.append(list(prefix))
-        text = "".join(chr(t) for t in prefix[1:]).rsplit("\n\n", 1)[-1].lower()
+        assert len(prefix) + max(len(c) for c in continuations) <= self.n_ctx
+        self.calls.append(list(prefix))
+        item = self.text_of(prefix).rsplit("Text:", 1)[-1].lower()
         scores = []
         for cont in continuations:
-            word = "".join(chr(t) for t in cont).strip()
-            hit = ("good" in text and word in ("positive", "正面")) or ("bad" in text and word in ("negative", "负面"))
-            scores.append(len(cont) * ((-0.2 if hit else -2.0) + (self.bias if word == "positive" else 0.0)))
+            word = self.text_of(cont).strip()
+            hit = any(cue in item for cue in CUES.get(word, ()))
+            # a per-token log-prob, so multi-token labels are whole sequences
+            scores.append(sum(-0.05 if hit else -0.5 for _ in cont) + self.bias.get(word, 0.0))
         return scores
 
 
-def test_scores_are_probabilities_that_sum_to_one():
+def test_scores_are_probabilities_summing_to_one():
     clf = Classifier(FakeEngine(), ["positive", "negative"])
     good, bad = clf.classify("a good film"), clf.classify("a bad film")
-    assert good.label == "positive" and bad.label == "negative"
+    assert (good.label, bad.label) == ("positive", "negative")
     for r in (good, bad):
-        assert math.isclose(sum(r.scores.values()), 1.0) and all(0 <= p <= 1 for p in r.scores.values())
+        assert math.isclose(sum(r.scores.values()), 1.0) and all(0 < p < 1 for p in r.scores.values())
+        assert r.probability == max(r.scores.values())
 
 
-def test_calibration_removes_a_label_bias():
-    biased = FakeEngine(bias=1.0)  # the model prefers "positive" whatever the text
+def test_calibration_removes_the_models_label_bias():
+    biased = FakeEngine(bias={"positive": 6.0})  # the model says positive whatever the text
     raw = Classifier(biased, ["positive", "negative"], calibrate=False).classify("a bad film")
-    calibrated = Classifier(biased, ["positive", "negative"]).classify("a bad film")
-    assert calibrated.scores["negative"] > raw.scores["negative"]
-    assert calibrated.label == "negative"
+    calibrated = Classifier(biased, ["positive", "negative"], calibrate=True).classify("a bad film")
+    assert raw.label == "positive"
+    assert calibrated.label == "negative" and calibrated.scores["negative"] > raw.scores["negative"]
+    neutral = Classifier(biased, ["positive", "negative"], calibrate=True).classify("a film")
+    assert math.isclose(neutral.scores["positive"], 0.5, abs_tol=1e-9)  # content-free-like text: no preference left
 
 
-def test_items_share_one_cached_prefix():
+def test_items_share_one_cached_prefix_built_once():
     eng = FakeEngine()
+    clf = Classifier(eng, ["positive", "negative"], calibrate=True)
+    for text in ("a good film", "a bad day", "good"):
+        clf.classify(text)
+    assert len(eng.prompt_texts) == 1  # the prefix is tokenized once for the batch
+    prefix = [1] + eng.tokenize(eng.prompt_texts[0])
+    assert len(prefix) > 100
+    assert all(call[: len(prefix)] == prefix for call in eng.calls)
+    assert len(eng.calls) == 1 + 3  # one content-free calibration call, then one call per item
+    item = eng.text_of(eng.calls[-1][len(prefix):])
+    assert item == " good\nSentiment:"  # an item costs only its own tokens
+
+
+def test_multi_token_labels_are_scored_as_whole_sequences():
+    eng = FakeEngine()
+    clf = Classifier(eng, ["news", "ad", "blog"], task="classify")
+    r = clf.classify("please buy this now")
+    assert r.label == "ad" and math.isclose(sum(r.scores.values()), 1.0)
+
+
+def test_a_label_that_begins_another_is_scored_up_to_the_line_break():
+    eng = FakeEngine()
+    clf = Classifier(eng, ["news", "newsletter"], task="classify", calibrate=False)
+    assert clf.classify("subscribe to our weekly mail").label == "newsletter"
+    assert clf.classify("a report from the city council").label == "news"
+    assert all(cont[-1] == ord("\n") for cont in clf._prompt("en").continuations)
+
+
+def test_chinese_text_gets_the_chinese_zero_shot_prompt_calibrated():
+    eng = FakeEngine(bias={"positive": 6.0})
     clf = Classifier(eng, ["positive", "negative"])
+    assert clf.classify("房间很差，服务冷淡").label == "negative"  # only calibration undoes the bias
+    zh = eng.prompt_texts[-1]
+    assert zh == "判断每条评论的情感，从以下标签中选一个：positive、negative。\n\nText:"
     clf.classify("a good film")
-    clf.classify("a bad day")
-    first, last = eng.prefixes[-2], eng.prefixes[-1]
-    shared = len(clf._prefix["en"])
-    assert first[:shared] == last[:shared] and shared > 50
+    en = eng.prompt_texts[-1]
+    assert "Text: not as bad as I feared" in en and "判断" not in en
+    forced = Classifier(FakeEngine(), ["positive", "negative"], lang="en")
+    assert "判断" not in forced.prompt_text("en")[0]
+    forced.classify("房间很好")
+    assert "判断" not in forced.engine.prompt_texts[-1]
 
 
-def test_chinese_text_gets_a_chinese_prompt():
+def test_detect_language_by_cjk_share():
+    assert detect_language("这家酒店非常干净，服务很好") == "zh"
+    assert detect_language("the hotel 很好 was fine overall, really") == "en"
+    assert detect_language("iPhone 很好用，电池也耐用") == "zh"
+    assert detect_language("12345 !!!") == "en"
+
+
+def test_neutral_examples_join_only_with_the_neutral_label():
+    two = Classifier(FakeEngine(), sentiment_labels()).prompt_text("en")[0]
+    three = Classifier(FakeEngine(), sentiment_labels(neutral=True)).prompt_text("en")[0]
+    assert "Sentiment: neutral" not in two and "Sentiment: neutral" in three
+    assert not two.startswith("Classify")  # examples cover every label: no instruction needed
+
+
+def test_custom_labels_with_descriptions_and_user_examples():
+    shots = [Example("buy two, pay one", "ad"), Example("our city council met today", "NEWS")]
+    clf = Classifier(FakeEngine(), ["news", "blog", "ad"], task="classify", examples=shots,
+                     descriptions={"Ad": "selling something"})
+    prefix, suffix = clf.prompt_text("en")
+    assert prefix.startswith("Classify each text into one of these categories: news, blog, ad.\n- ad: selling something\n")
+    assert "Text: buy two, pay one\nCategory: ad\n\n" in prefix and "Category: news" in prefix
+    assert prefix.endswith("Text:") and suffix == "\nCategory:"
+    assert clf.classify("a diary of my week").label == "blog"
+
+
+def test_bad_label_sets_descriptions_and_examples_are_usage_errors():
+    with pytest.raises(UsageError, match="at least two labels"):
+        parse_labels("only")
+    with pytest.raises(UsageError, match="at least two labels"):
+        parse_labels(" , ,a")
+    with pytest.raises(UsageError, match="twice"):
+        parse_labels("a,b,A")
+    assert parse_labels(" news, blog ,ad ") == ["news", "blog", "ad"]
+    with pytest.raises(UsageError, match="not a label"):
+        Classifier(FakeEngine(), ["news", "ad"], task="classify", descriptions={"blog": "x"})
+    with pytest.raises(UsageError, match="not one of the labels"):
+        Classifier(FakeEngine(), ["news", "ad"], task="classify", examples=[Example("x", "other")])
+
+
+def test_empty_text_is_an_error_result_not_an_exception():
+    clf = Classifier(FakeEngine(), ["positive", "negative"])
+    r = clf.classify(" \n\t ")
+    assert r.error == "empty text" and r.label is None
+    assert r.to_json() == {"label": None, "error": "empty text", "text": " \n\t "}
+
+
+def test_json_row_shape():
+    r = Result(text="t", label="a", scores={"a": 0.75, "b": 0.25})
+    assert json.loads(json.dumps(r.to_json())) == {"label": "a", "scores": {"a": 0.75, "b": 0.25}, "text": "t"}
+
+
+def test_long_text_is_cut_in_the_middle_to_fit_the_context():
+    eng = FakeEngine(n_ctx=200)  # less room than the preset's cap: the context decides
+    clf = Classifier(eng, ["positive", "negative"], examples=[], calibrate=False)
+    r = clf.classify("good " + "filler " * 500 + "the end")
+    assert r.truncated and r.label == "positive"
+    item = eng.text_of(eng.calls[-1])
+    assert " ..." in item and item.endswith("the end\nSentiment:") and len(eng.calls[-1]) == 200 - len(" positive") - 1
+
+
+def test_sentiment_items_keep_their_first_and_last_tokens_within_the_presets_cap():
+    from chatllm.tasks.fewshot import preset
+
+    cap = preset("sentiment", "zh").item_tokens
     eng = FakeEngine()
-    clf = Classifier(eng, ["positive", "negative"])
-    assert detect_language("这家酒店非常干净，服务很好") == "zh" and detect_language("hello 你") == "en"
-    clf.classify("房间很good")
-    prompt = "".join(chr(t) for t in eng.prefixes[-1][1:])
-    assert "文字：" in prompt and "情感：" in prompt and "正面" in prompt
+    clf = Classifier(eng, ["positive", "negative"], calibrate=False)
+    r = clf.classify("房间" + "很" * 400 + "差")
+    item = eng.text_of(eng.calls[-1][len(eng.calls[-1]) - cap - len("\nSentiment:"):])
+    assert r.truncated and r.label == "negative" and item.endswith("差\nSentiment:") and " ..." in item
+    assert len(eng.calls[-1]) <= 1 + len(eng.prompt_texts[-1]) + cap + len("\nSentiment:")
+    short = clf.classify("好" * (cap - 10))
+    assert not short.truncated
+    doc = Classifier(FakeEngine(), ["news", "ad"], task="classify").classify("report " * 40)  # 280 tokens
+    assert not doc.truncated and preset("classify", "en").item_tokens >= 280
 
 
-def test_custom_labels_examples_and_descriptions():
-    clf = Classifier(FakeEngine(), ["news", "ad"], task="classify", examples=[("buy now", "ad"), ("x", "other")],
-                     descriptions={"ad": "selling something"})
-    text = clf._prefix_text("en")
-    assert "ad: selling something" in text and "buy now" in text and "other" not in text
-    with pytest.raises(UsageError):
-        Classifier(FakeEngine(), ["news", "ad"], descriptions={"blog": "x"})
+def test_examples_too_long_for_the_context_are_refused():
+    clf = Classifier(FakeEngine(n_ctx=100), ["positive", "negative"])
+    with pytest.raises(ContextOverflowError):
+        clf.classify("good")
 
 
-def test_fewer_than_two_labels_and_empty_items():
-    with pytest.raises(UsageError):
-        Classifier(FakeEngine(), ["only"])
-    with pytest.raises(UsageError):
-        Classifier(FakeEngine(), ["a", "a", " "])
-    result = Classifier(FakeEngine(), ["positive", "negative"]).classify("   ")
-    assert result.error and result.as_dict()["error"] == "empty text"
+def test_clean_collapses_line_breaks():
+    assert clean("  one\r\ntwo\n\n three\t") == "one two three"
+
+
+def test_load_examples_tsv_csv_and_jsonl(tmp_path):
+    tsv = tmp_path / "ex.tsv"
+    tsv.write_text("text\tlabel\nbuy now, save 50%\tad\nthe mayor resigned\tnews\n", encoding="utf-8")
+    assert load_examples(tsv) == [Example("buy now, save 50%", "ad"), Example("the mayor resigned", "news")]
+    csvf = tmp_path / "ex.csv"
+    csvf.write_text('"great, really great",positive\nawful,negative\n', encoding="utf-8")
+    assert load_examples(csvf)[0] == Example("great, really great", "positive")
+    jl = tmp_path / "ex.jsonl"
+    jl.write_text('{"text": "好", "label": "positive"}\n{"text": "差", "label": "negative"}\n', encoding="utf-8")
+    assert [e.label for e in load_examples(jl)] == ["positive", "negative"]
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"just one column\n", "expected"),
+    (b'{"text": "x"}\n', "label"),
+    (b'{"text": \n', "not valid JSON"),
+    (b"\n \n", "empty"),
+    (b"a\x00b\tc\n", "binary"),
+])
+def test_load_examples_errors(tmp_path, content, message):
+    bad = tmp_path / "bad.txt"
+    bad.write_bytes(content)
+    with pytest.raises(UsageError, match=message):
+        load_examples(bad)

@@ -1,19 +1,30 @@
-"""Zero/few-shot classification by the model's own label probabilities, calibrated, with a KV-cached shared prefix."""
+"""Label scoring for `sentiment` and `classify`: each label's probability as the model's own next tokens.
+
+The instruction and the few-shot examples form a prefix that stays in the engine's KV cache, so an item costs only
+its own tokens. Labels of several tokens are scored as whole sequences; the model's bias toward some labels is
+removed by contextual calibration (the label probabilities given a content-free input divide the item's).
+"""
 
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
-from typing import Iterable, Iterator, Protocol, Sequence
+from typing import Protocol, Sequence
 
-from chatllm.errors import UsageError
+from chatllm.errors import ContextOverflowError, UsageError
+from chatllm.tasks.fewshot import Example, Preset, preset
 
-CONTENT_FREE = ("N/A", "", "[MASK]")  # inputs that carry no sentiment: they reveal the model's label bias
-MAX_ITEM_TOKENS = 384
+SENTIMENT_LABELS = ("positive", "negative")
+NEUTRAL = "neutral"
+CONTENT_FREE = ("",)  # tuned on sst2_tune.tsv: the empty text beat "N/A", "[MASK]" and their mix
+_CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
+_SPACE = re.compile(r"\s+")
+_MIN_ITEM_TOKENS = 16
 
 
 class ScoringEngine(Protocol):
-    """What classification needs from an engine."""
+    """What the classifier needs from an Engine (a fake one in unit tests)."""
 
     n_ctx: int
 
@@ -24,75 +35,83 @@ class ScoringEngine(Protocol):
     def score_continuations(self, prefix: Sequence[int], continuations: Sequence[Sequence[int]]) -> list[float]: ...
 
 
-@dataclass(frozen=True)
-class Template:
-    """How one language frames the task: an instruction, the item line, the answer cue."""
-
-    instruction: str
-    item: str
-    cue: str
-
-
-TEMPLATES = {
-    "en": Template("Classify the {what} of each text as one of: {labels}.{described}\n\n", "Text: {text}\n", "{What}:"),
-    "zh": Template("判断每段文字的{what_zh}，从以下类别中选择：{labels}。{described}\n\n", "文字：{text}\n", "{What_zh}："),
-}
-
-# Built-in few-shot examples (written for chatllm, not taken from any evaluation set).
-SENTIMENT_EXAMPLES = {
-    "en": [
-        ("a warm, funny and beautifully acted film that stays with you.", "positive"),
-        ("a dull, lifeless mess that wastes a talented cast.", "negative"),
-        ("the staff were friendly and the food was excellent.", "positive"),
-        ("the room was dirty and nobody answered our complaints.", "negative"),
-        ("not as bad as I feared, and the ending is genuinely touching.", "positive"),
-        ("despite a strong start, it never finds its footing.", "negative"),
-        ("smart, tender and often very funny.", "positive"),
-        ("tedious, predictable and far too long.", "negative"),
-    ],
-    "zh": [
-        ("房间干净整洁，服务员态度很好，下次还会再来。", "positive"),
-        ("房间又小又旧，隔音很差，一晚上没睡好。", "negative"),
-        ("位置方便，早餐品种丰富，性价比很高。", "positive"),
-        ("前台服务态度恶劣，办理入住等了一个小时。", "negative"),
-        ("虽然价格稍贵，但是环境和服务都很满意。", "positive"),
-        ("设施陈旧，卫生间有异味，不推荐。", "negative"),
-    ],
-}
-NEUTRAL_EXAMPLES = {
-    "en": [("the package arrived on tuesday and contains two cables.", "neutral")],
-    "zh": [("酒店位于市中心，距离火车站两公里。", "neutral")],
-}
-LABEL_WORDS_ZH = {"positive": "正面", "negative": "负面", "neutral": "中性"}
-
-
-def detect_language(text: str) -> str:
-    """'zh' when CJK characters make up a good share of the letters, else 'en'."""
-    letters = [ch for ch in text if ch.isalpha()]
-    if not letters:
-        return "en"
-    cjk = sum(1 for ch in letters if "\u4e00" <= ch <= "\u9fff" or "\u3400" <= ch <= "\u4dbf")
-    return "zh" if cjk / len(letters) >= 0.3 else "en"
-
-
 @dataclass
 class Result:
-    """One classified item (or an error for that row)."""
+    """One classified item: the best label, every label's probability (summing to 1), or the error for its row."""
 
     text: str
     label: str | None = None
     scores: dict[str, float] = field(default_factory=dict)
     error: str | None = None
+    truncated: bool = False
 
-    def as_dict(self) -> dict:
-        """The JSON shape: label, scores, text (or error)."""
+    @property
+    def probability(self) -> float:
+        """The probability of the chosen label."""
+        return self.scores.get(self.label, 0.0) if self.label else 0.0
+
+    def to_json(self) -> dict:
+        """The --json row: {"label", "scores", "text"} (or {"error", "text"})."""
         if self.error:
-            return {"error": self.error, "text": self.text}
-        return {"label": self.label, "scores": {k: round(v, 4) for k, v in self.scores.items()}, "text": self.text}
+            return {"label": None, "error": self.error, "text": self.text}
+        row = {"label": self.label, "scores": {k: round(v, 6) for k, v in self.scores.items()}, "text": self.text}
+        if self.truncated:
+            row["truncated"] = True
+        return row
+
+
+def detect_language(text: str) -> str:
+    """"zh" when CJK ideographs are at least a fifth of the letters, else "en"."""
+    letters = sum(1 for ch in text if ch.isalpha())
+    if not letters:
+        return "en"
+    return "zh" if len(_CJK.findall(text)) / letters >= 0.2 else "en"
+
+
+def parse_labels(value: str | Sequence[str]) -> list[str]:
+    """Labels from `a,b,c` (or a list of such), stripped; at least two distinct ones, or a UsageError."""
+    items = [value] if isinstance(value, str) else list(value)
+    labels = [part.strip() for item in items for part in item.split(",")]
+    labels = [lab for lab in labels if lab]
+    check_labels(labels)
+    return labels
+
+
+def check_labels(labels: Sequence[str]) -> None:
+    """Refuse fewer than two labels, duplicates, and labels with line breaks."""
+    if len(labels) < 2:
+        raise UsageError(f"need at least two labels, got {len(labels)}", "give them comma-separated: --labels news,blog,ad")
+    seen = set()
+    for lab in labels:
+        if "\n" in lab or "\t" in lab:
+            raise UsageError(f"label {lab!r} has a tab or a line break", "use single-line labels")
+        if lab.lower() in seen:
+            raise UsageError(f"label {lab!r} is given twice", "give each label once")
+        seen.add(lab.lower())
+
+
+def sentiment_labels(neutral: bool = False) -> list[str]:
+    """positive, negative (and neutral)."""
+    return [*SENTIMENT_LABELS, *([NEUTRAL] if neutral else [])]
+
+
+def clean(text: str) -> str:
+    """One line of text for the prompt: runs of whitespace (line breaks included) become one space."""
+    return _SPACE.sub(" ", text).strip()
+
+
+@dataclass
+class _Prompt:
+    prefix: list[int]
+    suffix: list[int]
+    suffix_text: str
+    continuations: list[list[int]]
+    item_budget: int  # tokens an item and the suffix may take
+    bias: list[float] | None = None
 
 
 class Classifier:
-    """Scores each label as the model's continuation after a shared, cached instruction + examples prefix."""
+    """Scores texts against a fixed label set with one engine; build once, call classify() per item."""
 
     def __init__(
         self,
@@ -100,112 +119,144 @@ class Classifier:
         labels: Sequence[str],
         *,
         task: str = "sentiment",
-        examples: Sequence[tuple[str, str]] | None = None,
         descriptions: dict[str, str] | None = None,
-        calibrate: bool = True,
+        examples: Sequence[Example] | None = None,
+        calibrate: bool | None = None,
+        lang: str = "auto",
     ):
-        labels = [label.strip() for label in labels if label.strip()]
-        if len(set(labels)) < 2:
-            raise UsageError("classification needs at least two different labels", "for example --labels news,blog,ad")
+        if task not in ("sentiment", "classify"):
+            raise ValueError(f"unknown task {task!r}")
+        labels = list(labels)
+        check_labels(labels)
+        canonical = {lab.lower(): lab for lab in labels}
         self.engine = engine
-        self.labels = labels
         self.task = task
-        self.custom_examples = list(examples) if examples is not None else None
-        self.descriptions = descriptions or {}
-        for label in self.descriptions:
-            if label not in labels:
-                raise UsageError(f"--describe names {label!r}, which is not a label", f"labels: {', '.join(labels)}")
+        self.labels = labels
+        self.descriptions = {}
+        for key, text in (descriptions or {}).items():
+            if key.lower() not in canonical:
+                raise UsageError(f"--describe names {key!r}, which is not a label", f"labels are: {', '.join(labels)}")
+            self.descriptions[canonical[key.lower()]] = clean(text)
+        self.examples = None
+        if examples is not None:
+            self.examples = []
+            for ex in examples:
+                if ex.label.lower() not in canonical:
+                    raise UsageError(f"example label {ex.label!r} is not one of the labels",
+                                     f"labels are: {', '.join(labels)}; fix the examples file or pass --labels")
+                self.examples.append(Example(ex.text, canonical[ex.label.lower()]))
         self.calibrate = calibrate
-        self._prefix: dict[str, list[int]] = {}
-        self._label_tokens: dict[str, list[list[int]]] = {}
-        self._bias: dict[str, list[float]] = {}
+        self.lang = lang
+        self._prompts: dict[str, _Prompt] = {}
 
-    # -- prompt pieces ------------------------------------------------------------------------------
+    # -- prompt building --------------------------------------------------------------------------
 
-    def _word(self, label: str, lang: str) -> str:
-        return LABEL_WORDS_ZH.get(label, label) if lang == "zh" and self.task == "sentiment" else label
+    def prompt_text(self, lang: str) -> tuple[str, str]:
+        """The shared prefix (instruction and examples, ending at the text field) and the suffix after an item."""
+        p = preset(self.task, lang)
+        examples = self._examples_for(p)
+        covered = {ex.label for ex in examples}
+        header = []
+        if p.always_instruct or self.descriptions or not set(self.labels) <= covered:
+            header.append(p.instruction.format(labels=p.separator.join(self.labels)))
+        for lab in self.labels:
+            if lab in self.descriptions:
+                header.append(f"- {lab}: {self.descriptions[lab]}")
+        head = "\n".join(header) + "\n\n" if header else ""
+        shots = "".join(f"{p.text_field}: {clean(ex.text)}\n{p.answer_field}: {ex.label}\n\n" for ex in examples)
+        return head + shots + f"{p.text_field}:", f"\n{p.answer_field}:"
 
-    def _examples(self, lang: str) -> list[tuple[str, str]]:
-        if self.custom_examples is not None:
-            return [(t, lab) for t, lab in self.custom_examples if lab in self.labels]
-        if self.task != "sentiment" or not set(self.labels) <= {"positive", "negative", "neutral"}:
-            return []
-        examples = list(SENTIMENT_EXAMPLES[lang])
-        if "neutral" in self.labels:
-            examples = examples[:2] + NEUTRAL_EXAMPLES[lang] + examples[2:]
-        return [(t, lab) for t, lab in examples if lab in self.labels]
+    def _examples_for(self, p: Preset) -> list[Example]:
+        if self.examples is not None:
+            return self.examples
+        wanted = set(self.labels)
+        return [ex for ex in p.examples if ex.label in wanted]
 
-    def _prefix_text(self, lang: str) -> str:
-        tpl = TEMPLATES[lang]
-        words = [self._word(label, lang) for label in self.labels]
-        described = "".join(
-            f"\n{self._word(label, lang)}: {text}" for label, text in self.descriptions.items()
-        )
-        what = "sentiment" if self.task == "sentiment" else "category"
-        head = tpl.instruction.format(
-            what=what, what_zh="情感" if self.task == "sentiment" else "类别",
-            labels=(", " if lang == "en" else "、").join(words), described=described,
-        )
-        shots = "".join(
-            tpl.item.format(text=text) + self._cue(lang) + self._sep(lang) + self._word(label, lang) + "\n\n"
-            for text, label in self._examples(lang)
-        )
-        return head + shots
+    def _uses_calibration(self, lang: str) -> bool:
+        if self.calibrate is not None:
+            return self.calibrate
+        if self.examples is not None:
+            return True
+        return preset(self.task, lang).calibrate
 
-    def _cue(self, lang: str) -> str:
-        what = "Sentiment" if self.task == "sentiment" else "Category"
-        return TEMPLATES[lang].cue.format(What=what, What_zh="情感" if self.task == "sentiment" else "类别")
+    def _prompt(self, lang: str) -> _Prompt:
+        prompt = self._prompts.get(lang)
+        if prompt is not None:
+            return prompt
+        e = self.engine
+        prefix_text, suffix_text = self.prompt_text(lang)
+        prefix = e.prompt_tokens(prefix_text, special=False)
+        conts = [e.tokenize(" " + lab) for lab in self.labels]
+        if _ambiguous(conts):
+            # One label's tokens begin another's: score each up to the line break that ends an answer.
+            conts = [e.tokenize(f" {lab}\n") for lab in self.labels]
+        suffix = e.tokenize(suffix_text)
+        longest = max(len(c) for c in conts)
+        if len(prefix) + len(suffix) + longest + _MIN_ITEM_TOKENS > e.n_ctx:
+            raise ContextOverflowError(len(prefix) + longest, e.n_ctx, what="the instruction and examples")
+        room = min(e.n_ctx - len(prefix) - longest - 1, preset(self.task, lang).item_tokens + len(suffix))
+        prompt = _Prompt(prefix, suffix, suffix_text, conts, room)
+        if self._uses_calibration(lang):
+            prompt.bias = _mean_logprobs([self._raw_scores(prompt, cf)[0] for cf in CONTENT_FREE])
+        self._prompts[lang] = prompt
+        return prompt
 
-    @staticmethod
-    def _sep(lang: str) -> str:
-        return "" if lang == "zh" else " "
+    # -- scoring ----------------------------------------------------------------------------------
 
-    def _ready(self, lang: str) -> None:
-        if lang in self._prefix:
-            return
-        eng = self.engine
-        self._prefix[lang] = eng.prompt_tokens(self._prefix_text(lang), special=False)
-        self._label_tokens[lang] = [eng.tokenize(self._sep(lang) + self._word(label, lang)) for label in self.labels]
-        if self.calibrate:
-            rows = [self._raw_probs(text, lang) for text in CONTENT_FREE]
-            self._bias[lang] = [sum(r[i] for r in rows) / len(rows) for i in range(len(self.labels))]
+    def _item_tokens(self, prompt: _Prompt, text: str) -> tuple[list[int], bool]:
+        e = self.engine
+        tokens = e.tokenize(" " + text + prompt.suffix_text)
+        if len(tokens) <= prompt.item_budget:
+            return tokens, False
+        body = e.tokenize(" " + text)
+        marker = e.tokenize(" ...")
+        room = prompt.item_budget - len(prompt.suffix) - len(marker)
+        head = room // 2
+        return body[:head] + marker + body[len(body) - (room - head):] + prompt.suffix, True
 
-    def _raw_probs(self, text: str, lang: str) -> list[float]:
-        eng = self.engine
-        item = eng.tokenize(TEMPLATES[lang].item.format(text=text) + self._cue(lang))
-        if len(item) > MAX_ITEM_TOKENS:  # keep the head and the cue: long reviews state their verdict early
-            item = item[: MAX_ITEM_TOKENS - 8] + item[-8:]
-        logprobs = eng.score_continuations(self._prefix[lang] + item, self._label_tokens[lang])
-        # Multi-token labels are compared by mean log-probability per token, so long labels are not penalized.
-        per_token = [lp / max(1, len(toks)) for lp, toks in zip(logprobs, self._label_tokens[lang])]
-        return _softmax(per_token)
-
-    # -- classification -----------------------------------------------------------------------------
+    def _raw_scores(self, prompt: _Prompt, text: str) -> tuple[list[float], bool]:
+        tokens, truncated = self._item_tokens(prompt, text)
+        logps = self.engine.score_continuations(prompt.prefix + tokens, prompt.continuations)
+        return _log_normalize(logps), truncated
 
     def classify(self, text: str) -> Result:
-        """Label one text; scores are probabilities over the labels that sum to 1."""
-        if not text.strip():
+        """The label probabilities for one text; an empty text gives a Result with an error instead."""
+        line = clean(text)
+        if not line:
             return Result(text=text, error="empty text")
-        lang = detect_language(text)
-        self._ready(lang)
-        probs = self._raw_probs(text.strip(), lang)
-        if self.calibrate:
-            probs = _normalize([p / max(b, 1e-9) for p, b in zip(probs, self._bias[lang])])
+        lang = detect_language(line) if self.lang == "auto" else self.lang
+        prompt = self._prompt(lang)
+        logps, truncated = self._raw_scores(prompt, line)
+        if prompt.bias is not None:
+            logps = [lp - b for lp, b in zip(logps, prompt.bias)]
+        probs = _softmax(logps)
         scores = dict(zip(self.labels, probs))
-        return Result(text=text, label=max(scores, key=scores.get), scores=scores)
-
-    def classify_all(self, texts: Iterable[str]) -> Iterator[Result]:
-        """Label texts in order, one result as each finishes."""
-        for text in texts:
-            yield self.classify(text)
+        best = max(self.labels, key=scores.__getitem__)
+        return Result(text=text, label=best, scores=scores, truncated=truncated)
 
 
-def _softmax(values: Sequence[float]) -> list[float]:
-    top = max(values)
-    exps = [math.exp(v - top) for v in values]
-    return _normalize(exps)
+def _ambiguous(conts: list[list[int]]) -> bool:
+    for i, a in enumerate(conts):
+        for j, b in enumerate(conts):
+            if i != j and len(a) <= len(b) and b[: len(a)] == a:
+                return True
+    return False
 
 
-def _normalize(values: Sequence[float]) -> list[float]:
-    total = sum(values)
-    return [v / total for v in values] if total > 0 else [1 / len(values)] * len(values)
+def _log_normalize(logps: Sequence[float]) -> list[float]:
+    m = max(logps)
+    z = m + math.log(sum(math.exp(x - m) for x in logps))
+    return [x - z for x in logps]
+
+
+def _softmax(xs: Sequence[float]) -> list[float]:
+    m = max(xs)
+    exps = [math.exp(x - m) for x in xs]
+    total = sum(exps)
+    return [x / total for x in exps]
+
+
+def _mean_logprobs(rows: list[list[float]]) -> list[float]:
+    """Average several content-free label distributions in probability space, back to log space."""
+    probs = [sum(math.exp(r[i]) for r in rows) / len(rows) for i in range(len(rows[0]))]
+    return _log_normalize([math.log(max(p, 1e-300)) for p in probs])
