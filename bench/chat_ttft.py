@@ -23,6 +23,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import figures  # noqa: E402
+
 from chatllm.output import Output  # noqa: E402
 from chatllm.settings import load_settings  # noqa: E402
 from chatllm.tasks.chat import Conversation  # noqa: E402
@@ -67,6 +69,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--flash-attn", choices=["auto", "on", "off"], default="auto",
                         help="auto: what `chatllm chat` uses; on/off: force llama.cpp's flash attention")
+    parser.add_argument("--figures", help="write the figure row for bench/run_all.py to this JSON file")
     args = parser.parse_args()
 
     from chatllm.loader import load_engine
@@ -95,6 +98,10 @@ def main() -> None:
     ratio = best[args.turns] / best[2]
     print(f"ratio turn {args.turns} / turn 2: {ratio:.2f} best, {medians[args.turns] / medians[2]:.2f} median "
           f"(target <= 1.5: {'ok' if ratio <= 1.5 else 'MISSED'})")
+    figures.write(args.figures, [figures.row(
+        "6", f"chat time to first token, turn {args.turns} / turn 2 (best of {args.runs} runs)", best[args.turns], "s",
+        reference=best[2], reference_label="turn 2", target="<= 1.5", met=ratio <= 1.5,
+        note=f"medians {medians[args.turns] * 1000:.0f} / {medians[2] * 1000:.0f} ms; {engine.n_threads} threads")])
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+import figures  # noqa: E402
 from chatllm.engine import Engine  # noqa: E402
 from chatllm.settings import Sampling  # noqa: E402
 from chatllm.tasks.classify import Classifier, clean, detect_language  # noqa: E402
@@ -81,7 +82,7 @@ def raw_eval(engine: Engine, clf: Classifier, text: str) -> int:
     """llama.cpp alone on the item's own tokens after the cached prefix (the ceiling for label scoring); their count."""
     prompt = clf._prompt(detect_language(text))
     tokens, _ = clf._item_tokens(prompt, clean(text))
-    engine._eval(prompt.prefix)  # drop the item from the cache, keep the prefix
+    engine._rewind(len(prompt.prefix))  # drop the item from the cache, keep the prefix
     engine._eval(prompt.prefix + tokens)
     return len(tokens)
 
@@ -102,6 +103,28 @@ def naive(engine: Engine, rows) -> dict:
             "tokens_per_item": None, "raw_items_per_s": None}
 
 
+def figure_rows(results: list[dict]) -> list[dict]:
+    """For run_all.py: chatllm's accuracy next to the naive baseline's, its items/s next to llama.cpp alone's."""
+    rows = []
+    for d in DATASETS:
+        ours = next((r for r in results if r["dataset"] == d and r["method"] == "chatllm"), None)
+        base = next((r for r in results if r["dataset"] == d and r["method"] == "naive"), None)
+        if ours is None:
+            continue
+        sst2 = d == "sst2"
+        rows.append(figures.row(
+            "7", f"sentiment accuracy, {d} ({ours['n']} rows)", 100 * ours["accuracy"], "%",
+            reference=100 * base["accuracy"] if base else None, reference_label="naive prompt-and-parse",
+            target=">= 85 %" if sst2 else "-", met=ours["accuracy"] >= 0.85 if sst2 else None,
+            note=f"naive: {base['unparseable']:.0%} unparseable at {base['items_per_s']:.1f} items/s" if base else ""))
+        rows.append(figures.row(
+            "7", f"sentiment items/s, {d}", ours["items_per_s"], "items/s", reference=ours["raw_items_per_s"],
+            reference_label="llama.cpp alone, same tokens", target=">= 10 items/s" if sst2 else "-",
+            met=ours["items_per_s"] >= 10 if sst2 else None,
+            note=f"{ours['tokens_per_item']:.1f} tokens per item after the cached prefix"))
+    return rows
+
+
 def main() -> None:
     """Run the methods on the datasets and print the table."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -111,6 +134,7 @@ def main() -> None:
     ap.add_argument("--datasets", default=",".join(DATASETS), help=f"comma-separated, from {','.join(DATASETS)}")
     ap.add_argument("--threads", type=int, default=None, help="CPU threads [default: physical cores]")
     ap.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+    ap.add_argument("--figures", help="write the figure rows for bench/run_all.py to this JSON file")
     args = ap.parse_args()
     methods = [m for m in args.methods.split(",") if m]
     datasets = [d for d in args.datasets.split(",") if d]
@@ -135,6 +159,7 @@ def main() -> None:
     info = {"model": Path(args.model).name, "threads": engine.n_threads, "load_average_before": round(load_before, 2),
             "load_average_after": round(os.getloadavg()[0], 2)}
     engine.close()
+    figures.write(args.figures, figure_rows(results))
     if args.json:
         print(json.dumps({"info": info, "results": results}))
         return

@@ -24,6 +24,8 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+import figures  # noqa: E402
+
 DATA = ROOT.parent / "shared" / "data" / "summarization" / "scitldr_tune.jsonl"
 TEST_MODEL = Path.home() / ".cache" / "chatllm-test" / "SmolLM2-135M-Instruct.Q4_1.gguf"
 METRICS = ("rouge1", "rouge2", "rougeL")
@@ -77,6 +79,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--ctx", type=int, default=4096)
     parser.add_argument("--json", type=Path, help="write per-item summaries and scores here")
     parser.add_argument("--show", type=int, default=0, help="print the first N summaries of each system")
+    parser.add_argument("--figures", help="write the figure rows for bench/run_all.py to this JSON file")
     args = parser.parse_args(argv)
 
     try:
@@ -120,6 +123,13 @@ def main(argv: list[str] | None = None) -> None:
               f"{avg_words:6.1f} {per_item:7.2f}")
     if args.json:
         args.json.write_text(json.dumps(details, indent=1, ensure_ascii=False), encoding="utf-8")
+    base = report[0]
+    figures.write(args.figures, [figures.row(
+        "7", f"summarize SciTLDR ({len(rows)} abstracts): ROUGE-L of `{name}`", means["rougeL"], "",
+        reference=base[1]["rougeL"], reference_label="naive `Summarize:` baseline",
+        note=f"ROUGE-1/2/L {means['rouge1']:.1f}/{means['rouge2']:.1f}/{means['rougeL']:.1f} at {per_item:.2f} s/item; "
+             f"baseline {base[1]['rouge1']:.1f}/{base[1]['rouge2']:.1f}/{base[1]['rougeL']:.1f} at {base[3]:.2f} s/item")
+        for name, means, _, per_item in report[1:]])
 
 
 if __name__ == "__main__":

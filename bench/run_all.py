@@ -31,20 +31,21 @@ for p in (str(ROOT), str(BENCH)):
     if p not in sys.path:
         sys.path.insert(0, p)
 
+import figures as figures_module  # noqa: E402
 import llamacpp_ref  # noqa: E402
 
 ASK_PROMPT = "Write a short poem about the sea."
 GENERATE_TEXT = "The old lighthouse keeper climbed the stairs every evening, and"
 ASK_TOKENS = 32
-OTHER_SCRIPTS = {  # written by the other issues; collected when present (any bench/*ttft*, *summar*, *classif*)
-    "chat_ttft.py": "6. chat time to first token, turn 20 / turn 2",
-    "eval_summarize.py": "7. summarize throughput",
-    "eval_classify.py": "7. sentiment items/s",
-}
-CATEGORY = {"chat_ttft.py": "ttft", "eval_summarize.py": "summar", "eval_classify.py": "classif|sentiment"}
 LONGDOCS = ROOT.parent / "shared" / "data" / "longdocs"
-QUICK_DOC_CHARS = 30000
-OWN_SCRIPTS = {"run_all.py", "perf_engine.py", "llamacpp_ref.py"}
+QUICK_DOC_CHARS = 30000  # quick mode summarizes the first chapters of the book, not all of it
+# The other issues' scripts: (script, its arguments in a full run, in a quick run). Each writes figure rows with --figures.
+SCRIPTS = (
+    ("chat_ttft.py", ["--runs", "5"], ["--runs", "2"]),
+    ("eval_classify.py", ["--methods", "naive,chatllm"], ["--methods", "naive,chatllm", "--limit", "40"]),
+    ("eval_summarize.py", [], ["--limit", "10"]),
+    ("bench_summarize.py", [], ["--doc", "{quick_doc}"]),
+)
 
 
 # -- running things -------------------------------------------------------------------------------------------------
@@ -181,12 +182,8 @@ def _threads(n: int) -> str:
 
 
 def fmt(value: float, unit: str) -> str:
-    """A number with its unit, at a sensible precision."""
-    if unit == "MiB":
-        return f"{value / 2**20:.0f} MiB"
-    if unit == "s":
-        return f"{value:.3f} s"
-    return f"{value:.1f} {unit}".strip()
+    """A number with its unit, at a sensible precision (bytes shown in MiB)."""
+    return f"{value / 2**20:.0f} MiB" if unit == "MiB" else figures_module.value(value, unit)
 
 
 # -- figures 1 and 2: decode loop and prompt rate ------------------------------------------------------------------
@@ -350,129 +347,30 @@ def import_profile(env: dict) -> str:
 # -- figures 6 and 7: the other issues' scripts ---------------------------------------------------------------------
 
 
-def numbers_in(obj, prefix: str = "") -> dict[str, float]:
-    """Every numeric leaf of a JSON value, keyed by its dotted path."""
-    found: dict[str, float] = {}
-    if isinstance(obj, bool):
-        return found
-    if isinstance(obj, (int, float)):
-        found[prefix or "value"] = float(obj)
-    elif isinstance(obj, dict):
-        for k, v in obj.items():
-            found.update(numbers_in(v, f"{prefix}.{k}" if prefix else str(k)))
-    elif isinstance(obj, list):
-        for i, v in enumerate(obj):
-            found.update(numbers_in(v, f"{prefix}[{i}]"))
-    return found
-
-
-def parse_figures(stdout: str) -> dict[str, float]:
-    """Numbers from a script's stdout: a JSON object (whole output or its last JSON line), else text.
-
-    Text understood: `name: number` lines, `turn N: time to first token X ms` lines, and whitespace tables
-    (a header line of names, then rows of a label followed by numbers, keyed `label / column`).
-    """
-    text = stdout.strip()
-    candidates = [text] + [ln for ln in reversed(text.splitlines()) if ln.strip().startswith(("{", "["))]
-    for cand in candidates:
-        try:
-            return numbers_in(json.loads(cand))
-        except ValueError:
-            continue
-    found: dict[str, float] = {}
-    header: list[str] = []
-    number = r"[-+]?\d+(?:\.\d+)?(?:e[-+]?\d+)?%?"
-    for line in text.splitlines():
-        m = re.match(r"\s*turn\s+(\d+)\s*:\s*time to first token\s+(" + number + r")\s*(ms|s)\b", line)
-        if m:
-            found[f"turn {int(m.group(1))} ttft s"] = float(m.group(2)) / (1000 if m.group(3) == "ms" else 1)
-            continue
-        tokens = line.split()
-        numeric = 0
-        while numeric < len(tokens) and re.fullmatch(number, tokens[len(tokens) - 1 - numeric]):
-            numeric += 1
-        if numeric >= 2 and numeric < len(tokens) and header and len(header) > numeric:
-            label = " ".join(tokens[: len(tokens) - numeric])
-            for col, val in zip(header[-numeric:], tokens[-numeric:]):
-                found[f"{label} / {col}"] = float(val.rstrip("%"))
-            continue
-        if tokens and not any(re.fullmatch(number, t) for t in tokens) and len(tokens) >= 3 and ":" not in line:
-            header = tokens
-        m = re.match(r"\s*[|*-]*\s*([A-Za-z][\w ./()%-]*?)\s*[:=|]\s*(" + number + ")", line)
-        if m:
-            found[m.group(1).strip()] = float(m.group(2).rstrip("%"))
-            continue
-        m = re.match(r"\s*([A-Za-z][A-Za-z ,.()/-]*?)\s+(\d[\d,]*(?:\.\d+)?)\s*(tok/s|items?/s|s/item|ms|s)?(?:\s|$)", line)
-        if m:
-            key = m.group(1).strip() + (f" {m.group(3)}" if m.group(3) else "")
-            found[key] = float(m.group(2).replace(",", ""))
-    return found
-
-
-def _script_command(path: Path, model: Path, env: dict, quick: bool, tmp: Path) -> list[str]:
-    """How to call a script: the flags its --help offers (--json [FILE], --quick, --limit, --model)."""
-    helptext = timed_run([sys.executable, str(path), "--help"], env, timeout=60)
-    offered = helptext.out + helptext.err
-    cmd = [sys.executable, str(path)]
-    m = re.search(r"--json(?:[ =]([A-Z_]+))?", offered)
-    if m and not m.group(1):  # a bare --json flag means JSON on stdout; `--json FILE` writes details we do not need
-        cmd.append("--json")
-    if quick and "--quick" in offered:
-        cmd.append("--quick")
-    if "--limit" in offered:
-        cmd += ["--limit", "8" if quick else "25"]
-    elif quick and "--quick" not in offered and re.search(r"--doc\b", offered) and LONGDOCS.is_dir():
-        # a whole novel takes many minutes on 2 cores; quick mode feeds the first chapters of the same book
-        book = sorted(LONGDOCS.glob("*.txt"))[0]
-        short = tmp / f"{book.stem}-first-{QUICK_DOC_CHARS}.txt"
-        short.write_text(book.read_text(encoding="utf-8", errors="replace")[:QUICK_DOC_CHARS], encoding="utf-8")
-        cmd += ["--doc", str(short)]
-    if re.search(r"--model\b", offered):
-        cmd += ["--model", str(model)]
-    return cmd
-
-
-def other_scripts(model: Path, home: Path, quick: bool) -> list[dict]:
-    """Run the other issues' bench scripts that exist (chat TTFT, summarize, sentiment/classify) and collect numbers."""
-    results = []
+def script_figures(model: Path, home: Path, quick: bool) -> tuple[list[dict], list[str]]:
+    """Run each of SCRIPTS on the test model; the figure rows they wrote, and one line per script on how it went."""
+    rows, runs = [], []
     env = hermetic_env(home, model)
-    found = sorted(p for p in BENCH.glob("*.py")
-                   if re.search(r"ttft|summar|classif|sentiment", p.stem) and p.name not in OWN_SCRIPTS)
-    for name, title in OTHER_SCRIPTS.items():
-        kind = CATEGORY[name]
-        if not any(re.search(kind, p.stem) for p in found):
-            results.append({"script": name, "title": title, "figures": {}, "status": "not present", "tail": ""})
-    for path in found:
-        title = next(t for k, t in OTHER_SCRIPTS.items() if re.search(CATEGORY[k], path.stem))
-        entry = {"script": path.name, "title": title, "figures": {}, "status": "failed", "tail": ""}
-        results.append(entry)
-        cmd = _script_command(path, model, env, quick, home)
-        log(f"running {path.name} {' '.join(cmd[2:])}")
-        entry["command"] = "python " + " ".join([os.path.relpath(cmd[1], ROOT), *cmd[2:]])
+    quick_doc = home / f"alice-first-{QUICK_DOC_CHARS}.txt"
+    book = LONGDOCS / "alice_in_wonderland_pg11.txt"
+    if quick and book.exists():
+        quick_doc.write_text(book.read_text(encoding="utf-8")[:QUICK_DOC_CHARS], encoding="utf-8")
+    for script, full_args, quick_args in SCRIPTS:
+        out = home / f"{script}.figures.json"
+        args = [a.format(quick_doc=quick_doc) for a in (quick_args if quick else full_args)]
+        cmd = [sys.executable, str(BENCH / script), "--model", str(model), *args, "--figures", str(out)]
+        shown = "python " + " ".join([f"bench/{script}", *args]).replace(str(home), "$TMP")
+        log(f"running {shown}")
         try:
-            run = timed_run(cmd, env, timeout=300 if quick else 1800)
+            run = timed_run(cmd, env, timeout=600 if quick else 3600)
         except TimedOut as exc:
-            entry["status"] = str(exc).split(":")[0]
+            runs.append(f"`{shown}`: {exc}")
             continue
-        entry["seconds"] = run.wall
-        entry["figures"] = parse_figures(run.out)
-        entry["status"] = "ok" if run.rc == 0 else f"exit {run.rc}"
-        entry["tail"] = "\n".join(run.out.strip().splitlines()[-12:])
-        if run.rc != 0:
-            entry["tail"] += "\n" + "\n".join(run.err.strip().splitlines()[-8:])
-    results.sort(key=lambda e: e["title"])
-    return results
+        status = "ok" if run.rc == 0 else f"exit {run.rc}: {run.err.strip().splitlines()[-1:] or ''}"
+        runs.append(f"`{shown}`: {status}, {run.wall:.0f} s")
+        rows += figures_module.read(out)
+    return rows, runs
 
-
-def ttft_ratio(figures: dict[str, float]) -> float | None:
-    """The last-turn / turn-2 ratio from chat_ttft.py's numbers (given, or computed from its two times)."""
-    for key, value in figures.items():
-        if "ratio" in key.lower():
-            return value
-    turns = {int(m.group(1)): v for k, v in figures.items() if (m := re.match(r"turn (\d+) ttft s", k))}
-    if 2 in turns and len(turns) >= 2 and turns[2] > 0:
-        return turns[max(turns)] / turns[2]
-    return None
 
 
 # -- the report -----------------------------------------------------------------------------------------------------
@@ -499,59 +397,7 @@ def load_avg() -> str:
         return "?"
 
 
-def other_row(o: dict) -> str:
-    """The table row for another issue's script: figure 6 gets its ratio and target, figure 7 its throughput."""
-    number, label = o["title"].split(". ", 1)
-    where = f"`bench/{o['script']}`"
-    target = "<= 1.5" if number == "6" else "-"
-    if o["status"] != "ok":
-        return f"| {number} | {label} ({where}) | SmolLM2 | - | - | - | {target} | {o['status']} |"
-    figs = o["figures"]
-    if number == "6":
-        turns = {int(m.group(1)): v for k, v in figs.items() if (m := re.match(r"turn (\d+) ttft s", k))}
-        ratio = ttft_ratio(figs)
-        met = "-" if ratio is None else ("yes" if ratio <= 1.5 else "**no**")
-        last = f"{turns[max(turns)] * 1000:.0f} ms (turn {max(turns)})" if turns else "see below"
-        first = f"{turns[2] * 1000:.0f} ms (turn 2)" if 2 in turns else "see below"
-        return f"| 6 | {label} ({where}) | SmolLM2 | {last} | {first} | {ratio if ratio is None else f'{ratio:.2f}'} | <= 1.5 | {met} |"
-    speed = {k: v for k, v in figs.items()
-             if re.search(r"s/item|items?/s|items?_per_s|per.?second|throughput|tok/s", k, re.I)}
-    ours = {k: v for k, v in speed.items() if not re.search("baseline|raw|naive", k, re.I)}
-    ref = {k: v for k, v in speed.items() if re.search("baseline|raw|naive", k, re.I)}
-    ratio = "-"
-    if ours and ref:
-        (ko, vo), (kr, vr) = next(iter(ours.items())), next(iter(ref.items()))
-        if vr and _unit(ko) == _unit(kr):
-            ratio = f"{vo / vr:.2f}"
-    return (f"| 7 | {label} ({where}) | SmolLM2 | {_figs_text(ours, 3) or 'see below'} | {_figs_text(ref, 2) or '-'} "
-            f"| {ratio} | - | - |")
-
-
-def _unit(key: str) -> str:
-    """The measured quantity of a key, without its system or dataset: `s/item`, `items_per_s`, `tok/s`."""
-    last = re.split(r" / |\.(?=[A-Za-z_]+$)| ", key)[-1]
-    return re.sub(r"^(naive|baseline|raw)_", "", last)
-
-
-def _figs_text(figs: dict[str, float], most: int) -> str:
-    """`1.1 s/item (chatllm --style tldr)` or `1234.5 tok/s prompt rate achieved`, joined."""
-    parts = []
-    for key, value in list(figs.items())[:most]:
-        if " / " in key:
-            label, col = key.rsplit(" / ", 1)
-            parts.append(f"{value:g} {col} ({label})")
-        elif re.search(r"\.\w+$", key) and "." in key:  # a JSON path: dataset.naive_items_per_s
-            label, col = key.rsplit(".", 1)
-            col = re.sub(r"items?_per_s$", "items/s", col).replace("_", " ")
-            parts.append(f"{value:g} {col} ({label})")
-        else:
-            words = key.split()
-            unit = words[-1] if "/" in words[-1] else ""
-            parts.append(f"{value:g} {unit} ({' '.join(words[:-1]) if unit else key})".replace("  ", " "))
-    return "; ".join(parts)
-
-
-def render(figures: list[Figure], others: list[dict], meta: dict) -> str:
+def render(figures: list[Figure], rows: list[dict], runs: list[str], meta: dict) -> str:
     """docs/BENCHMARKS.md."""
     lines = [
         "# Benchmarks",
@@ -580,32 +426,25 @@ def render(figures: list[Figure], others: list[dict], meta: dict) -> str:
         lines.append(
             f"| {f.number} | {f.name} | {f.model} | {fmt(ours, f.unit)} | {fmt(ref, f.unit)} ({f.ref_label}) | "
             f"{r:.2f} [{min(f.ratios):.2f}-{max(f.ratios):.2f}] | {f.target} | {met} |")
-    for o in others:
-        lines.append(other_row(o))
+    for r in rows:
+        met = {True: "yes", False: "**no**", None: "-"}[r["met"]]
+        ref = f"{fmt(r['reference'], r['unit'])} ({r['reference_label']})" if r["reference"] is not None else "-"
+        ratio = f"{r['ratio']:.2f}" if r["ratio"] is not None else "-"
+        lines.append(f"| {r['number']} | {r['name']} | SmolLM2-135M Q4_1 | {fmt(r['ours'], r['unit'])} | "
+                     f"{ref} | {ratio} | {r['target']} | {met} |")
     lines += ["", "## Notes per figure", ""]
     for f in figures:
         if f.note:
             lines.append(f"- {f.number} ({f.model}): {f.note}")
+    for r in rows:
+        if r["note"]:
+            lines.append(f"- {r['number']} ({r['name']}): {r['note']}")
     lines += ["", "## Pairs", "", "chatllm / reference for each pair, in run order:", ""]
     for f in figures:
         pairs = ", ".join(f"{fmt(a, f.unit)} / {fmt(b, f.unit)}" for a, b in zip(f.ours, f.ref))
         lines.append(f"- {f.number} {f.model} {f.short or f.name}: {pairs}")
-    if others:
-        lines += ["", "## Figures from the other issues' scripts", ""]
-        for o in others:
-            lines.append(f"### bench/{o['script']} ({o['status']})")
-            lines.append("")
-            if o.get("seconds") is not None:
-                lines.append(f"`{o['command']}` took {o['seconds']:.0f} s.")
-            elif o.get("command"):
-                lines.append(f"`{o['command']}`")
-                lines.append("")
-            if o["figures"]:
-                lines += ["| figure | value |", "|---|---:|"]
-                lines += [f"| {k} | {v:g} |" for k, v in list(o["figures"].items())[:40]]
-                lines.append("")
-            if o["tail"]:
-                lines += ["```", o["tail"], "```", ""]
+    if runs:
+        lines += ["", "## The other issues' scripts (figures 6 and 7)", ""] + [f"- {line}" for line in runs]
     lines += ["", "## Rerun", "", "```", "python bench/run_all.py            # full", "python bench/run_all.py --quick    # < 10 min",
               "```", ""]
     return "\n".join(lines)
@@ -640,7 +479,8 @@ def main() -> None:
     if not args.no_second_model:
         models.append(("Gemma-3-270M Q4_K_M", fetch(GEMMA)))
     figures: list[Figure] = []
-    others: list[dict] = []
+    rows: list[dict] = []
+    runs: list[str] = []
     with tempfile.TemporaryDirectory(prefix="chatllm-bench-") as tmp:
         home = Path(tmp)
         if "4" in only:
@@ -652,7 +492,7 @@ def main() -> None:
                 if only & {"3", "5"}:
                     figures += [f for f in oneshot_figures(bins, model, label, info, max(pairs, 5), home) if f.number in only]
         if only & {"6", "7"}:
-            others = other_scripts(models[0][1], home, args.quick)
+            rows, runs = script_figures(models[0][1], home, args.quick)
     figures.sort(key=lambda f: f.number)
     version = llamacpp_ref.installed_version()
     commit = _build_commit(bins)
@@ -673,7 +513,7 @@ def main() -> None:
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(render(figures, others, meta), encoding="utf-8")
+    out.write_text(render(figures, rows, runs, meta), encoding="utf-8")
     log(f"wrote {out} in {meta['minutes']:.1f} minutes")
     for f in figures:
         if f.ratios:

@@ -281,14 +281,19 @@ class Engine:
         limit = min(len(self._tokens), len(tokens) - 1)  # the last token is always re-run for its logits
         while keep < limit and self._tokens[keep] == tokens[keep]:
             keep += 1
-        if not llama_cpp.llama_memory_seq_rm(self._ctx.memory, 0, keep, -1):
-            llama_cpp.llama_memory_clear(self._ctx.memory, True)
-            keep = 0
-        del self._tokens[keep:]
+        keep = self._rewind(keep)
         for start in range(keep, len(tokens), self.n_batch):
             chunk = tokens[start : start + self.n_batch]
             self._decode(chunk, start, logits_from=len(chunk) - 1)
             self._tokens.extend(chunk)
+        return keep
+
+    def _rewind(self, keep: int) -> int:
+        """Drop the KV cache after its first `keep` tokens (all of it if llama.cpp cannot); returns what is kept."""
+        if not llama_cpp.llama_memory_seq_rm(self._ctx.memory, 0, keep, -1):
+            llama_cpp.llama_memory_clear(self._ctx.memory, True)
+            keep = 0
+        del self._tokens[keep:]
         return keep
 
     def _decode(self, chunk: Sequence[int], pos: int, logits_from: int) -> None:
