@@ -6,8 +6,9 @@
 Reports total seconds, tokens in (the document), tokens out (all generated text) and the prompt-processing
 rate achieved: prompt tokens / (wall time - time spent generating), so chunking, tokenizing and prompt
 building count against it. The reference is the engine alone evaluating a slice of the same document, as
-long as the prompt just run, from a cold cache: measured right after every few calls of the run (the
-machine is shared, so only interleaved pairs compare like with like; their time is taken out of the run's).
+long as the prompt just run, from a cold cache, and the engine's one-batch rate (512 tokens): both measured right
+after every few calls of the run (the machine is shared, so only interleaved pairs compare like with like; their
+time is taken out of the run's).
 Figures: the prompt rate over all prompts (document + instructions + notes being merged), and the rate in
 document tokens, which also pays for the notes that map-reduce must read again.
 """
@@ -39,6 +40,7 @@ def raw_rate(engine, tokens: list[int], length: int, repeats: int = 2) -> float:
     for r in range(repeats):
         start = (r * 7919) % max(1, len(tokens) - length)
         prompt = tokens[start:start + length]
+        engine._rewind(0)  # a cold cache: nothing of this slice may be reused from an earlier measurement
         engine.complete(prompt, Sampling(max_tokens=1, temperature=0))
         stats = engine.last_stats
         rates.append((stats.prompt_tokens - stats.cached_tokens) / stats.first_token_seconds)
@@ -72,22 +74,23 @@ def main(argv: list[str] | None = None) -> None:
                                                     else {"chunk_tokens": args.chunk_tokens or None}))
     sampling = Sampling(temperature=0)
 
-    pairs: list[tuple[float, float]] = []  # (the run's rate, the raw rate) for the same prompt length
+    pairs: list[tuple[float, float, float]] = []  # the run's rate, the raw rate at the same length, at one batch
     raw_seconds = [0.0]
     log_seen = [0]
 
-    def interleave(progress) -> None:
-        log = summarizer._result.calls_log
-        if len(log) == log_seen[0] or len(log) % args.every:
-            return
-        log_seen[0] = len(log)
-        call = log[-1]
+    def pair(call: dict) -> None:
         run_rate = (call["prompt_tokens"] - call["cached_tokens"]) / call["first_token_seconds"]
         t = time.perf_counter()
-        pairs.append((run_rate, raw_rate(engine, doc_tokens, call["prompt_tokens"], repeats=1)))
+        same = raw_rate(engine, doc_tokens, call["prompt_tokens"], repeats=1)
+        pairs.append((run_rate, same, raw_rate(engine, doc_tokens, engine.n_batch, repeats=1)))
         raw_seconds[0] += time.perf_counter() - t
 
-    batch_before = raw_rate(engine, doc_tokens, engine.n_batch)
+    def interleave(progress) -> None:
+        log = summarizer._result.calls_log
+        if len(log) != log_seen[0] and len(log) % args.every == 0:
+            log_seen[0] = len(log)
+            pair(log[-1])
+
     stream = open_binary(args.doc)
     size = args.doc.stat().st_size
     start = time.perf_counter()
@@ -95,7 +98,8 @@ def main(argv: list[str] | None = None) -> None:
     result = summarizer.summarize(iter_text(stream, args.doc.name), size_hint=size)
     wall = time.perf_counter() - start - raw_seconds[0]
     stream.close()
-    batch = (batch_before + raw_rate(engine, doc_tokens, engine.n_batch)) / 2
+    if not pairs:  # a document of fewer calls than --every: pair the last call after the run
+        pair(result.calls_log[-1])
 
     calls = result.calls_log
     gen_seconds = sum(c["seconds"] - c["first_token_seconds"] for c in calls)
@@ -104,8 +108,9 @@ def main(argv: list[str] | None = None) -> None:
     prompt_wall = wall - gen_seconds
     achieved = evaluated / prompt_wall
     achieved_doc = result.input_tokens / prompt_wall
-    raw_in_run = statistics.median(raw for _, raw in pairs) if pairs else float("nan")
-    pair_ratio = statistics.median(run / raw for run, raw in pairs) if pairs else float("nan")
+    raw_in_run = statistics.median(same for _, same, _ in pairs)
+    batch = statistics.median(one for _, _, one in pairs)
+    pair_ratio = statistics.median(run / same for run, same, _ in pairs)
     own_work = wall - eval_seconds - gen_seconds
 
     print(f"document             {args.doc.name} ({size:,} bytes)")
@@ -121,16 +126,20 @@ def main(argv: list[str] | None = None) -> None:
     print(f"raw rate, same size  {raw_in_run:,.1f} tok/s (median of {len(pairs)} interleaved pairs, "
           f"per call in llama.cpp {pair_ratio:.2f}x raw)  -> {100 * achieved / raw_in_run:.0f}% (document: "
           f"{100 * achieved_doc / raw_in_run:.0f}%)")
-    print(f"raw rate, one batch  {batch:,.1f} tok/s ({engine.n_batch}-token prompts, before and after) "
+    print(f"raw rate, one batch  {batch:,.1f} tok/s ({engine.n_batch}-token prompts, the same pairs) "
           f"-> {100 * achieved / batch:.0f}% (document: {100 * achieved_doc / batch:.0f}%)")
     if args.show:
         print("\n" + result.text)
-    figures.write(args.figures, [figures.row(
-        "7", f"summarize {args.doc.name}: prompt rate achieved over the whole run", achieved, "tok/s",
-        reference=raw_in_run, reference_label="engine alone, same prompt sizes", target=">= 0.90",
-        met=achieved / raw_in_run >= 0.9,
-        note=f"{wall:.0f} s in all; {result.input_tokens:,} document tokens in, {result.completion_tokens:,} out; "
-             f"{result.chunks} chunks, {result.calls} calls; {achieved_doc:,.1f} tok/s counted in document tokens")])
+    what = f"summarize {args.doc.name}: prompt rate achieved over the whole run"
+    figures.write(args.figures, [
+        figures.row("7", what, achieved, "tok/s", reference=batch, reference_label=f"engine alone, {engine.n_batch}-token prompts",
+                    target=">= 0.90", met=achieved / batch >= 0.9,
+                    note=f"{wall:.0f} s in all; {result.input_tokens:,} document tokens in, {result.completion_tokens:,} "
+                         f"out; {result.chunks} chunks, {result.calls} calls; {achieved_doc:,.1f} tok/s counted in "
+                         f"document tokens"),
+        figures.row("7", what, achieved, "tok/s", reference=raw_in_run, reference_label="engine alone, same prompt sizes",
+                    note=f"per call, llama.cpp ran at {pair_ratio:.2f}x the raw rate of the same size"),
+    ])
 
 
 if __name__ == "__main__":

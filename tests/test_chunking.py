@@ -40,6 +40,16 @@ def test_small_paragraphs_are_packed_together():
     assert "Para 0.\n\nPara 1." in chunks[0].text
 
 
+def test_units_that_overflow_when_joined_start_the_next_chunk_instead_of_a_tiny_one():
+    def joined_costs_more(text: str) -> int:  # like a real tokenizer: a join can cost more than its parts
+        return len(text) + 3 * text.rstrip().count("\n\n")
+
+    chunks = chunk_text("aaaa\n\n" * 20, joined_costs_more, 30)
+    assert all(c.tokens <= 30 and c.tokens == joined_costs_more(c.text) for c in chunks)
+    assert [c.text.count("aaaa") for c in chunks] == [3, 3, 3, 3, 3, 3, 2]
+    assert sum(c.text.count("aaaa") for c in chunks) == 20
+
+
 def test_long_paragraph_splits_at_sentences():
     text = " ".join(f"Sentence number {i} is here." for i in range(40))
     chunks = chunk_text(text, count, 30)

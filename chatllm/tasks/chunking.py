@@ -167,15 +167,19 @@ def chunk_pieces(pieces: Iterable[str], count: Counter, budget: int) -> Iterator
     cur_n = 0
     for piece in pieces:
         for unit, n in units(piece, count, budget):
-            if cur and cur_n + n > budget:
-                yield from _emit(cur, count, budget)
-                cur, cur_n = [], 0
+            while cur and cur_n + n > budget:
+                chunk, cur = _take(cur, count, budget)
+                cur_n = sum(k for _, k in cur)
+                if chunk is not None:
+                    yield chunk
             if not cur and not unit.strip():
                 continue
             cur.append((unit, n))
             cur_n += n
-    if cur:
-        yield from _emit(cur, count, budget)
+    while cur:
+        chunk, cur = _take(cur, count, budget)
+        if chunk is not None:
+            yield chunk
 
 
 def chunk_blocks(blocks: Iterable[str], count: Counter, budget: int) -> Iterator[Chunk]:
@@ -188,21 +192,23 @@ def chunk_text(text: str, count: Counter, budget: int) -> list[Chunk]:
     return list(chunk_blocks([text], count, budget))
 
 
-def _emit(parts: list[tuple[str, int]], count: Counter, budget: int) -> Iterator[Chunk]:
-    """Join packed units into chunks, re-counting: token counts are not quite additive across a join."""
-    while parts:
-        k = len(parts)
-        while True:
-            text = "".join(p for p, _ in parts[:k]).strip()
-            real = count(text) if text else 0
-            if real <= budget or k == 1:
-                break
-            k -= 1
-        parts = parts[k:]
-        if not text:
-            continue
-        if real <= budget:
-            yield Chunk(text, real)
-        else:  # one unit that grew past the budget when stripped: cut it hard
-            for piece, n in hard_split(text, count, budget):
-                yield Chunk(piece, n)
+def _take(parts: list[tuple[str, int]], count: Counter, budget: int) -> tuple[Chunk | None, list[tuple[str, int]]]:
+    """The longest run of leading parts whose joined text really fits, as a chunk, and the parts left over.
+
+    Token counts are not quite additive across a join, so a packed run can come out a little over the budget: its
+    last parts then begin the next chunk rather than making a tiny chunk of their own.
+    """
+    k = len(parts)
+    while True:
+        text = "".join(p for p, _ in parts[:k]).strip()
+        real = count(text) if text else 0
+        if real <= budget or k == 1:
+            break
+        k -= 1
+    rest = parts[k:]
+    if not text:
+        return None, rest
+    if real <= budget:
+        return Chunk(text, real), rest
+    head, *tail = hard_split(text, count, budget)  # one unit that grew past the budget when stripped
+    return Chunk(*head), tail + rest
