@@ -137,7 +137,7 @@ def hermetic_env(home: Path, model: Path | None = None) -> dict:
     env.update({"CHATLLM_HOME": str(home), "HF_HOME": str(home / "hf"), "HF_HUB_OFFLINE": "1", "NO_COLOR": "1"})
     if model is not None:
         env["CHATLLM_MODEL"] = str(model)
-    for key in ("CHATLLM_DEBUG", "CHATLLM_DEVICE"):
+    for key in ("CHATLLM_DEBUG", "CHATLLM_DEVICE", "PYTHONDONTWRITEBYTECODE"):  # a user's Python caches bytecode
         env.pop(key, None)
     return env
 

@@ -58,7 +58,6 @@ def from_exception(exc: BaseException, what: str = "") -> ChatllmError | None:
     """Translate a library or OS exception into a ChatllmError, or None when it is a real bug."""
     if isinstance(exc, ChatllmError):
         return exc
-    name = type(exc).__name__
     names = {cls.__name__ for cls in type(exc).__mro__}
     where = f" ({what})" if what else ""
     status = _http_status(exc)

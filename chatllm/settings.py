@@ -10,11 +10,6 @@ from pathlib import Path
 
 from chatllm.errors import ChatllmError, UsageError
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
-
 DEFAULT_MODEL = "qwen2.5-1.5b"
 DEVICES = ("auto", "cpu", "cuda", "metal")
 
@@ -115,6 +110,10 @@ def _truthy(value: str | None) -> bool:
 
 def read_toml(path: Path) -> dict:
     """Parse a TOML file; a syntax error names the file, line and column."""
+    if sys.version_info >= (3, 11):  # imported here: `chatllm --help` reads no TOML
+        import tomllib
+    else:  # pragma: no cover
+        import tomli as tomllib
     try:
         with open(path, "rb") as fh:
             return tomllib.load(fh)

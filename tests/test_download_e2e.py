@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import SMOLLM_REPO, run_chatllm
+from tests.conftest import run_chatllm
 from tests.model_fetch import SMOLLM
 
 pytestmark = pytest.mark.model

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -23,6 +21,12 @@ def test_help_and_version_do_not_import_heavy_modules(cli_env):
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=cli_env, timeout=60)
     assert r.stderr.strip() == "[]"
     assert "ask" in r.stdout and "chat" in r.stdout and "summarize" in r.stdout
+
+
+def test_version_does_not_even_import_typer(cli_env):
+    code = "import sys; from chatllm.cli import main; main(['--version']); sys.stderr.write(repr('typer' in sys.modules))"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=cli_env, timeout=60)
+    assert r.stdout.startswith("chatllm ") and r.stderr == "False"
 
 
 def test_python_dash_m_and_version(chatllm):

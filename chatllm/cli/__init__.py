@@ -3,25 +3,30 @@
 import os
 import signal
 import sys
-import traceback
 
-from chatllm.cli.app import app
-from chatllm.cli import models, oneshot, chat, summarize, classify  # noqa: F401  (each registers its commands)
-from chatllm.cli.options import GlobalFlags
 from chatllm.errors import INTERRUPTED, ChatllmError, PipeClosed, from_exception, redact
 from chatllm.output import Output
 
-__all__ = ["app", "main"]
+__all__ = ["main"]
 
 
 def main(argv: list[str] | None = None) -> None:
     """Run the CLI; turn every expected failure into `error:`/`hint:` lines and an exit code."""
+    args = sys.argv[1:] if argv is None else argv
+    if args in (["--version"], ["-V"]):  # answered before Typer loads: it alone costs more than Python's startup
+        from chatllm import __version__
+
+        print(f"chatllm {__version__}")
+        return
+    from chatllm.cli.app import app
+    from chatllm.cli import models, oneshot, chat, summarize, classify  # noqa: F401  (each registers its commands)
+
     out = Output()
     # SIGTERM takes the same careful path as Ctrl-C: a reply in flight is kept as interrupted, stores close.
     signal.signal(signal.SIGTERM, _interrupt)
     try:
-        app(args=argv, prog_name="chatllm")
-    except SystemExit as exc:
+        app(args=args, prog_name="chatllm")
+    except SystemExit:
         if _TERMINATED:
             sys.exit(128 + signal.SIGTERM)
         raise
@@ -50,11 +55,15 @@ def _interrupt(signum, frame) -> None:
 
 
 def _debug() -> bool:
+    from chatllm.cli.options import GlobalFlags
+
     return GlobalFlags.debug or os.environ.get("CHATLLM_DEBUG", "").lower() in {"1", "true", "yes"}
 
 
 def _report(out: Output, err: ChatllmError, exc: BaseException | None = None) -> None:
     if _debug():
+        import traceback
+
         out.stderr.write(redact("".join(traceback.format_exception(exc or err))))
     out.error(err)
     sys.exit(err.exit_code)
