@@ -197,10 +197,10 @@ def repacking() -> bool:
     return extra_buffers_safe(build_info()["system_info"])
 
 
-def llama_bench(bins: dict, model: Path, threads: int, n_prompt: int, n_gen: int) -> float:
-    """One llama-bench repetition (after its own warmup run): tokens per second."""
+def llama_bench(bins: dict, model: Path, threads: int, n_prompt: int, n_gen: int, flash_attn: bool) -> float:
+    """One llama-bench repetition (after its own warmup run), configured as chatllm's Engine is: tokens per second."""
     cmd = [str(bins["llama-bench"]), "-m", str(model), "-t", str(threads), "-p", str(n_prompt), "-n", str(n_gen),
-           "-r", "1", "-o", "json", "--repack", str(int(repacking()))]
+           "-r", "1", "-o", "json", "--repack", str(int(repacking())), "-fa", "on" if flash_attn else "off"]
     run = checked(timed_run(cmd, timeout=300), "llama-bench")
     return float(json.loads(run.out)[0]["avg_ts"])
 
@@ -210,7 +210,7 @@ def speed_figures(bins: dict, model: Path, label: str, pairs: int, threads: int 
     import perf_engine
 
     engine, kv_bytes = perf_engine.load_measuring_kv(model, n_threads=threads)
-    info = {"threads": engine.n_threads, "n_ctx": engine.n_ctx, "kv_bytes": kv_bytes,
+    info = {"threads": engine.n_threads, "n_ctx": engine.n_ctx, "kv_bytes": kv_bytes, "flash_attn": engine.flash_attn,
             "swa": any("iswa" in line for line in perf_engine._KV_LINES),
             "rendered": engine.render_chat([{"role": "user", "content": ASK_PROMPT}]) if engine.has_chat_template else None}
     t = engine.n_threads
@@ -225,8 +225,8 @@ def speed_figures(bins: dict, model: Path, label: str, pairs: int, threads: int 
         for i in range(pairs):
             for kind in (("ref", "ours") if i % 2 == 0 else ("ours", "ref")):
                 if kind == "ref":
-                    ref_tg = llama_bench(bins, model, t, 0, 128)
-                    ref_pp = llama_bench(bins, model, t, 512, 0)
+                    ref_tg = llama_bench(bins, model, t, 0, 128, info["flash_attn"])
+                    ref_pp = llama_bench(bins, model, t, 512, 0, info["flash_attn"])
                 else:
                     g = perf_engine.generation_rate(engine, 128, seed=i + 1)
                     p = perf_engine.prompt_rate(engine, 512, seed=i + 1)
@@ -262,7 +262,7 @@ def oneshot_figures(bins: dict, model: Path, label: str, info: dict, pairs: int,
     ours += ["-m", str(model), "-n", str(ASK_TOKENS), "--temperature", "0", "--threads", t]
     ref = [str(bins["llama-completion"]), "-m", str(model), "-p", ref_prompt, "-n", str(ASK_TOKENS), "--temp", "0",
            "--repeat-penalty", "1.1", "--repeat-last-n", "64", "--ignore-eos", "-no-cnv", "--no-display-prompt",
-           "-t", t, "-c", n_ctx, *([] if repacking() else ["--no-repack"])]
+           "-t", t, "-c", n_ctx, "-fa", "on" if info["flash_attn"] else "off", *([] if repacking() else ["--no-repack"])]
     check = json.loads(checked(timed_run(ours + ["--json"], env), f"chatllm {what}").out)
     checked(timed_run(ref), "llama-completion")  # warm the page cache for both
     wall = Figure("3", f"`chatllm {what}` wall / `llama-completion` wall ({ASK_TOKENS} tokens, same prompt)", label,

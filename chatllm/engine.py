@@ -168,6 +168,7 @@ class Engine:
             # On the CPU, llama.cpp's flash attention slows down deep into a long context (turn-20 chat
             # latency 1.7x turn 2 with it, 1.15x without); on a GPU it saves memory and time.
             flash_attn = self.gpu_layers != 0
+        self.flash_attn = flash_attn
         ctx_params.flash_attn_type = (
             llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED if flash_attn else llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
         )

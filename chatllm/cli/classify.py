@@ -58,7 +58,8 @@ def sentiment(
     chosen = parse_labels(labels) if labels else sentiment_labels(neutral)
     if neutral and NEUTRAL not in chosen:
         chosen.append(NEUTRAL)
-    _run("sentiment", chosen, {}, examples, text, file, lines, column, as_json, lang, calibrate, settings)
+    _run("sentiment", chosen, {}, examples, text=text, file=file, lines=lines, column=column, as_json=as_json, lang=lang,
+         calibrate=calibrate, settings=settings)
 
 
 @app.command()
@@ -85,8 +86,8 @@ def classify(
     from chatllm.tasks.classify import parse_labels
 
     chosen = parse_labels(labels) if labels else None
-    _run("classify", chosen, _descriptions(describe), examples, text, file, lines, column, as_json, lang, calibrate,
-         settings)
+    _run("classify", chosen, _descriptions(describe), examples, text=text, file=file, lines=lines, column=column,
+         as_json=as_json, lang=lang, calibrate=calibrate, settings=settings)
 
 
 def _descriptions(pairs: Optional[List[str]]) -> dict[str, str]:
@@ -99,8 +100,10 @@ def _descriptions(pairs: Optional[List[str]]) -> dict[str, str]:
     return described
 
 
-def _run(task, labels, descriptions, examples_path, words, file, lines, column, as_json, lang, calibrate,
-         settings: Settings) -> None:
+def _run(task: str, labels: Optional[List[str]], descriptions: dict, examples_path: Optional[Path], *,
+         text: Optional[List[str]], file: Optional[Path], lines: bool, column: Optional[str], as_json: bool, lang: str,
+         calibrate: Optional[bool], settings: Settings) -> None:
+    """Check everything the user gave, then load the model once and classify one text or every line."""
     from chatllm.tasks.classify import Classifier
     from chatllm.tasks.fewshot import load_examples
 
@@ -115,9 +118,9 @@ def _run(task, labels, descriptions, examples_path, words, file, lines, column, 
     classifier = Classifier(None, labels, task=task, descriptions=descriptions, examples=shots, calibrate=calibrate,
                             lang=lang)
     if column is not None or lines:
-        _run_lines(classifier, _line_source(words, file, out), column, file, as_json, out, settings)
+        _run_lines(classifier, _line_source(text, file, out), column, file, as_json, out, settings)
     else:
-        _run_one(classifier, _whole_text(words, file, out), as_json, out, settings)
+        _run_one(classifier, _whole_text(text, file, out), as_json, out, settings)
 
 
 # -- one text ------------------------------------------------------------------------------------
