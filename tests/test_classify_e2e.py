@@ -23,6 +23,13 @@ def test_json_scores_sum_to_one(chatllm):
     assert abs(sum(data["scores"].values()) - 1) < 1e-3 and data["label"] == "negative"
 
 
+def test_piped_text_is_echoed_without_its_final_newline(chatllm):
+    r = chatllm("sentiment", "--json", input="这家酒店的服务非常好，房间干净，下次还会再来。\n")
+    assert r.returncode == 0, r.stderr
+    data = json.loads(r.stdout)
+    assert data["text"] == "这家酒店的服务非常好，房间干净，下次还会再来。" and data["label"] == "positive"
+
+
 def test_lines_keep_order_and_report_empty_rows(chatllm):
     text = "great product, works perfectly\n\nterrible, it broke in a day and support never answered\n这家酒店非常干净\n"
     r = chatllm("sentiment", "--lines", "--json", input=text)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 
@@ -17,6 +18,7 @@ from chatllm.tasks.summarize import (
     guess_language,
     join_notes,
     summarize,
+    TOKENS_PER_WORD,
 )
 
 TEMPLATE_OPEN, TEMPLATE_CLOSE = "<|user|>\n", "<|end|>\n<|assistant|>\n"
@@ -78,9 +80,10 @@ class FakeEngine:
         self.max_tokens.append(sampling.max_tokens)
         reply = self.reply if self.reply is not None else f"Summary number {len(self.prompts)} of the part. " * 40
         reply = reply[: sampling.max_tokens * 4]  # never more tokens than asked for
-        self.last_stats = Stats(prompt_tokens=len(tokens), completion_tokens=len(reply) // 4)
-        for i in range(0, len(reply), 7):
-            yield reply[i:i + 7]
+        self.last_stats = stats = Stats(prompt_tokens=len(tokens))
+        for i in range(0, len(reply), 4):  # one token per 4 characters, counted as it is generated
+            stats.completion_tokens += 1
+            yield reply[i:i + 4]
 
 
 SAMPLING = Sampling(temperature=0, max_tokens=512)
@@ -259,3 +262,26 @@ def test_no_call_reads_more_than_a_chunk_of_text_after_the_map():
     for prompt in engine.prompts:
         body = prompt.split(TEMPLATE_OPEN, 1)[1].split("\n\n---\n", 1)[0]
         assert engine.count_tokens(body) <= 512
+
+
+def test_a_long_reply_ends_at_the_first_sentence_end_past_the_target():
+    engine = FakeEngine(n_ctx=2048, reply="This summary sentence keeps going for a while. " * 40)
+    streamed = []
+    result = summarize(engine, ["Some text to summarize."], SAMPLING, SummaryOptions(words=20), on_text=streamed.append)
+    assert result.text.endswith(".") and result.text == "".join(streamed)
+    assert result.finish_reason == "stop"
+    target = math.ceil(20 * TOKENS_PER_WORD)
+    assert target <= engine.count_tokens(result.text) <= target + 15  # one sentence past the target, no more
+    cjk = summarize(FakeEngine(n_ctx=2048, reply="这是一个很长的摘要句子，讲了很多。" * 40), ["一些文本。"], SAMPLING,
+                    SummaryOptions(words=20))
+    assert cjk.text.endswith("。") and len(cjk.text) < 200
+
+
+def test_bullets_are_started_in_the_prompt_and_end_on_a_whole_line():
+    engine = FakeEngine(n_ctx=2048, reply=" The first point\n- The second point\n" * 30)
+    streamed = []
+    result = summarize(engine, ["Some text to summarize."], SAMPLING, SummaryOptions(style="bullets", words=20),
+                       on_text=streamed.append)
+    assert engine.prompts[-1].endswith(TEMPLATE_CLOSE + "-")
+    assert result.text.startswith("- The first point\n- The second point") and result.text == "".join(streamed).strip()
+    assert result.text.endswith("point")

@@ -139,7 +139,7 @@ def _whole_text(words: Optional[List[str]], file: Optional[Path], out: Output) -
         raise UsageError("no text to classify", 'give TEXT, -f FILE or piped input: chatllm sentiment "I loved it"')
     if not text.strip():
         raise UsageError("the text is empty", "give some text to classify")
-    return text
+    return text.rstrip("\r\n")  # the file's or echo's final newline is not part of the text --json echoes
 
 
 def _run_one(classifier: "Classifier", text: str, as_json: bool, out: Output, settings: Settings) -> None:

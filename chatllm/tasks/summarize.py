@@ -24,6 +24,8 @@ TOKENS_PER_WORD = 1.6  # generous for English; CJK and code run higher, hence th
 SLACK = 48  # room for template tokens that differ between the measured and the real prompt, and join effects
 DEFAULT_CHUNK_TOKENS = 2048  # prompt processing slows with context length; smaller chunks also summarize better
 MIN_SENTENCE_CHARS = 24  # a TL;DR sentence ends at the first full stop after this many characters
+FINAL_HEADROOM = 1.4  # the final summary may run this much past its target to finish its sentence
+BULLET_LEAD = "-"  # the reply to a bullets request starts with this, so even a tiny model writes a list
 PLACEHOLDER = "\u2063CHATLLM-DOCUMENT\u2063"
 
 
@@ -189,7 +191,11 @@ class Summarizer:
         self.options = options or SummaryOptions()
         self.on_progress = on_progress
         self.sampling = sampling
-        self.final_reserve = self._cap(math.ceil(self.options.target_words * TOKENS_PER_WORD) + 24)
+        # Past its target length the final summary stops at the next sentence (or bullet) end; the reserve is
+        # the hard cap behind that, so a summary is not cut mid-sentence unless the model runs on far too long.
+        self.final_target = self._cap(math.ceil(self.options.target_words * TOKENS_PER_WORD))
+        self.final_reserve = self._cap(math.ceil(self.final_target * FINAL_HEADROOM) + 24)
+        self.final_lead = BULLET_LEAD if self.options.style == "bullets" else ""
         n_ctx = engine.n_ctx
         self.note_reserve = self._cap(max(48, min(320, n_ctx // 10)))
         self._overheads: dict[str, int] = {}
@@ -231,10 +237,11 @@ class Summarizer:
         before, after = rendered.split(PLACEHOLDER)
         return engine.prompt_tokens(before, special=True), engine.tokenize(after, add_bos=False, special=True)
 
-    def _prompt(self, body: str, instruction: str) -> list[int]:
+    def _prompt(self, body: str, instruction: str, lead: str = "") -> list[int]:
         # The document is tokenized with special=False so text like "<|im_end|>" in it stays plain text.
         pre, post = self._frame(instruction)
-        return pre + self.engine.tokenize(body, add_bos=False, special=False) + post
+        tokenize = self.engine.tokenize
+        return pre + tokenize(body, add_bos=False, special=False) + post + (tokenize(lead) if lead else [])
 
     def budget(self, kind: str, reserve: int) -> int:
         """How many document tokens a prompt of this kind can hold, leaving `reserve` for the reply."""
@@ -242,25 +249,41 @@ class Summarizer:
 
     # running -----------------------------------------------------------------------------------
 
+    def _final(self, body: str, instruction: str, on_text: Callable[[str], None] | None) -> str:
+        """The summary the user sees, streamed to on_text."""
+        return self._generate(self._prompt(body, instruction, self.final_lead), self.final_reserve, on_text,
+                              one_sentence=self.options.style == "tldr", soft_tokens=self.final_target,
+                              lead=self.final_lead)
+
     def _generate(self, tokens: list[int], max_tokens: int, on_text: Callable[[str], None] | None = None,
-                  one_sentence: bool = False) -> str:
+                  one_sentence: bool = False, soft_tokens: int | None = None, lead: str = "") -> str:
+        """One model call; `lead` is the reply's start already in the prompt, and after soft_tokens the reply
+        ends at the next sentence or line end."""
         engine = self.engine
         sampling = self.sampling.replace(max_tokens=max_tokens)
-        parts: list[str] = []
-        text = ""
+        parts: list[str] = [lead] if lead else []
+        text = lead
+        if lead and on_text is not None:
+            on_text(lead)
         stream = engine.stream(tokens, sampling)
         cut = False
+        soft_from = None  # where in the text the soft limit was reached
         try:
             for piece in stream:
                 if not parts:
                     piece = piece.lstrip()
                     if not piece:
                         continue
+                if soft_tokens is not None and soft_from is None and engine.last_stats.completion_tokens > soft_tokens:
+                    soft_from = len(text)
+                end = None
                 if one_sentence:
                     end = _sentence_end(text + piece, MIN_SENTENCE_CHARS)
-                    if end is not None:
-                        piece = piece[: max(0, end - len(text))]
-                        cut = True
+                if soft_from is not None and end is None:
+                    end = _boundary_after(text + piece, soft_from)
+                if end is not None:
+                    piece = piece[: max(0, end - len(text))]
+                    cut = True
                 parts.append(piece)
                 text += piece
                 if on_text is not None and piece:
@@ -328,8 +351,7 @@ class Summarizer:
                 res.chunks = 1
                 self._report(Progress("final", total=1, fraction=0.0))
                 instruction = final_instruction(opts, "the text above", detected)
-                res.text = self._generate(self._prompt(text, instruction), self.final_reserve, on_text,
-                                          one_sentence=opts.style == "tldr")
+                res.text = self._final(text, instruction, on_text)
                 return self._finish(Progress("final", done=1, total=1, fraction=1.0))
 
         # Map: notes on each chunk. Notes must be small enough that two always fit a merge and a final pass,
@@ -398,10 +420,8 @@ class Summarizer:
 
         self._report(Progress("final", total=1, fraction=0.95))
         whole = "the text above"
-        text = self._generate(self._prompt(join_notes(notes) if len(notes) > 1 else notes[0],
-                                           final_instruction(opts, whole, detected)),
-                              self.final_reserve, on_text, one_sentence=opts.style == "tldr")
-        res.text = text
+        res.text = self._final(join_notes(notes) if len(notes) > 1 else notes[0],
+                               final_instruction(opts, whole, detected), on_text)
         return self._finish(Progress("final", done=1, total=1, fraction=1.0))
 
     def _note(self, chunk: Chunk, instruction: str) -> str:
@@ -435,6 +455,15 @@ _CJK_STOP = re.compile(r"[\u3002\uff01\uff1f][\u201d\u2019\u300d\uff09]*")
 def _sentence_end(text: str, start: int) -> int | None:
     """Where the first sentence ends: a CJK full stop anywhere, a Western one after `start` chars (skips 'e.g.')."""
     ends = [m.end() for m in (_WESTERN_STOP.search(text, start), _CJK_STOP.search(text)) if m]
+    return min(ends) if ends else None
+
+
+def _boundary_after(text: str, start: int) -> int | None:
+    """The first sentence end or line break at or after `start`: where an over-long reply may stop."""
+    ends = [m.end() for m in (_WESTERN_STOP.search(text, start), _CJK_STOP.search(text, start)) if m]
+    newline = text.find("\n", start)
+    if newline >= 0:
+        ends.append(newline)
     return min(ends) if ends else None
 
 
