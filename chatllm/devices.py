@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import platform
+import time
 
 from chatllm.errors import ChatllmError, UsageError
 
@@ -63,18 +64,29 @@ def default_threads(cores: int | None = None, busy: float | None = None) -> int:
     return max(1, min(cores, cores - int(busy + 0.5)))
 
 
-def other_busy_cores() -> float:
+def other_busy_cores(samples: int = 4, interval: float = 0.004) -> float:
     """How many cores other processes use: the smaller of the 1-minute load and the tasks runnable now (minus us)."""
+    # The runnable count is an instant: a process that merely woke up (a shell, a just-exiting child) would cost a
+    # thread for the whole run, so only what stays runnable across a few samples over ~12 ms counts.
     try:
-        with open("/proc/loadavg", encoding="ascii") as fh:
-            fields = fh.read().split()
-        return max(0.0, min(float(fields[0]), float(fields[3].split("/")[0]) - 1))
+        load, runnable = _loadavg()
+        for _ in range(samples - 1):
+            time.sleep(interval)
+            runnable = min(runnable, _loadavg()[1])
+        return max(0.0, min(load, runnable - 1))
     except (OSError, ValueError, IndexError):
         pass
     try:
         return max(0.0, os.getloadavg()[0] - 1)  # macOS/BSD: no instantaneous count, so allow for ourselves
     except (AttributeError, OSError):
         return 0.0
+
+
+def _loadavg() -> tuple[float, int]:
+    """Linux's 1-minute load average and the number of tasks runnable this instant (ourselves included)."""
+    with open("/proc/loadavg", encoding="ascii") as fh:
+        fields = fh.read().split()
+    return float(fields[0]), int(fields[3].split("/")[0])
 
 
 def _linux_physical_cores() -> int | None:

@@ -24,6 +24,18 @@ def test_other_busy_cores_reads_this_machine():
     assert 1 <= default_threads() <= 4096
 
 
+def test_a_task_that_is_runnable_only_for_an_instant_costs_no_thread(monkeypatch):
+    import chatllm.devices as devices
+
+    readings = iter([(1.4, 3), (1.4, 1), (1.4, 3), (1.4, 2)])  # a blip of one other task, then a steady one
+    monkeypatch.setattr(devices, "_loadavg", lambda: next(readings))
+    assert devices.other_busy_cores(interval=0) == 0.0
+    monkeypatch.setattr(devices, "_loadavg", lambda: (1.4, 2))  # another task runnable at every sample
+    assert devices.other_busy_cores(interval=0) == 1.0
+    monkeypatch.setattr(devices, "_loadavg", lambda: (0.3, 3))  # runnable now, but not over the last minute
+    assert devices.other_busy_cores(interval=0) == 0.3
+
+
 def _unfiltered_sampler(engine: Engine, s: Sampling) -> internals.LlamaSampler:
     """The plain chain (penalties over the whole vocabulary first), to compare against."""
     sampler = internals.LlamaSampler()
