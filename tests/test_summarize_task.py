@@ -285,3 +285,4 @@ def test_bullets_are_started_in_the_prompt_and_end_on_a_whole_line():
     assert engine.prompts[-1].endswith(TEMPLATE_CLOSE + "-")
     assert result.text.startswith("- The first point\n- The second point") and result.text == "".join(streamed).strip()
     assert result.text.endswith("point")
+    assert streamed[0].startswith("- The")  # the lead goes out with the model's first words, not before them

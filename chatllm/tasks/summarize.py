@@ -261,16 +261,14 @@ class Summarizer:
         ends at the next sentence or line end."""
         engine = self.engine
         sampling = self.sampling.replace(max_tokens=max_tokens)
-        parts: list[str] = [lead] if lead else []
-        text = lead
-        if lead and on_text is not None:
-            on_text(lead)
+        parts: list[str] = []  # what went out, the lead joined to the first piece
+        text = lead  # the reply so far, the lead included
         stream = engine.stream(tokens, sampling)
         cut = False
         soft_from = None  # where in the text the soft limit was reached
         try:
             for piece in stream:
-                if not parts:
+                if not parts and not lead:
                     piece = piece.lstrip()
                     if not piece:
                         continue
@@ -284,8 +282,10 @@ class Summarizer:
                 if end is not None:
                     piece = piece[: max(0, end - len(text))]
                     cut = True
-                parts.append(piece)
                 text += piece
+                if not parts and lead:  # the lead goes out with the first real text, or not at all
+                    piece = lead + piece
+                parts.append(piece)
                 if on_text is not None and piece:
                     on_text(piece)
                 if cut:
