@@ -14,9 +14,7 @@ def main(argv: list[str] | None = None) -> None:
     """Run the CLI; turn every expected failure into `error:`/`hint:` lines and an exit code."""
     args = sys.argv[1:] if argv is None else argv
     if args in (["--version"], ["-V"]):  # answered before Typer loads: it alone costs more than Python's startup
-        from chatllm import __version__
-
-        print(f"chatllm {__version__}")
+        print_version()
         return
     from chatllm.cli.app import app
     from chatllm.cli import models, oneshot, chat, summarize, classify  # noqa: F401  (each registers its commands)
@@ -43,6 +41,13 @@ def main(argv: list[str] | None = None) -> None:
         if mapped is None:
             mapped = ChatllmError(f"internal error: {type(exc).__name__}: {exc}", "rerun with --debug and report the traceback")
         _report(out, mapped, exc)
+
+
+def print_version() -> None:
+    """The `chatllm --version` line, for the fast path here and for Typer's -V callback."""
+    from chatllm import __version__
+
+    print(f"chatllm {__version__}")
 
 
 _TERMINATED = False

@@ -4,7 +4,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from chatllm import __version__
+from chatllm.cli import print_version
 from chatllm.cli.options import GlobalFlags
 
 app = typer.Typer(
@@ -20,7 +20,7 @@ app = typer.Typer(
 
 def _version(value: bool) -> None:
     if value:
-        print(f"chatllm {__version__}")
+        print_version()
         raise typer.Exit()
 
 

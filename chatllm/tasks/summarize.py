@@ -195,7 +195,6 @@ class Summarizer:
         # the hard cap behind that, so a summary is not cut mid-sentence unless the model runs on far too long.
         self.final_target = self._cap(math.ceil(self.options.target_words * TOKENS_PER_WORD))
         self.final_reserve = self._cap(math.ceil(self.final_target * FINAL_HEADROOM) + 24)
-        self.final_lead = BULLET_LEAD if self.options.style == "bullets" else ""
         n_ctx = engine.n_ctx
         self.note_reserve = self._cap(max(48, min(320, n_ctx // 10)))
         self._overheads: dict[str, int] = {}
@@ -251,9 +250,10 @@ class Summarizer:
 
     def _final(self, body: str, instruction: str, on_text: Callable[[str], None] | None) -> str:
         """The summary the user sees, streamed to on_text."""
-        return self._generate(self._prompt(body, instruction, self.final_lead), self.final_reserve, on_text,
-                              one_sentence=self.options.style == "tldr", soft_tokens=self.final_target,
-                              lead=self.final_lead)
+        style = self.options.style
+        lead = BULLET_LEAD if style == "bullets" else ""
+        return self._generate(self._prompt(body, instruction, lead), self.final_reserve, on_text,
+                              one_sentence=style == "tldr", soft_tokens=self.final_target, lead=lead)
 
     def _generate(self, tokens: list[int], max_tokens: int, on_text: Callable[[str], None] | None = None,
                   one_sentence: bool = False, soft_tokens: int | None = None, lead: str = "") -> str:
@@ -452,19 +452,17 @@ _WESTERN_STOP = re.compile(r"[.!?][\"'\u201d\u2019)\]]*(?=\s)")
 _CJK_STOP = re.compile(r"[\u3002\uff01\uff1f][\u201d\u2019\u300d\uff09]*")
 
 
-def _sentence_end(text: str, start: int) -> int | None:
-    """Where the first sentence ends: a CJK full stop anywhere, a Western one after `start` chars (skips 'e.g.')."""
-    ends = [m.end() for m in (_WESTERN_STOP.search(text, start), _CJK_STOP.search(text)) if m]
+def _sentence_end(text: str, start: int, cjk_from: int = 0) -> int | None:
+    """Where the first sentence ends: a CJK full stop from `cjk_from`, a Western one after `start` (skips 'e.g.')."""
+    ends = [m.end() for m in (_WESTERN_STOP.search(text, start), _CJK_STOP.search(text, cjk_from)) if m]
     return min(ends) if ends else None
 
 
 def _boundary_after(text: str, start: int) -> int | None:
     """The first sentence end or line break at or after `start`: where an over-long reply may stop."""
-    ends = [m.end() for m in (_WESTERN_STOP.search(text, start), _CJK_STOP.search(text, start)) if m]
     newline = text.find("\n", start)
-    if newline >= 0:
-        ends.append(newline)
-    return min(ends) if ends else None
+    ends = [e for e in (_sentence_end(text, start, cjk_from=start), newline if newline >= 0 else None) if e is not None]
+    return min(ends, default=None)
 
 
 def _drain(queue: collections.deque) -> Iterator[str]:
