@@ -190,7 +190,7 @@ def fmt(value: float, unit: str) -> str:
 
 
 def repacking() -> bool:
-    """Whether chatllm's Engine lets llama.cpp repack weights on this CPU; the reference is run the same way."""
+    """Whether the reference tools can repack weights on this CPU (not on AMX CPUs); chatllm's Engine is run the same way."""
     from chatllm.devices import extra_buffers_safe
     from chatllm.engine import build_info
 
@@ -209,7 +209,7 @@ def speed_figures(bins: dict, model: Path, label: str, pairs: int, threads: int 
     """Figures 1 and 2 for one model, alternating llama-bench and the in-process Engine pair by pair."""
     import perf_engine
 
-    engine, kv_bytes = perf_engine.load_measuring_kv(model, n_threads=threads)
+    engine, kv_bytes = perf_engine.load_measuring_kv(model, n_threads=threads, repack=repacking())
     info = {"threads": engine.n_threads, "n_ctx": engine.n_ctx, "kv_bytes": kv_bytes, "flash_attn": engine.flash_attn,
             "swa": any("iswa" in line for line in perf_engine._KV_LINES),
             "rendered": engine.render_chat([{"role": "user", "content": ASK_PROMPT}]) if engine.has_chat_template else None}

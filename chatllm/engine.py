@@ -21,7 +21,7 @@ from chatllm.devices import choose_gpu_layers, default_threads, extra_buffers_sa
 from chatllm.errors import ChatllmError, ContextOverflowError
 from chatllm.settings import Sampling
 
-_LOG: collections.deque[str] = collections.deque(maxlen=400)
+_LOG: collections.deque[str] = collections.deque(maxlen=4000)
 _LOG_ECHO = False
 
 
@@ -129,6 +129,7 @@ class Engine:
         device: str = "auto",
         gpu_layers: int | None = None,
         flash_attn: bool | None = None,
+        repack: bool = True,
         chat_format: str | None = None,
         verbose: bool = False,
         name: str | None = None,
@@ -145,7 +146,8 @@ class Engine:
         self.gpu_layers = choose_gpu_layers(device, gpu_layers, info["gpu_offload"], info["backend"])
         model_params = llama_cpp.llama_model_default_params()
         model_params.n_gpu_layers = 0x7FFFFFFF if self.gpu_layers == -1 else self.gpu_layers
-        model_params.use_extra_bufts = extra_buffers_safe(info["system_info"])
+        self.repack = repack and (extra_buffers_safe(info["system_info"]) or _drop_amx_buffer())
+        model_params.use_extra_bufts = self.repack
         _LOG.clear()
         try:
             self._model = internals.LlamaModel(path_model=str(self.path), params=model_params, verbose=True)
@@ -279,14 +281,20 @@ class Engine:
     def _eval(self, tokens: Sequence[int]) -> int:
         """Make the KV cache hold exactly `tokens`, evaluating only what differs; returns tokens reused."""
         keep = 0
-        limit = min(len(self._tokens), len(tokens) - 1)  # the last token is always re-run for its logits
+        last = len(tokens) - 1
+        limit = min(len(self._tokens), last)  # the last token is always re-run for its logits
         while keep < limit and self._tokens[keep] == tokens[keep]:
             keep += 1
         keep = self._rewind(keep)
-        for start in range(keep, len(tokens), self.n_batch):
-            chunk = tokens[start : start + self.n_batch]
-            self._decode(chunk, start, logits_from=len(chunk) - 1)
+        for start in range(keep, last, self.n_batch):
+            chunk = tokens[start : min(start + self.n_batch, last)]
+            self._decode(chunk, start, logits_from=len(chunk))
             self._tokens.extend(chunk)
+        # The last token is always decoded alone, whether the rest was cached or not: llama.cpp's batched and
+        # single-token kernels round differently, so logits taken from inside a batch would make the same prompt
+        # and seed give another answer once the prompt sits in the cache (issue 21).
+        self._decode(tokens[last:], last, logits_from=0)
+        self._tokens.append(tokens[last])
         return keep
 
     def _rewind(self, keep: int) -> int:
@@ -427,6 +435,52 @@ class Engine:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _drop_amx_buffer() -> bool:
+    """Take llama.cpp's AMX weight buffer out of the CPU's extra buffer types, keeping REPACK; False if it cannot."""
+    # llama.cpp's AMX matmul segfaults on the first prompt batch (ggml-org/llama.cpp#20824) and use_extra_bufts
+    # cannot leave AMX out, but the CPU device hands out the list it uses as a NULL-terminated array that lives as
+    # long as the library: with AMX taken out, AMX CPUs repack weights like every other x86 CPU. Must run before
+    # the first model load; it is idempotent.
+    try:
+        base, ggml = ctypes.CDLL(_loaded_lib("ggml-base")), ctypes.CDLL(_loaded_lib("ggml"))
+    except OSError:
+        return False
+    ggml.ggml_backend_dev_by_type.restype = ctypes.c_void_p
+    ggml.ggml_backend_dev_by_type.argtypes = [ctypes.c_int]
+    base.ggml_backend_dev_backend_reg.restype = ctypes.c_void_p
+    base.ggml_backend_dev_backend_reg.argtypes = [ctypes.c_void_p]
+    base.ggml_backend_reg_get_proc_address.restype = ctypes.c_void_p
+    base.ggml_backend_reg_get_proc_address.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
+    base.ggml_backend_buft_name.restype = ctypes.c_char_p
+    base.ggml_backend_buft_name.argtypes = [ctypes.c_void_p]
+    dev = ggml.ggml_backend_dev_by_type(0)  # GGML_BACKEND_DEVICE_TYPE_CPU
+    reg = base.ggml_backend_dev_backend_reg(dev) if dev else None
+    proc = base.ggml_backend_reg_get_proc_address(reg, b"ggml_backend_dev_get_extra_bufts") if reg else None
+    if not proc:
+        return False
+    bufts = ctypes.CFUNCTYPE(ctypes.POINTER(ctypes.c_void_p), ctypes.c_void_p)(proc)(dev)
+    found = []
+    while bufts and bufts[len(found)]:
+        found.append(bufts[len(found)])
+    kept = [b for b in found if base.ggml_backend_buft_name(b) != b"AMX"]
+    for i in range(len(found)):
+        bufts[i] = kept[i] if i < len(kept) else None
+    return True
+
+
+def _loaded_lib(name: str) -> str:
+    """The path of lib{name} as this process mapped it (the wheel ships .so and .so.0 as separate copies)."""
+    try:
+        with open("/proc/self/maps", encoding="utf-8", errors="replace") as fh:
+            paths = {line.split()[-1] for line in fh if "/lib" + name + ".so" in line}
+    except OSError:
+        raise OSError("not Linux") from None
+    for path in sorted(paths):
+        if Path(path).name.split(".so")[0] == "lib" + name:
+            return path
+    raise OSError(f"lib{name} is not loaded")
 
 
 def _raise_template_error(message: str):

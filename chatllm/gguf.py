@@ -66,6 +66,7 @@ class GGUFInfo:
     n_params: int = 0
     data_offset: int = 0  # where the tensor data starts
     data_size: int = 0  # the tensor data's length, padding included
+    tensor_types: dict[str, str] = field(default_factory=dict)  # tensor name -> ggml type name (Q4_K, F32, ...)
 
     @property
     def architecture(self) -> str:
@@ -265,6 +266,7 @@ def _parse(r: _Reader, check_data: bool) -> GGUFInfo:
     _check_tokenizer(r, lengths)
     _check_hparams(r, metadata)
     n_params, data_size, names = 0, 0, set()
+    tensor_types: dict[str, str] = {}
     for _ in range(n_tensors):
         raw = r.raw_string()
         if len(raw) >= GGML_MAX_NAME or b"\x00" in raw:
@@ -286,7 +288,8 @@ def _parse(r: _Reader, check_data: bool) -> GGUFInfo:
         ttype, offset = r.unpack(_U32), r.unpack(_U64)
         if ttype not in GGML_TYPES:
             raise r.fail(f"tensor {raw.decode('utf-8', 'replace')!r} has unknown type {ttype}")
-        _, block, block_bytes = GGML_TYPES[ttype]
+        type_name, block, block_bytes = GGML_TYPES[ttype]
+        tensor_types[raw.decode("utf-8", "replace")] = type_name
         if dims[0] % block:
             raise r.fail(f"tensor rows of {dims[0]} elements do not fit {GGML_TYPES[ttype][0]} blocks of {block}")
         if offset != data_size:
@@ -298,7 +301,7 @@ def _parse(r: _Reader, check_data: bool) -> GGUFInfo:
     if check_data and data_offset + data_size > size:
         raise r.fail(f"truncated: tensor data needs {data_offset + data_size} bytes, the file has {size}")
     return GGUFInfo(path=r.path, version=version, size=size, tensor_count=n_tensors, metadata=metadata,
-                    n_params=n_params, data_offset=data_offset, data_size=data_size)
+                    n_params=n_params, data_offset=data_offset, data_size=data_size, tensor_types=tensor_types)
 
 
 def _check_hparams(r: _Reader, metadata: dict) -> None:

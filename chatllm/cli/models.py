@@ -171,7 +171,7 @@ def info(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = 
         "hf_endpoint": settings.hf_endpoint,
         "hf_token": "set" if settings.hf_token else "not set",
         "offline": settings.offline,
-        "weight_repacking": "on" if extra_buffers_safe(build["system_info"]) else "off (AMX CPU: llama.cpp's AMX kernels crash)",
+        "weight_repacking": "on" if extra_buffers_safe(build["system_info"]) else "on, without llama.cpp's AMX buffers (they crash)",
         "cpu_features": build["system_info"],
     }
     if as_json:
