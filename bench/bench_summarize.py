@@ -60,14 +60,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--figures", help="write the figure rows for bench/run_all.py to this JSON file")
     args = parser.parse_args(argv)
 
-    from chatllm.engine import Engine
-    from chatllm.gguf import read_header
     from chatllm.inputs import iter_text, open_binary
+    from chatllm.runtime.gguf import read_header
+    from chatllm.runtime.llamacpp import LlamaCppEngine
     from chatllm.settings import Sampling
-    from chatllm.tasks.summarize import SummaryOptions, Summarizer
+    from chatllm.tasks.summarize import Summarizer, SummaryOptions
 
     info = read_header(Path(args.model))
-    engine = Engine(args.model, n_ctx=args.ctx or min(info.context_length or 8192, 8192))
+    engine = LlamaCppEngine(args.model, n_ctx=args.ctx or min(info.context_length or 8192, 8192))
     with open(args.doc, encoding="utf-8-sig", newline=None) as fh:
         doc_tokens = engine.tokenize(fh.read())
     options = SummaryOptions(length=args.length, **({} if args.chunk_tokens is None

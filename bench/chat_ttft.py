@@ -72,17 +72,17 @@ def main() -> None:
     parser.add_argument("--figures", help="write the figure row for bench/run_all.py to this JSON file")
     args = parser.parse_args()
 
-    from chatllm.loader import load_engine
+    from chatllm.runtime.loader import load_engine
 
     settings = load_settings(model=args.model, ctx=args.ctx, threads=args.threads, temperature=0.0,
                              max_tokens=args.max_tokens)
     engine = load_engine(settings, Output())
     if args.flash_attn != "auto":
-        from chatllm.engine import Engine
+        from chatllm.runtime.llamacpp import LlamaCppEngine
 
         path, n_ctx, threads, name = engine.path, engine.n_ctx, engine.n_threads, engine.name
         engine.close()
-        engine = Engine(path, n_ctx=n_ctx, n_threads=threads, flash_attn=args.flash_attn == "on", name=name)
+        engine = LlamaCppEngine(path, n_ctx=n_ctx, n_threads=threads, flash_attn=args.flash_attn == "on", name=name)
     print(f"model {engine.name}, {engine.n_ctx}-token context, {engine.n_threads} threads, flash attention "
           f"{args.flash_attn}, max {args.max_tokens} reply tokens, {args.runs} runs")
     runs = [run_once(engine, settings.sampling, args.turns) for _ in range(args.runs)]

@@ -31,7 +31,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import figures  # noqa: E402
-from chatllm.engine import Engine  # noqa: E402
+
+from chatllm.runtime.llamacpp import LlamaCppEngine  # noqa: E402
 from chatllm.settings import Sampling  # noqa: E402
 from chatllm.tasks.classify import Classifier, clean, detect_language  # noqa: E402
 
@@ -59,7 +60,7 @@ def load(name: str, limit: int | None) -> list[tuple[str, str]]:
     return [r for r in rows if r in pos or r in neg]
 
 
-def scoring(engine: Engine, rows, method: str) -> dict:
+def scoring(engine: LlamaCppEngine, rows, method: str) -> dict:
     """Label scoring through the Classifier; setup (prefix, calibration) is inside the timed span."""
     labels = ["positive", "negative"]
     if method == "chatllm":
@@ -78,7 +79,7 @@ def scoring(engine: Engine, rows, method: str) -> dict:
             "tokens_per_item": item_tokens / len(rows), "raw_items_per_s": len(rows) / raw_seconds}
 
 
-def raw_eval(engine: Engine, clf: Classifier, text: str) -> int:
+def raw_eval(engine: LlamaCppEngine, clf: Classifier, text: str) -> int:
     """llama.cpp alone on the item's own tokens after the cached prefix (the ceiling for label scoring); their count."""
     prompt = clf._prompt(detect_language(text))
     tokens, _ = clf._item_tokens(prompt, clean(text))
@@ -87,7 +88,7 @@ def raw_eval(engine: Engine, clf: Classifier, text: str) -> int:
     return len(tokens)
 
 
-def naive(engine: Engine, rows) -> dict:
+def naive(engine: LlamaCppEngine, rows) -> dict:
     """The baseline: ask for one word through the chat template, greedy, and parse the first label word."""
     sampling = Sampling(temperature=0, max_tokens=8, repeat_penalty=1.0)
     right = unparsed = 0
@@ -147,7 +148,7 @@ def main() -> None:
     if not Path(args.model).is_file():
         ap.error(f"no model at {args.model}; run the test suite once (it fetches SmolLM2) or pass --model")
     load_before = os.getloadavg()[0]
-    engine = Engine(args.model, n_ctx=4096, n_threads=args.threads)
+    engine = LlamaCppEngine(args.model, n_ctx=4096, n_threads=args.threads)
     results = []
     for d in datasets:
         rows = load(d, args.limit)

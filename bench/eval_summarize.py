@@ -56,7 +56,7 @@ def baseline(engine, text: str, sampling) -> str:
 
 def ours(engine, text: str, sampling, style: str, length: str):
     """The summary `chatllm summarize --style STYLE --length LENGTH` writes."""
-    from chatllm.tasks.summarize import SummaryOptions, Summarizer
+    from chatllm.tasks.summarize import Summarizer, SummaryOptions
 
     return Summarizer(engine, sampling, SummaryOptions(style=style, length=length)).summarize([text]).text
 
@@ -86,11 +86,11 @@ def main(argv: list[str] | None = None) -> None:
         from rouge_score import rouge_scorer
     except ImportError:
         sys.exit("rouge-score is missing: pip install -e '.[bench]' (or pip install rouge-score)")
-    from chatllm.engine import Engine
+    from chatllm.runtime.llamacpp import LlamaCppEngine
     from chatllm.settings import Sampling
 
     rows = load_rows(args.data, args.limit)
-    engine = Engine(args.model, n_ctx=args.ctx)
+    engine = LlamaCppEngine(args.model, n_ctx=args.ctx)
     sampling = Sampling(temperature=0, max_tokens=args.max_tokens)
     scorer = rouge_scorer.RougeScorer(list(METRICS), use_stemmer=True)
     systems = {"baseline (Summarize:)": lambda t: baseline(engine, t, sampling)}

@@ -1,11 +1,15 @@
 """Build the reference llama.cpp tools (llama-bench, llama-completion) from the sources llama-cpp-python vendors.
 
+The same build can also make `llama-server` (the tests of chatllm's remote engine run against it): pass
+`targets=SERVER_TARGETS` to ensure_built(), or `--server` on the command line.
+
 The installed llama-cpp-python's sdist carries `vendor/llama.cpp`; building that exact tree with the same build type
 (Release, native CPU flags, OpenMP: scikit-build-core's and llama.cpp's defaults) gives a reference that differs from
 chatllm only by the Python front end. Everything goes under a cache directory, never into the repository; a finished
 build is reused.
 
     python bench/llamacpp_ref.py            # prints the two binary paths (building them first if needed)
+    python bench/llamacpp_ref.py --server   # the same for llama-server
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from importlib import metadata
 from pathlib import Path
 
 TARGETS = ("llama-bench", "llama-completion")
+SERVER_TARGETS = ("llama-server",)
 
 
 def cache_dir() -> Path:
@@ -74,19 +79,19 @@ def unpack(tarball: Path, cache: Path, version: str) -> Path:
     return src
 
 
-def binaries(cache: Path | None = None, version: str | None = None) -> dict[str, Path]:
+def binaries(cache: Path | None = None, version: str | None = None, targets: tuple[str, ...] = TARGETS) -> dict[str, Path]:
     """Where the reference binaries are (or will be) for that version."""
     cache = cache or cache_dir()
     version = version or installed_version()
     bindir = cache / f"build-{version}" / "bin"
-    return {t: bindir / t for t in TARGETS}
+    return {t: bindir / t for t in targets}
 
 
-def ensure_built(cache: Path | None = None, jobs: int = 2) -> dict[str, Path]:
-    """Download, unpack and build the reference tools when they are not there yet; their paths."""
+def ensure_built(cache: Path | None = None, jobs: int = 2, targets: tuple[str, ...] = TARGETS) -> dict[str, Path]:
+    """Download, unpack and build the reference tools (or other targets) when they are not there yet; their paths."""
     cache = cache or cache_dir()
     version = installed_version()
-    bins = binaries(cache, version)
+    bins = binaries(cache, version, targets)
     if all(p.exists() for p in bins.values()):
         return bins
     src = unpack(fetch_sdist(version, cache), cache, version)
@@ -98,13 +103,17 @@ def ensure_built(cache: Path | None = None, jobs: int = 2) -> dict[str, Path]:
         "-DLLAMA_CURL=OFF",
         "-DLLAMA_BUILD_TESTS=OFF",
         "-DLLAMA_BUILD_EXAMPLES=OFF",
-        "-DLLAMA_BUILD_SERVER=OFF",
+        # The server only when asked for; one build tree, so a later server build reuses the compiled libraries.
+        f"-DLLAMA_BUILD_SERVER={'ON' if 'llama-server' in targets else 'OFF'}",
         "-DLLAMA_BUILD_TOOLS=ON",
+        # The server's web UI is neither built (npm) nor fetched (a prebuilt from the Hub): nothing is downloaded.
+        "-DLLAMA_BUILD_UI=OFF",
+        "-DLLAMA_USE_PREBUILT_UI=OFF",
     ]
     _log(f"configuring llama.cpp (llama-cpp-python {version}) in {build}")
     subprocess.run(configure, check=True, stdout=subprocess.DEVNULL)
-    _log(f"building {', '.join(TARGETS)} with -j{jobs} (several minutes on 2 cores)")
-    subprocess.run(["cmake", "--build", str(build), "--config", "Release", "-j", str(jobs), "--target", *TARGETS],
+    _log(f"building {', '.join(targets)} with -j{jobs} (several minutes on 2 cores)")
+    subprocess.run(["cmake", "--build", str(build), "--config", "Release", "-j", str(jobs), "--target", *targets],
                    check=True, stdout=subprocess.DEVNULL)
     missing = [str(p) for p in bins.values() if not p.exists()]
     if missing:
@@ -116,8 +125,9 @@ def main() -> None:
     """Print the reference binaries' paths, building them first if needed."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", "-j", type=int, default=2)
+    parser.add_argument("--server", action="store_true", help="build llama-server instead of the bench tools")
     args = parser.parse_args()
-    for name, path in ensure_built(jobs=args.jobs).items():
+    for name, path in ensure_built(jobs=args.jobs, targets=SERVER_TARGETS if args.server else TARGETS).items():
         print(f"{name}\t{path}")
 
 

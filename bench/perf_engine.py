@@ -25,31 +25,31 @@ if str(ROOT) not in sys.path:
 
 import llama_cpp  # noqa: E402
 
-import chatllm.engine as engine_module  # noqa: E402
-from chatllm.engine import Engine  # noqa: E402
+import chatllm.runtime.llamacpp as engine_module  # noqa: E402
+from chatllm.runtime.llamacpp import LlamaCppEngine  # noqa: E402
 from chatllm.settings import Sampling  # noqa: E402
 
 LONG_ASK = "Write a long, detailed essay about the history of the bicycle, from its invention to today."
 LONG_TEXT = "The history of the bicycle began in the early nineteenth century, when"
 
 
-def load(path: str | Path, **kwargs) -> Engine:
+def load(path: str | Path, **kwargs) -> LlamaCppEngine:
     """The Engine with chatllm's defaults (the same ones loader.load_engine passes for a .gguf path)."""
-    from chatllm.gguf import read_header
+    from chatllm.runtime.gguf import read_header
 
     info = read_header(Path(path))
     n_ctx = kwargs.pop("n_ctx", None) or min(info.context_length or 8192, 8192)
-    return Engine(path, n_ctx=n_ctx, **kwargs)
+    return LlamaCppEngine(path, n_ctx=n_ctx, **kwargs)
 
 
-def long_prompt(engine: Engine) -> list[int]:
+def long_prompt(engine: LlamaCppEngine) -> list[int]:
     """A prompt whose answer runs long: chat-templated when the model has a template, raw text otherwise."""
     if engine.has_chat_template:
         return engine.prompt_tokens(engine.render_chat([{"role": "user", "content": LONG_ASK}]))
     return engine.prompt_tokens(LONG_TEXT, special=False)
 
 
-def generation_rate(engine: Engine, n_gen: int = 128, seed: int = 1) -> dict:
+def generation_rate(engine: LlamaCppEngine, n_gen: int = 128, seed: int = 1) -> dict:
     """One generation of up to n_gen tokens with the default sampling; tok/s after the first token."""
     sampling = Sampling(max_tokens=n_gen, seed=seed)
     for _ in engine.stream(long_prompt(engine), sampling):
@@ -58,7 +58,7 @@ def generation_rate(engine: Engine, n_gen: int = 128, seed: int = 1) -> dict:
     return {"tokens_per_second": stats.tokens_per_second, "tokens": stats.completion_tokens}
 
 
-def prompt_rate(engine: Engine, n_prompt: int = 512, seed: int = 1) -> dict:
+def prompt_rate(engine: LlamaCppEngine, n_prompt: int = 512, seed: int = 1) -> dict:
     """Evaluate n_prompt random tokens (as llama-bench pp does) and sample one; evaluated tok/s."""
     rng = random.Random(seed)
     tokens = [rng.randrange(engine.n_vocab) for _ in range(n_prompt)]
@@ -83,7 +83,7 @@ def _log_tap(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
     engine_module._LOG.append(line)
 
 
-def load_measuring_kv(path: str | Path, **kwargs) -> tuple[Engine, int]:
+def load_measuring_kv(path: str | Path, **kwargs) -> tuple[LlamaCppEngine, int]:
     """load() plus the KV cache size llama.cpp reported for that context (SWA and full caches summed)."""
     _KV_LINES.clear()
     llama_cpp.llama_log_set(_log_tap, ctypes.c_void_p(0))

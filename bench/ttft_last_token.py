@@ -22,14 +22,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import figures  # noqa: E402
 
-from chatllm.engine import Engine  # noqa: E402
+from chatllm.runtime.llamacpp import LlamaCppEngine  # noqa: E402
 from chatllm.settings import Sampling  # noqa: E402
 
 DEFAULT_MODEL = os.environ.get("CHATLLM_BENCH_MODEL", "/root/.cache/chatllm-test/SmolLM2-135M-Instruct.Q4_1.gguf")
 ONE_TOKEN = Sampling(temperature=0, max_tokens=1, repeat_penalty=1.0)
 
 
-class BatchedLastEngine(Engine):
+class BatchedLastEngine(LlamaCppEngine):
     """The engine as it was before issue 21: the last prompt token decoded inside the last batch."""
 
     def _eval(self, tokens: Sequence[int]) -> int:
@@ -45,13 +45,13 @@ class BatchedLastEngine(Engine):
         return keep
 
 
-def prompt(engine: Engine, n: int, seed: int) -> list[int]:
+def prompt(engine: LlamaCppEngine, n: int, seed: int) -> list[int]:
     """A fresh n-token prompt (different each run, so nothing but the cache state decides what is evaluated)."""
     words = f"Run {seed}: the history of the bicycle, its makers, riders and roads, told plainly. " * (n // 8 + 2)
     return engine.prompt_tokens(words)[:n]
 
 
-def first_token_seconds(engine: Engine, tokens: list[int]) -> float:
+def first_token_seconds(engine: LlamaCppEngine, tokens: list[int]) -> float:
     """Wall time from a cold cache to the first sampled token."""
     engine._rewind(0)
     start = time.perf_counter()
@@ -68,7 +68,7 @@ def main() -> None:
     ap.add_argument("--sizes", default="16,128,512,1536")
     ap.add_argument("--figures", help="write the figure rows to this JSON file (for bench/run_all.py)")
     args = ap.parse_args()
-    after = Engine(args.model, n_ctx=2048)
+    after = LlamaCppEngine(args.model, n_ctx=2048)
     before = BatchedLastEngine(args.model, n_ctx=2048, n_threads=after.n_threads)
     rows = []
     print(f"model {Path(args.model).name}, {after.n_threads} threads, {args.runs} runs per size (best / median)")

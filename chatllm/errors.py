@@ -42,6 +42,17 @@ class ContextOverflowError(ChatllmError):
         self.n_ctx = n_ctx
 
 
+class NoChatTemplateError(ChatllmError):
+    """A chat was asked of a model that has no chat template (a base model)."""
+
+    def __init__(self, name: str):
+        super().__init__(
+            f"{name} has no chat template, so it cannot chat",
+            "use `chatllm generate` for raw continuation, pick an instruct/chat model, "
+            "or pass --chat-format chatml (or llama-3, gemma, ...)",
+        )
+
+
 class PipeClosed(Exception):
     """stdout's reader went away (`| head -1`): end quietly."""
 

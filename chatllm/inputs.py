@@ -1,11 +1,23 @@
-"""Reading user text from files and stdin: encodings, BOM, CRLF, binary and empty input."""
+"""Reading user input from files and stdin, in one place: nothing here prints or loads a model.
+
+Decoding (UTF-8, BOM, CRLF, binary and empty input): `iter_text`, `read_text`. Prompts for `ask`: `gather_prompt`.
+Inputs of `summarize`, each probed before the model loads and read again in blocks later: `probe_source`,
+`gather_sources`. Inputs of `sentiment`/`classify`: one text (`whole_text`), or items, one per line or one CSV/TSV
+cell per row (`line_items`, `csv_column_items`, `nonempty_items`). Warnings go to a `warn` callback; refusals are
+UsageErrors.
+"""
 
 from __future__ import annotations
 
 import codecs
+import csv
+import itertools
+import os
+import stat
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Callable, Iterator
+from typing import IO, Callable, Iterable, Iterator, Sequence
 
 from chatllm.errors import UsageError
 
@@ -120,3 +132,191 @@ def stdin_is_piped() -> bool:
         return sys.stdin is not None and not sys.stdin.isatty()
     except (AttributeError, ValueError):
         return False
+
+
+def gather_prompt(words: list[str] | None, file: Path | None, warn: Callable[[str], None] | None = None,
+                  n_ctx: int | None = None) -> str:
+    """The prompt words, then the -f file, then piped stdin, joined by blank lines (reading stops past n_ctx)."""
+    parts = [" ".join(words).strip()] if words else []
+    if file is not None:
+        parts.append(read_prompt(file, warn, n_ctx))
+    if stdin_is_piped():
+        parts.append(read_prompt("-", warn, n_ctx, allow_empty=True))
+    parts = [p for p in parts if p.strip()]
+    if not parts:
+        raise UsageError("nothing to ask: no prompt, no -f FILE and no piped input",
+                         'give a prompt: chatllm ask "why is the sky blue?"')
+    return "\n\n".join(parts)
+
+
+# -- summarize: sources probed before the model loads ---------------------------------------------
+
+
+@dataclass
+class Source:
+    """One input (a file or stdin), checked before the model loads; its text is read again, in blocks, later."""
+
+    path: str
+    name: str
+    size_hint: int | None = None  # approximate length in characters
+    _stdin_blocks: Iterator[str] | None = field(default=None, repr=False)
+    _peeked: list[str] = field(default_factory=list, repr=False)
+
+    def blocks(self, warn: Callable[[str], None] | None = None) -> Iterator[str]:
+        """The decoded text, block by block (bounded memory)."""
+        if self._stdin_blocks is not None:
+            yield from self._peeked
+            self._peeked = []
+            yield from self._stdin_blocks
+            return
+        stream = open_binary(self.path)
+        try:
+            yield from iter_text(stream, self.name, warn)
+        finally:
+            stream.close()
+
+
+def probe_source(path: str, warn: Callable[[str], None] | None = None) -> Source:
+    """Open an input and read up to its first words: missing, unreadable, directory, binary and empty are refused."""
+    is_stdin = path == "-"
+    name = "stdin" if is_stdin else path
+    stream = open_binary(path)
+    size = _stream_size(stream)
+    # A file is read again later, so warnings wait for that read; stdin is read once, so it warns now.
+    blocks = iter_text(stream, name, warn if is_stdin else None)
+    peeked: list[str] = []
+    try:
+        for block in blocks:
+            peeked.append(block)
+            if block.strip():
+                break
+        else:
+            raise UsageError(f"{name} is empty", "give a file with some text in it" if not is_stdin
+                             else "pipe some text in: cat notes.txt | chatllm summarize")
+    finally:
+        if not is_stdin:
+            stream.close()
+    first = "".join(peeked)
+    size_hint = None
+    if size:
+        raw = len(first.encode("utf-8")) or 1
+        size_hint = int(size * len(first) / raw)
+    if is_stdin:
+        return Source(path, name, size_hint, _stdin_blocks=blocks, _peeked=peeked)
+    return Source(path, name, size_hint)
+
+
+def _stream_size(stream: IO[bytes]) -> int | None:
+    try:
+        st = os.fstat(stream.fileno())
+    except (OSError, ValueError, AttributeError):
+        return None
+    return st.st_size if stat.S_ISREG(st.st_mode) and st.st_size > 0 else None
+
+
+def gather_sources(files: Sequence[str] | None, warn: Callable[[str], None] | None = None) -> list[Source]:
+    """The inputs named (or piped stdin), each probed; refuses a missing input before any model loads."""
+    paths = list(files or [])
+    if not paths:
+        if not stdin_is_piped():
+            raise UsageError("nothing to summarize: no FILE and no piped input",
+                             "chatllm summarize notes.txt, or: cat notes.txt | chatllm summarize")
+        paths = ["-"]
+    if paths.count("-") > 1:
+        raise UsageError("stdin (-) given more than once", "name - once")
+    return [probe_source(p, warn) for p in paths]
+
+
+# -- sentiment / classify: one text, or one item per line or CSV/TSV row ---------------------------
+
+
+def whole_text(words: Sequence[str] | None, file: Path | None, warn: Callable[[str], None] | None = None) -> str:
+    """The text to classify: the words, else the -f file, else piped stdin; without its final newline."""
+    if words:
+        text = " ".join(words)
+    elif file is not None:
+        text = read_text(file, warn)
+    elif stdin_is_piped():
+        text = read_text("-", warn)
+    else:
+        raise UsageError("no text to classify", 'give TEXT, -f FILE or piped input: chatllm sentiment "I loved it"')
+    if not text.strip():
+        raise UsageError("the text is empty", "give some text to classify")
+    return text.rstrip("\r\n")  # the file's or echo's final newline is not part of the text --json echoes
+
+
+def split_lines(blocks: Iterable[str]) -> Iterator[str]:
+    """The lines of decoded text blocks (LF line ends, none kept), lazily; a final newline adds no empty line."""
+    pending = ""
+    for block in blocks:
+        pending += block
+        *done, pending = pending.split("\n")
+        yield from done
+    if pending:
+        yield pending
+
+
+def input_lines(words: Sequence[str] | None, file: Path | None,
+                warn: Callable[[str], None] | None = None) -> tuple[Iterator[str], str]:
+    """Lines of the -f file, else of the words, else of piped stdin, read lazily (bounded memory), and the input's name."""
+    if file is not None:
+        name = "stdin" if str(file) == "-" else str(file)
+        return split_lines(iter_text(open_binary(file), name, warn)), name
+    if words:
+        return split_lines([" ".join(words)]), "the argument"
+    if stdin_is_piped():
+        return split_lines(iter_text(open_binary("-"), "stdin", warn)), "stdin"
+    raise UsageError("no lines to classify", "pipe them in: cut -f1 reviews.tsv | chatllm sentiment --lines")
+
+
+def csv_column_items(lines: Iterator[str], column: str, name: str, suffix: str = "") -> Iterator[tuple[str, str | None]]:
+    """(cell, error) per CSV/TSV row for a column NAME (header row) or 1-based N; TSV by .tsv, CSV by .csv, else a tab."""
+    first = next(lines, None)
+    if first is None:
+        return
+    suffix = suffix.lower()
+    delimiter = "\t" if suffix == ".tsv" or (suffix != ".csv" and "\t" in first) else ","
+    reader = csv.reader((ln + "\n" for ln in itertools.chain([first], lines)), delimiter=delimiter)
+    index = _column_index(column, reader, name)
+    for row in reader:
+        if not any(cell.strip() for cell in row):
+            yield "", None
+        elif index < len(row):
+            yield row[index], None
+        else:
+            yield "", f"the row has no column {index + 1}"
+
+
+def _column_index(column: str, reader: Iterator[list[str]], name: str) -> int:
+    if column.strip().isdigit():
+        index = int(column) - 1
+        if index < 0:
+            raise UsageError("--column numbers start at 1", "for example --column 1")
+        return index
+    header = [cell.strip() for cell in next(reader, [])]
+    for candidates in (header, [h.lower() for h in header]):
+        key = column.strip() if candidates is header else column.strip().lower()
+        if key in candidates:
+            return candidates.index(key)
+    raise UsageError(f"{name} has no column named {column!r}", f"its header row has: {', '.join(header) or '(nothing)'}")
+
+
+def line_items(words: Sequence[str] | None, file: Path | None, column: str | None = None,
+               warn: Callable[[str], None] | None = None) -> Iterator[tuple[str, str | None]]:
+    """(text, error) per item: the input's lines, or one column of its CSV/TSV rows; the input is opened at once."""
+    lines, name = input_lines(words, file, warn)
+    if column is None:
+        return ((line, None) for line in lines)
+    return csv_column_items(lines, column, name, file.suffix if file is not None else "")
+
+
+def nonempty_items(items: Iterator[tuple[str, str | None]]) -> Iterator[tuple[str, str | None]]:
+    """The same items, after reading up to the first with text: an input with no text at all is a UsageError."""
+    waiting: list[tuple[str, str | None]] = []
+    for item in items:  # hold leading empty rows: an input with no text at all is a usage error, not N error rows
+        waiting.append(item)
+        if item[0].strip():
+            break
+    if not any(text.strip() for text, _ in waiting):
+        raise UsageError("the input has no text to classify", "give one item per line")
+    return itertools.chain(waiting, items)

@@ -6,7 +6,7 @@ import json
 import os
 import sys
 from contextlib import contextmanager
-from typing import IO, Iterable, Iterator, Sequence
+from typing import IO, Callable, Iterable, Iterator, Sequence
 
 from chatllm.errors import ChatllmError, PipeClosed, redact
 
@@ -29,7 +29,9 @@ class Output:
         stdout_tty: bool | None = None,
         stderr_tty: bool | None = None,
         color: bool | None = None,
+        as_json: bool = False,
     ):
+        self.as_json = as_json  # --json: results are JSON documents, the human rendering is skipped
         self.stdout = stdout or sys.stdout
         self.stderr = stderr or sys.stderr
         self.is_tty = _isatty(self.stdout) if stdout_tty is None else stdout_tty
@@ -86,6 +88,13 @@ class Output:
         """One JSON document (or JSON Lines row) on stdout."""
         self.line(json.dumps(obj, ensure_ascii=False))
 
+    def result(self, record: object, human: Callable[[], None] | None = None) -> None:
+        """One result: the JSON record in --json mode, else whatever `human` prints (nothing if None)."""
+        if self.as_json:
+            self.json(record)
+        elif human is not None:
+            human()
+
     def markdown(self, text: str) -> None:
         """Rendered markdown in a colour terminal, plain text elsewhere."""
         if self.rich:
@@ -103,12 +112,12 @@ class Output:
 
             table = Table(*columns, title=title, header_style="bold" if self.color else "")
             for row in rows:
-                table.add_row(*row)
+                table.add_row(*(str(cell) for cell in row))
             self.console.print(table)
         else:
             self.line("\t".join(columns))
             for row in rows:
-                self.line("\t".join(row))
+                self.line("\t".join(str(cell) for cell in row))
 
     # -- everything else goes to stderr ----------------------------------------------------------
 
@@ -185,6 +194,18 @@ class _RichProgress:
 
     def update(self, **kw) -> None:
         self.bar.update(self.task, **kw)
+
+
+def format_date(ts: float | None) -> str:
+    """A local date and minute (2026-12-01 14:02), or "" for no time."""
+    import time
+
+    return time.strftime("%Y-%m-%d %H:%M", time.localtime(ts)) if ts else ""
+
+
+def short_model(name: str) -> str:
+    """A model name without the directories of a local path."""
+    return os.path.basename(name) if os.sep in name else name
 
 
 def format_stats(stats) -> str:

@@ -20,9 +20,9 @@ from typing import IO, Callable, Iterable, Iterator
 
 from prompt_toolkit.completion import Completer
 
-from chatllm.errors import ChatllmError, UsageError
-from chatllm.output import Output, format_stats
-from chatllm.settings import Sampling, Settings
+from chatllm.errors import ChatllmError, NoChatTemplateError, UsageError
+from chatllm.output import format_date, short_model, Output, format_stats
+from chatllm.settings import Sampling, Settings, check_sampling
 from chatllm.tasks.chat import Conversation, Turn
 
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -64,15 +64,8 @@ def parse_set(sampling: Sampling, key: str, value: str) -> Sampling:
     except ValueError:
         raise UsageError(f"{key} must be {'a whole number' if kind is int else 'a number'}, not {value!r}",
                          f"for example /set {key} {dataclasses.asdict(Sampling())[key]}")
-    limits = {"temperature": (0, None), "top_p": (0, 1), "top_k": (0, None), "min_p": (0, 1),
-              "repeat_penalty": (0, None), "max_tokens": (1, None)}
-    low, high = limits.get(key, (None, None))
-    if (low is not None and number < low) or (high is not None and number > high) or \
-            (key in ("top_p", "repeat_penalty") and number <= 0):
-        span = f"between {low} and {high}" if high is not None else f"at least {low}"
-        raise UsageError(f"{key} must be {span}" + (" (and above 0)" if key in ("top_p", "repeat_penalty") else ""),
-                         f"for example /set {key} {dataclasses.asdict(Sampling())[key]}")
-    return dataclasses.replace(sampling, **{key: number})
+    changed = dataclasses.replace(sampling, **{key: number})
+    return check_sampling(changed, name=lambda k: k, example=lambda label, v: f"/set {label} {v}")
 
 
 def unwrap_block(text: str) -> str:
@@ -522,14 +515,13 @@ class Repl:
             return
         load = self._load_engine
         if load is None:
-            from chatllm.loader import load_engine as load
+            from chatllm.runtime.loader import load_engine as load
         settings = self.settings.replace(model=arg)
         new = load(settings, self.out)
         if not new.has_chat_template:
             name = new.name
             new.close()
-            raise ChatllmError(f"{name} has no chat template, so it cannot chat",
-                               "pick an instruct/chat model, or start chat with --chat-format chatml")
+            raise NoChatTemplateError(name)
         self.conv.switch_engine(new)
         self.settings = settings
         engine.close()
@@ -607,12 +599,7 @@ class Repl:
             return
         self.out.table(["id", "model", "first message", "turns", "date"], [
             [("*" if r.id == self.conv.id else "") + str(r.id), short_model(r.model), r.title, r.turns,
-             time.strftime("%Y-%m-%d %H:%M", time.localtime(r.updated_at))] for r in rows])
-
-
-def short_model(name: str) -> str:
-    """A model name without the directories of a local path."""
-    return os.path.basename(name) if os.sep in name else name
+             format_date(r.updated_at)] for r in rows])
 
 
 def _sampling_text(s: Sampling) -> str:

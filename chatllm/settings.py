@@ -11,6 +11,7 @@ from pathlib import Path
 from chatllm.errors import ChatllmError, UsageError
 
 DEFAULT_MODEL = "qwen2.5-1.5b"
+DEFAULT_CTX = 8192  # the context a model gets when neither --ctx nor the registry says otherwise (at most its own)
 DEVICES = ("auto", "cpu", "cuda", "metal")
 
 
@@ -70,6 +71,42 @@ class Settings:
 
 CONFIG_KEYS = {"model", "device", "gpu_layers", "ctx", "threads", "batch", "sampling"}
 SAMPLING_KEYS = {f.name for f in dataclasses.fields(Sampling)}
+# key: (lowest, highest, whether the lowest itself is refused). The one home of these bounds: flags, config.toml
+# and the REPL's /set all check through check_sampling.
+SAMPLING_BOUNDS: dict[str, tuple[float, float | None, bool]] = {
+    "max_tokens": (1, None, False),
+    "temperature": (0, None, False),
+    "top_p": (0, 1, True),
+    "top_k": (0, None, False),
+    "min_p": (0, 1, False),
+    "repeat_penalty": (0, None, True),
+}
+
+
+def flag_name(key: str) -> str:
+    """The command-line flag of a setting: top_p -> --top-p."""
+    return "--" + key.replace("_", "-")
+
+
+def check_sampling(sampling: Sampling, name=flag_name, example=lambda label, value: f"{label} {value}") -> Sampling:
+    """The sampling unchanged, or a UsageError naming the first value out of bounds (as `name(key)` calls it)."""
+    defaults = Sampling()
+    for key, (low, high, low_refused) in SAMPLING_BOUNDS.items():
+        value = getattr(sampling, key)
+        kind = int if isinstance(getattr(defaults, key), int) else float
+        label = name(key)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and not isinstance(value, int)):
+            what = "a whole number" if kind is int else "a number"
+            raise UsageError(f"{label} must be {what}, not {value!r}", f"for example {example(label, getattr(defaults, key))}")
+        if value < low or (low_refused and value <= low) or (high is not None and value > high):
+            if high is not None:
+                span = f"in ({low}, {high}]" if low_refused else f"in [{low}, {high}]"
+            else:
+                span = f"above {low}" if low_refused else f"at least {low}"
+            raise UsageError(f"{label} must be {span}, not {value}", f"for example {example(label, getattr(defaults, key))}")
+    if sampling.seed is not None and (isinstance(sampling.seed, bool) or not isinstance(sampling.seed, int)):
+        raise UsageError(f"{name('seed')} must be a whole number, not {sampling.seed!r}", f"for example {example(name('seed'), 7)}")
+    return sampling
 
 
 def home_dir() -> Path:
@@ -218,21 +255,18 @@ def load_settings(
     if device not in DEVICES:
         raise UsageError(f"unknown device {device!r}", f"use one of: {', '.join(DEVICES)}")
     layers = parse_gpu_layers(gpu_layers if gpu_layers is not None else cfg.get("gpu_layers"))
-    cfg_sampling = dict(cfg.get("sampling", {}))
+    cfg_sampling: dict = dict(cfg.get("sampling", {}))
     if "stop" in cfg_sampling:
         cfg_sampling["stop"] = tuple(cfg_sampling["stop"])
     base = Sampling().replace(**cfg_sampling)
-    flag_sampling = {k: v for k, v in sampling.items() if v is not None}
+    flag_sampling: dict = {k: v for k, v in sampling.items() if v is not None}
     if "stop" in flag_sampling:
         flag_sampling["stop"] = tuple(flag_sampling["stop"]) or None
     for key in flag_sampling:
         if key not in SAMPLING_KEYS:
             raise TypeError(f"unknown sampling setting {key}")
-    samp = base.replace(**flag_sampling)
-    if samp.max_tokens < 1:
-        raise UsageError("--max-tokens must be at least 1", "for example --max-tokens 256")
-    if samp.temperature < 0:
-        raise UsageError("--temperature must be >= 0", "0 is deterministic; 0.7 is a common choice")
+    check_sampling(base, name=lambda key: f"config.toml: [sampling] {key}", example=lambda label, value: f"{label.split()[-1]} = {value}")
+    samp = check_sampling(base.replace(**flag_sampling))
     n_ctx = ctx if ctx is not None else cfg.get("ctx")
     if n_ctx is not None and n_ctx < 64:
         raise UsageError(f"--ctx {n_ctx} is too small", "use at least 64 tokens")

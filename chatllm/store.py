@@ -180,6 +180,7 @@ class Store:
                 (now, now, model, system),
             )
             conv_id = cur.lastrowid
+            assert conv_id is not None  # an INSERT always sets it
             for seq, ex in enumerate(exchanges):
                 self._put(db, conv_id, seq, ex)
         return conv_id

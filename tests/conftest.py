@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 from hypothesis import settings as hypothesis_settings
 
+from tests.model_fetch import GEMMA, SMOLLM, fetch
+
 # The same examples on every run: a CI failure can be reproduced, and CI does not go red by chance.
 hypothesis_settings.register_profile("chatllm", derandomize=True, deadline=None)
 hypothesis_settings.load_profile("chatllm")
-
-from tests.model_fetch import GEMMA, SMOLLM, fetch
 
 
 @pytest.fixture(scope="session")

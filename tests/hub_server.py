@@ -161,7 +161,8 @@ class _Handler(BaseHTTPRequestHandler):
         repo = self._repo(name, rev)
         if repo is None:
             return
-        siblings = [{"rfilename": n, "size": f.size, "lfs": {"sha256": f.sha256, "size": f.size, "pointerSize": 134}} for n, f in repo.files.items()]
+        siblings = [{"rfilename": n, "size": f.size, "lfs": {"sha256": f.sha256, "size": f.size, "pointerSize": 134}}
+                    for n, f in repo.files.items()]
         self._send_json(200, {"id": name, "modelId": name, "sha": repo.commit, "siblings": siblings, "private": False})
 
     def _resolve(self, name: str, rev: str, filename: str) -> None:

@@ -11,7 +11,8 @@ import pytest
 from chatllm.errors import ChatllmError, UsageError
 from chatllm.settings import Sampling
 from chatllm.store import Exchange, Store
-from chatllm.tasks.chat import Conversation, parse_json, parse_markdown, transcript_markdown
+from chatllm.tasks.chat import Conversation
+from chatllm.tasks.transcripts import parse_json, parse_markdown, transcript_markdown
 
 SAMPLING = Sampling(max_tokens=8, temperature=0)
 

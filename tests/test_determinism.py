@@ -11,7 +11,7 @@ import itertools
 
 import pytest
 
-from chatllm.engine import Engine, captured_log
+from chatllm.runtime.llamacpp import LlamaCppEngine, captured_log
 from chatllm.settings import Sampling
 
 pytestmark = pytest.mark.model
@@ -29,7 +29,7 @@ def kernels(request):
 @pytest.fixture(scope="module")
 def smollm(smollm_path, kernels):
     repack, flash = kernels
-    eng = Engine(smollm_path, n_ctx=1024, repack=repack, flash_attn=flash)
+    eng = LlamaCppEngine(smollm_path, n_ctx=1024, repack=repack, flash_attn=flash)
     yield eng
     eng.close()
 
@@ -37,7 +37,7 @@ def smollm(smollm_path, kernels):
 @pytest.fixture(scope="module")
 def gemma(gemma_path, kernels):
     repack, flash = kernels
-    eng = Engine(gemma_path, n_ctx=512, repack=repack, flash_attn=flash)
+    eng = LlamaCppEngine(gemma_path, n_ctx=512, repack=repack, flash_attn=flash)
     eng.load_log = captured_log()
     yield eng
     eng.close()
@@ -87,7 +87,7 @@ def test_a_second_engine_gives_the_same_answer(smollm_path, smollm, kernels):
     smollm.complete(prompt, SEEDED)  # cached in the long-lived engine
     expected = smollm.complete(prompt, SEEDED)
     repack, flash = kernels
-    with Engine(smollm_path, n_ctx=1024, repack=repack, flash_attn=flash) as other:  # a model switch, a new process
+    with LlamaCppEngine(smollm_path, n_ctx=1024, repack=repack, flash_attn=flash) as other:  # a model switch, a new process
         assert other.complete(prompt, SEEDED) == expected
 
 

@@ -7,8 +7,9 @@ import sys
 
 import pytest
 
-from chatllm.engine import Engine, _StopFilter
 from chatllm.errors import ChatllmError, ContextOverflowError
+from chatllm.runtime.llamacpp import LlamaCppEngine
+from chatllm.runtime.stops import StopFilter
 from chatllm.settings import Sampling
 
 pytestmark = pytest.mark.model
@@ -17,7 +18,7 @@ GREEDY = Sampling(temperature=0, max_tokens=48, repeat_penalty=1.0)
 
 @pytest.fixture(scope="module")
 def engine(smollm_path):
-    eng = Engine(smollm_path, n_ctx=1024)
+    eng = LlamaCppEngine(smollm_path, n_ctx=1024)
     yield eng
     eng.close()
 
@@ -76,10 +77,10 @@ def test_stop_string_cuts_the_output(engine):
 
 
 def test_stop_filter_holds_back_partial_matches():
-    f = _StopFilter(["</end>"])
+    f = StopFilter(["</end>"])
     assert f.feed("hello </e") == "hello "
     assert f.feed("nd> tail") == "" and f.stopped
-    g = _StopFilter(["STOP"])
+    g = StopFilter(["STOP"])
     assert g.feed("ST") == "" and g.feed("ART") == "START" and not g.stopped
 
 
@@ -93,7 +94,7 @@ def test_score_continuations_prefers_the_likely_word(engine):
 
 
 def test_model_without_template_refuses_chat_but_override_works(gemma_path):
-    eng = Engine(gemma_path, n_ctx=512)
+    eng = LlamaCppEngine(gemma_path, n_ctx=512)
     try:
         with pytest.raises(ChatllmError) as info:
             eng.render_chat([{"role": "user", "content": "hi"}])
@@ -101,7 +102,7 @@ def test_model_without_template_refuses_chat_but_override_works(gemma_path):
         assert eng.complete(eng.prompt_tokens("The capital of France is", special=False), GREEDY.replace(max_tokens=8))
     finally:
         eng.close()
-    eng = Engine(gemma_path, n_ctx=512, chat_format="gemma")
+    eng = LlamaCppEngine(gemma_path, n_ctx=512, chat_format="gemma")
     try:
         assert "<start_of_turn>user" in eng.render_chat([{"role": "user", "content": "hi"}])
     finally:
@@ -110,8 +111,8 @@ def test_model_without_template_refuses_chat_but_override_works(gemma_path):
 
 def test_loading_prints_nothing_on_stderr(gemma_path):
     code = (
-        "import sys; from chatllm.engine import Engine, captured_log;"
-        f"e = Engine({str(gemma_path)!r}, n_ctx=256); e.close();"
+        "import sys; from chatllm.runtime.llamacpp import LlamaCppEngine, captured_log;"
+        f"e = LlamaCppEngine({str(gemma_path)!r}, n_ctx=256); e.close();"
         "sys.stdout.write(str(len(captured_log())))"
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

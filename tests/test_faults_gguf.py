@@ -17,10 +17,23 @@ from hypothesis import HealthCheck, currently_in_test_context, event, given, set
 from hypothesis import strategies as st
 
 from chatllm.errors import ChatllmError
-from chatllm.gguf import GGML_TYPES, GGUFError, read_header
+from chatllm.runtime.gguf import GGML_TYPES, GGUFError, read_header
 from tests.conftest import run_chatllm
-from tests.gguf_writer import (ARRAY, BOOL, FLOAT32, INT32, STRING, UINT32, UINT64, build_header, encode_value,
-                               gguf_string, split_header, tensor_info, tiny_gguf)
+from tests.gguf_writer import (
+    ARRAY,
+    BOOL,
+    FLOAT32,
+    INT32,
+    STRING,
+    UINT32,
+    UINT64,
+    build_header,
+    encode_value,
+    gguf_string,
+    split_header,
+    tensor_info,
+    tiny_gguf,
+)
 from tests.model_fetch import SMOLLM
 
 HEADER_BYTES = 1_785_664  # where SmolLM2's tensor data starts

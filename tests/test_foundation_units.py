@@ -6,9 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from chatllm.devices import choose_gpu_layers, extra_buffers_safe, physical_cores
 from chatllm.errors import ChatllmError, UsageError, from_exception, redact
-from chatllm.registry import load_registry, parse_ref, pick_quant_file, shipped_registry_path, split_parts
+from chatllm.runtime.devices import choose_gpu_layers, extra_buffers_safe
+from chatllm.runtime.registry import load_registry, parse_ref, pick_quant_file, shipped_registry_path, split_parts
+from chatllm.runtime.threads import physical_cores
 from chatllm.settings import load_settings
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from llama_cpp import _internals as internals
 
-from chatllm.devices import default_threads, other_busy_cores
-from chatllm.engine import Engine
+from chatllm.runtime.llamacpp import LlamaCppEngine
+from chatllm.runtime.threads import default_threads, other_busy_cores
 from chatllm.settings import Sampling
 
 
@@ -25,7 +25,7 @@ def test_other_busy_cores_reads_this_machine():
 
 
 def test_a_task_that_is_runnable_only_for_an_instant_costs_no_thread(monkeypatch):
-    import chatllm.devices as devices
+    import chatllm.runtime.threads as devices
 
     readings = iter([(1.4, 3), (1.4, 1), (1.4, 3), (1.4, 2)])  # a blip of one other task, then a steady one
     monkeypatch.setattr(devices, "_loadavg", lambda: next(readings))
@@ -36,7 +36,7 @@ def test_a_task_that_is_runnable_only_for_an_instant_costs_no_thread(monkeypatch
     assert devices.other_busy_cores(interval=0) == 0.3
 
 
-def _unfiltered_sampler(engine: Engine, s: Sampling) -> internals.LlamaSampler:
+def _unfiltered_sampler(engine: LlamaCppEngine, s: Sampling) -> internals.LlamaSampler:
     """The plain chain (penalties over the whole vocabulary first), to compare against."""
     sampler = internals.LlamaSampler()
     sampler.add_penalties(engine.n_vocab, 64, s.repeat_penalty, 0.0, 0.0)
@@ -53,7 +53,7 @@ def _unfiltered_sampler(engine: Engine, s: Sampling) -> internals.LlamaSampler:
 
 @pytest.fixture(scope="module")
 def engine(smollm_path):
-    eng = Engine(smollm_path, n_ctx=512, n_threads=1)
+    eng = LlamaCppEngine(smollm_path, n_ctx=512, n_threads=1)
     yield eng
     eng.close()
 
@@ -64,7 +64,7 @@ def engine(smollm_path):
 def test_top_k_before_penalties_samples_exactly_the_same(engine, sampling, monkeypatch):
     prompt = engine.render_chat([{"role": "user", "content": "List ten animals, one per line."}])
     fast = engine.complete(prompt, sampling)
-    monkeypatch.setattr(Engine, "_sampler", _unfiltered_sampler)
+    monkeypatch.setattr(LlamaCppEngine, "_sampler", _unfiltered_sampler)
     assert engine.complete(prompt, sampling) == fast
 
 

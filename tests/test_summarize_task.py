@@ -10,12 +10,12 @@ import pytest
 
 from chatllm.errors import ChatllmError, ContextOverflowError
 from chatllm.settings import Sampling
+from chatllm.tasks.text import guess_language
 from chatllm.tasks.summarize import (
     Progress,
     SummaryOptions,
     Summarizer,
     final_instruction,
-    guess_language,
     join_notes,
     summarize,
     TOKENS_PER_WORD,

@@ -17,7 +17,6 @@ def main(argv: list[str] | None = None) -> None:
         print_version()
         return
     from chatllm.cli.app import app
-    from chatllm.cli import models, oneshot, chat, summarize, classify  # noqa: F401  (each registers its commands)
 
     out = Output()
     # SIGTERM takes the same careful path as Ctrl-C: a reply in flight is kept as interrupted, stores close.

@@ -1,6 +1,6 @@
-"""The Typer app object and the global flags; commands live in sibling modules."""
+"""The Typer app: the global flags and the one table of commands (the commands live in sibling modules)."""
 
-from typing import Annotated, Optional
+from typing import Annotated, Callable, Optional
 
 import typer
 
@@ -11,7 +11,7 @@ app = typer.Typer(
     name="chatllm",
     help="Local LLMs at the terminal: chat, ask, summarize and classify with GGUF models from the Hugging Face Hub.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
     rich_markup_mode=None,
@@ -36,3 +36,29 @@ def root(
     GlobalFlags.debug = debug
     GlobalFlags.verbose = verbose
     GlobalFlags.offline = offline
+
+
+def _register() -> None:
+    """Every command, in the order `chatllm --help` lists them."""
+    from chatllm.cli import chat, classify, models, oneshot, summarize
+
+    commands: list[tuple[str, Callable, dict]] = [
+        ("chat", chat.chat, {}),
+        ("ask", oneshot.ask, {}),
+        ("generate", oneshot.generate, {}),
+        ("summarize", summarize.summarize, {}),
+        ("sentiment", classify.sentiment, {}),
+        ("classify", classify.classify, {}),
+        ("pull", models.pull, {}),
+        ("models", models.list_models, {}),
+        ("ls", models.list_models, {"help": "Alias of `models`.", "hidden": True}),
+        ("show", models.show, {}),
+        ("rm", models.rm, {}),
+        ("info", models.info, {}),
+    ]
+    for name, func, extra in commands:
+        app.command(name, **extra)(func)
+    app.add_typer(chat.history_app, name="history")
+
+
+_register()

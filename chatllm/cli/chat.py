@@ -5,32 +5,35 @@ from typing import Annotated, Optional
 
 import typer
 
-from chatllm.cli.app import app
-from chatllm.cli.options import model_command, plain_settings
-from chatllm.errors import ChatllmError, UsageError
+from chatllm.cli.options import (ChatFormat, Ctx, Device, GpuLayers, MaxTokens, Model, Offline, Seed, Stop, Temperature, Threads, TopK, TopP,
+                                 model_settings, plain_settings)
+from chatllm.errors import NoChatTemplateError, UsageError
 from chatllm.output import Output
 from chatllm.settings import Settings
 
 
-@app.command()
-@model_command
 def chat(
     system: Annotated[Optional[str], typer.Option("--system", "-s", help="System prompt for the conversation.")] = None,
     cont: Annotated[bool, typer.Option("--continue", "-c", help="Resume the most recent conversation.")] = False,
     resume: Annotated[Optional[int], typer.Option("--resume", "-r", metavar="ID",
                                                   help="Resume conversation ID (see `chatllm history`).")] = None,
-    *,
-    settings: Settings,
+    model: Model = None, device: Device = None, gpu_layers: GpuLayers = None, ctx: Ctx = None, threads: Threads = None,
+    chat_format: ChatFormat = None, offline: Offline = False,
+    max_tokens: MaxTokens = None, temperature: Temperature = None, top_p: TopP = None, top_k: TopK = None,
+    seed: Seed = None, stop: Stop = None,
 ) -> None:
     """Chat with a model: replies stream as they are written, and every exchange is saved.
 
     Type /help inside for the commands. With stdin piped, each line is one message (slash commands work) and
     the replies come out as plain text: printf 'Hello\\n/exit\\n' | chatllm chat
     """
+    settings = model_settings(model=model, device=device, gpu_layers=gpu_layers, ctx=ctx, threads=threads,
+                              chat_format=chat_format, offline=offline, max_tokens=max_tokens, temperature=temperature,
+                              top_p=top_p, top_k=top_k, seed=seed, stop=stop)
     import sys
 
     from chatllm.inputs import stdin_is_piped
-    from chatllm.loader import load_engine
+    from chatllm.runtime.loader import load_engine
     from chatllm.store import Store
     from chatllm.tasks.chat import Conversation
 
@@ -51,8 +54,7 @@ def chat(
         if not engine.has_chat_template:
             name = engine.name
             engine.close()
-            raise ChatllmError(f"{name} has no chat template, so it cannot chat",
-                               "use `chatllm generate` with a base model, or pass --chat-format chatml")
+            raise NoChatTemplateError(name)
         conv = Conversation(engine, settings.sampling, system=system, store=store, notice=out.status)
         if stored is not None:
             conv.resume(stored, system)
@@ -91,7 +93,6 @@ history_app = typer.Typer(
     no_args_is_help=False,
     rich_markup_mode=None,
 )
-app.add_typer(history_app, name="history")
 
 
 def _store():
@@ -114,7 +115,7 @@ def history(
         return
     if limit < 0:
         raise UsageError("--limit must be 0 or more", "0 shows all")
-    from chatllm.repl import short_model
+    from chatllm.output import format_date, short_model
 
     out = Output()
     store = _store()
@@ -129,7 +130,7 @@ def history(
         out.status("no saved conversations yet; start one with `chatllm chat`")
         return
     out.table(["id", "model", "first line", "turns", "date"], [
-        [r.id, short_model(r.model), r.title, r.turns, time.strftime("%Y-%m-%d %H:%M", time.localtime(r.updated_at))]
+        [r.id, short_model(r.model), r.title, r.turns, format_date(r.updated_at)]
         for r in rows])
 
 

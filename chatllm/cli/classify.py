@@ -1,14 +1,12 @@
 """`chatllm sentiment` and `chatllm classify`: labels with probabilities, for one text or a stream of lines."""
 
-import itertools
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Iterable, Iterator, List, Optional
+from typing import TYPE_CHECKING, Annotated, Iterator, List, Optional
 
 import typer
 
-from chatllm.cli.app import app
-from chatllm.cli.options import model_only_command
+from chatllm.cli.options import ChatFormat, Ctx, Device, GpuLayers, Model, Offline, Threads, model_settings
 from chatllm.errors import UsageError
 from chatllm.output import Output
 from chatllm.settings import Settings
@@ -33,8 +31,6 @@ CalibrateOpt = Annotated[Optional[bool], typer.Option(
 ERROR_LABEL = "error"
 
 
-@app.command()
-@model_only_command
 def sentiment(
     text: TextArg = None,
     file: FileOpt = None,
@@ -46,13 +42,15 @@ def sentiment(
     examples: ExamplesOpt = None,
     lang: LangOpt = "auto",
     calibrate: CalibrateOpt = None,
-    *,
-    settings: Settings,
+    model: Model = None, device: Device = None, gpu_layers: GpuLayers = None, ctx: Ctx = None, threads: Threads = None,
+    chat_format: ChatFormat = None, offline: Offline = False,
 ) -> None:
     """Sentiment label and its probability, scored by the model itself; one text or thousands of lines.
 
     Example: cut -f1 reviews.tsv | chatllm sentiment --lines --json > out.jsonl
     """
+    settings = model_settings(model=model, device=device, gpu_layers=gpu_layers, ctx=ctx, threads=threads,
+                              chat_format=chat_format, offline=offline)
     from chatllm.tasks.classify import NEUTRAL, parse_labels, sentiment_labels
 
     chosen = parse_labels(labels) if labels else sentiment_labels(neutral)
@@ -62,8 +60,6 @@ def sentiment(
          calibrate=calibrate, settings=settings)
 
 
-@app.command()
-@model_only_command
 def classify(
     text: TextArg = None,
     labels: Annotated[Optional[str], typer.Option("--labels", "-l", help="Comma-separated labels, e.g. news,blog,ad.")] = None,
@@ -76,13 +72,15 @@ def classify(
     examples: ExamplesOpt = None,
     lang: LangOpt = "auto",
     calibrate: CalibrateOpt = None,
-    *,
-    settings: Settings,
+    model: Model = None, device: Device = None, gpu_layers: GpuLayers = None, ctx: Ctx = None, threads: Threads = None,
+    chat_format: ChatFormat = None, offline: Offline = False,
 ) -> None:
     """Zero-shot (or few-shot) classification into your labels, with a probability for each.
 
     Example: chatllm classify --labels news,blog,ad "Buy one, get one free this weekend only!"
     """
+    settings = model_settings(model=model, device=device, gpu_layers=gpu_layers, ctx=ctx, threads=threads,
+                              chat_format=chat_format, offline=offline)
     from chatllm.tasks.classify import parse_labels
 
     chosen = parse_labels(labels) if labels else None
@@ -104,7 +102,8 @@ def _run(task: str, labels: Optional[List[str]], descriptions: dict, examples_pa
          text: Optional[List[str]], file: Optional[Path], lines: bool, column: Optional[str], as_json: bool, lang: str,
          calibrate: Optional[bool], settings: Settings) -> None:
     """Check everything the user gave, then load the model once and classify one text or every line."""
-    from chatllm.tasks.classify import Classifier
+    from chatllm.inputs import line_items, nonempty_items, whole_text
+    from chatllm.tasks.classify import Classifier, check_setup
     from chatllm.tasks.fewshot import load_examples
 
     out = Output()
@@ -115,37 +114,24 @@ def _run(task: str, labels: Optional[List[str]], descriptions: dict, examples_pa
         labels = list(dict.fromkeys(ex.label for ex in shots or []))
         if len(labels) < 2:
             raise UsageError("classify needs at least two labels", "give them comma-separated: --labels news,blog,ad")
-    classifier = Classifier(None, labels, task=task, descriptions=descriptions, examples=shots, calibrate=calibrate,
-                            lang=lang)
+    labels, descriptions, shots = check_setup(labels, descriptions, shots)  # bad labels fail before the model loads
+
+    def build() -> "Classifier":
+        """Load the model, once every input has been checked, and the classifier around it."""
+        from chatllm.runtime.loader import load_engine
+
+        return Classifier(load_engine(settings, out), labels, task=task, descriptions=descriptions, examples=shots,
+                          calibrate=calibrate, lang=lang)
+
     if column is not None or lines:
-        _run_lines(classifier, _line_source(text, file, out), column, file, as_json, out, settings)
+        items = nonempty_items(line_items(text, file, column, out.warn))
+        _run_lines(build(), items, as_json, out)
     else:
-        _run_one(classifier, _whole_text(text, file, out), as_json, out, settings)
+        one = whole_text(text, file, out.warn)
+        _run_one(build(), one, as_json, out)
 
 
-# -- one text ------------------------------------------------------------------------------------
-
-
-def _whole_text(words: Optional[List[str]], file: Optional[Path], out: Output) -> str:
-    from chatllm.inputs import read_text, stdin_is_piped
-
-    if words:
-        text = " ".join(words)
-    elif file is not None:
-        text = read_text(file, out.warn)
-    elif stdin_is_piped():
-        text = read_text("-", out.warn)
-    else:
-        raise UsageError("no text to classify", 'give TEXT, -f FILE or piped input: chatllm sentiment "I loved it"')
-    if not text.strip():
-        raise UsageError("the text is empty", "give some text to classify")
-    return text.rstrip("\r\n")  # the file's or echo's final newline is not part of the text --json echoes
-
-
-def _run_one(classifier: "Classifier", text: str, as_json: bool, out: Output, settings: Settings) -> None:
-    from chatllm.loader import load_engine
-
-    classifier.engine = load_engine(settings, out)
+def _run_one(classifier: "Classifier", text: str, as_json: bool, out: Output) -> None:
     result = classifier.classify(text)
     if result.truncated:
         out.warn("the text is long: its start and end were classified, its middle left out")
@@ -155,87 +141,10 @@ def _run_one(classifier: "Classifier", text: str, as_json: bool, out: Output, se
         out.line(f"{result.label}\t{result.probability:.4f}")
 
 
-# -- a batch of lines ----------------------------------------------------------------------------
-
-
-def _line_source(words: Optional[List[str]], file: Optional[Path], out: Output) -> "tuple[Iterator[str], str]":
-    """Lines of the input, read lazily (bounded memory), and the input's name."""
-    from chatllm.inputs import iter_text, open_binary, stdin_is_piped
-
-    if file is not None:
-        name = "stdin" if str(file) == "-" else str(file)
-        return _split_lines(iter_text(open_binary(file), name, out.warn)), name
-    if words:
-        return _split_lines([" ".join(words)]), "the argument"
-    if stdin_is_piped():
-        return _split_lines(iter_text(open_binary("-"), "stdin", out.warn)), "stdin"
-    raise UsageError("no lines to classify", "pipe them in: cut -f1 reviews.tsv | chatllm sentiment --lines")
-
-
-def _split_lines(blocks: Iterable[str]) -> Iterator[str]:
-    pending = ""
-    for block in blocks:
-        pending += block
-        *done, pending = pending.split("\n")
-        yield from done
-    if pending:
-        yield pending
-
-
-def _items(source: tuple[Iterator[str], str], column: Optional[str], file: Optional[Path]) -> "Iterator[tuple[str, str | None]]":
-    """(text, error) per item: the lines themselves, or one column of CSV/TSV rows."""
-    lines, name = source
-    if column is None:
-        for line in lines:
-            yield line, None
-        return
-    import csv
-
-    first = next(lines, None)
-    if first is None:
-        return
-    suffix = file.suffix.lower() if file is not None else ""
-    delimiter = "\t" if suffix == ".tsv" or (suffix != ".csv" and "\t" in first) else ","
-    reader = csv.reader((ln + "\n" for ln in itertools.chain([first], lines)), delimiter=delimiter)
-    index = _column_index(column, reader, name)
-    for row in reader:
-        if not any(cell.strip() for cell in row):
-            yield "", None
-        elif index < len(row):
-            yield row[index], None
-        else:
-            yield "", f"the row has no column {index + 1}"
-
-
-def _column_index(column: str, reader, name: str) -> int:
-    if column.strip().isdigit():
-        index = int(column) - 1
-        if index < 0:
-            raise UsageError("--column numbers start at 1", "for example --column 1")
-        return index
-    header = [cell.strip() for cell in next(reader, [])]
-    for candidates in (header, [h.lower() for h in header]):
-        key = column.strip() if candidates is header else column.strip().lower()
-        if key in candidates:
-            return candidates.index(key)
-    raise UsageError(f"{name} has no column named {column!r}", f"its header row has: {', '.join(header) or '(nothing)'}")
-
-
-def _run_lines(classifier: "Classifier", source, column, file, as_json: bool, out: Output, settings: Settings) -> None:
-    from chatllm.loader import load_engine
-
-    items = _items(source, column, file)
-    waiting: list = []
-    for item in items:  # hold leading empty rows: an input with no text at all is a usage error, not N error rows
-        waiting.append(item)
-        if item[0].strip():
-            break
-    if not any(text.strip() for text, _ in waiting):
-        raise UsageError("the input has no text to classify", "give one item per line")
-    classifier.engine = load_engine(settings, out)
+def _run_lines(classifier: "Classifier", items: "Iterator[tuple[str, str | None]]", as_json: bool, out: Output) -> None:
     start, done, failed, cut = time.perf_counter(), 0, 0, 0
     with out.progress("classifying", total=None, unit="items") as bar:
-        for number, (text, error) in enumerate(itertools.chain(waiting, items), 1):
+        for number, (text, error) in enumerate(items, 1):
             result = _classify_row(classifier, text, error)
             if result.error:
                 failed += 1

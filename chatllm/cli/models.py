@@ -4,7 +4,6 @@ from typing import Annotated, Optional
 
 import typer
 
-from chatllm.cli.app import app
 from chatllm.cli.options import plain_settings
 from chatllm.output import Output
 
@@ -22,14 +21,13 @@ def _human(n: Optional[int]) -> str:
     return str(n)
 
 
-@app.command()
 def pull(
     model: ModelArg,
     force: Annotated[bool, typer.Option("--force", help="Download again even if present and verified.")] = False,
 ) -> None:
     """Download a model from the Hugging Face Hub and verify its sha256 and GGUF header."""
-    from chatllm import download
-    from chatllm.loader import resolve_spec
+    from chatllm.runtime import download
+    from chatllm.runtime.loader import resolve_spec
 
     out = Output()
     settings = plain_settings(model)
@@ -41,13 +39,12 @@ def pull(
     out.status(f"ready: {spec.name} -> {path}")
 
 
-@app.command("models")
 def list_models(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """List the registry's models and the GGUF files already downloaded."""
-    from chatllm import download
-    from chatllm.registry import load_registry
+    from chatllm.runtime import download
+    from chatllm.runtime.registry import load_registry
 
     out = Output()
     settings = plain_settings()
@@ -62,18 +59,15 @@ def list_models(
     )
 
 
-app.command("ls", help="Alias of `models`.", hidden=True)(list_models)
 
-
-@app.command()
 def show(
     model: ModelArg,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Show a model's metadata, read from the GGUF header without loading the weights."""
-    from chatllm import download
-    from chatllm.gguf import format_params, read_header
-    from chatllm.loader import model_path, resolve_spec
+    from chatllm.runtime import download
+    from chatllm.runtime.gguf import format_params, read_header
+    from chatllm.runtime.loader import model_path, resolve_spec
 
     out = Output()
     settings = plain_settings(model)
@@ -112,15 +106,14 @@ def show(
             out.line(f"{key:<16}{value}")
 
 
-@app.command()
 def rm(
     model: ModelArg,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask.")] = False,
 ) -> None:
     """Remove a model's downloaded files (and nothing else)."""
-    from chatllm import download
     from chatllm.errors import ChatllmError
-    from chatllm.loader import resolve_spec
+    from chatllm.runtime import download
+    from chatllm.runtime.loader import resolve_spec
 
     out = Output()
     settings = plain_settings(model)
@@ -139,15 +132,15 @@ def rm(
     out.status(f"removed {spec.name} ({_human(total)})")
 
 
-@app.command()
 def info(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
     """Versions, the compute backend this build supports, threads, paths and defaults."""
     import platform
 
     from chatllm import __version__
-    from chatllm.devices import extra_buffers_safe, physical_cores
-    from chatllm.engine import build_info
-    from chatllm.loader import resolve_spec
+    from chatllm.runtime.devices import extra_buffers_safe
+    from chatllm.runtime.llamacpp import build_info
+    from chatllm.runtime.loader import resolve_spec
+    from chatllm.runtime.threads import physical_cores
 
     out = Output()
     settings = plain_settings()

@@ -1,102 +1,34 @@
 """`chatllm summarize`: files of any length (or stdin) to streamed summaries, map-reduce beyond the window."""
 
-import os
-from dataclasses import dataclass, field
-from typing import IO, Annotated, Iterator, List, Optional
+from typing import TYPE_CHECKING, Annotated, Iterator, List, Optional
 
 import typer
 
-from chatllm.cli.app import app
-from chatllm.cli.options import model_command
+from chatllm.cli.options import (
+    ChatFormat,
+    Ctx,
+    Device,
+    GpuLayers,
+    MaxTokens,
+    Model,
+    Offline,
+    Seed,
+    Stop,
+    Temperature,
+    Threads,
+    TopK,
+    TopP,
+    model_settings,
+)
 from chatllm.errors import UsageError
 from chatllm.output import Output
 from chatllm.settings import Sampling, Settings
 
+if TYPE_CHECKING:
+    from chatllm.inputs import Source
+
 LENGTH_CHOICES = ("short", "medium", "long")
 STYLE_CHOICES = ("paragraph", "bullets", "tldr")
-
-
-@dataclass
-class Source:
-    """One input (a file or stdin), checked before the model loads; its text is read again, in blocks, later."""
-
-    path: str
-    name: str
-    size_hint: int | None = None  # approximate length in characters
-    _stdin_blocks: Iterator[str] | None = field(default=None, repr=False)
-    _peeked: list[str] = field(default_factory=list, repr=False)
-
-    def blocks(self, out: Output) -> Iterator[str]:
-        """The decoded text, block by block (bounded memory)."""
-        from chatllm.inputs import iter_text, open_binary
-
-        if self._stdin_blocks is not None:
-            yield from self._peeked
-            self._peeked = []
-            yield from self._stdin_blocks
-            return
-        stream = open_binary(self.path)
-        try:
-            yield from iter_text(stream, self.name, out.warn)
-        finally:
-            stream.close()
-
-
-def check_source(path: str, out: Output) -> Source:
-    """Open an input and read up to its first words: missing, unreadable, directory, binary and empty are refused."""
-    from chatllm.inputs import iter_text, open_binary
-
-    is_stdin = path == "-"
-    name = "stdin" if is_stdin else path
-    stream = open_binary(path)
-    size = _stream_size(stream)
-    # A file is read again later, so warnings wait for that read; stdin is read once, so it warns now.
-    blocks = iter_text(stream, name, out.warn if is_stdin else None)
-    peeked: list[str] = []
-    try:
-        for block in blocks:
-            peeked.append(block)
-            if block.strip():
-                break
-        else:
-            raise UsageError(f"{name} is empty", "give a file with some text in it" if not is_stdin
-                             else "pipe some text in: cat notes.txt | chatllm summarize")
-    finally:
-        if not is_stdin:
-            stream.close()
-    first = "".join(peeked)
-    size_hint = None
-    if size:
-        raw = len(first.encode("utf-8")) or 1
-        size_hint = int(size * len(first) / raw)
-    if is_stdin:
-        return Source(path, name, size_hint, _stdin_blocks=blocks, _peeked=peeked)
-    return Source(path, name, size_hint)
-
-
-def _stream_size(stream: IO[bytes]) -> int | None:
-    try:
-        st = os.fstat(stream.fileno())
-    except (OSError, ValueError, AttributeError):
-        return None
-    import stat
-
-    return st.st_size if stat.S_ISREG(st.st_mode) and st.st_size > 0 else None
-
-
-def gather_sources(files: Optional[List[str]], out: Output) -> list[Source]:
-    """The inputs named (or piped stdin), each checked; refuses a missing input before any model loads."""
-    from chatllm.inputs import stdin_is_piped
-
-    paths = list(files or [])
-    if not paths:
-        if not stdin_is_piped():
-            raise UsageError("nothing to summarize: no FILE and no piped input",
-                             "chatllm summarize notes.txt, or: cat notes.txt | chatllm summarize")
-        paths = ["-"]
-    if paths.count("-") > 1:
-        raise UsageError("stdin (-) given more than once", "name - once")
-    return [check_source(p, out) for p in paths]
 
 
 class ProgressView:
@@ -211,8 +143,6 @@ def _stats_line(result) -> str:
     return ", ".join(parts)
 
 
-@app.command()
-@model_command
 def summarize(
     files: Annotated[Optional[List[str]], typer.Argument(
         help="Text files to summarize; - reads stdin (stdin is also read when piped and no FILE is given).",
@@ -232,18 +162,25 @@ def summarize(
         "--chunk-tokens", metavar="N", help="Largest part for long input, in tokens; 0: as large as --ctx allows [default: 2048].",
         show_default=False)] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON (one object per summary) with token counts.")] = False,
-    *,
-    settings: Settings,
+    model: Model = None, device: Device = None, gpu_layers: GpuLayers = None, ctx: Ctx = None, threads: Threads = None,
+    chat_format: ChatFormat = None, offline: Offline = False,
+    max_tokens: MaxTokens = None, temperature: Temperature = None, top_p: TopP = None, top_k: TopK = None,
+    seed: Seed = None, stop: Stop = None,
 ) -> None:
     """Summarize files of any length: one pass when the text fits the context window, map-reduce beyond it.
 
     Example: chatllm summarize report.txt --length short; curl -s URL | chatllm summarize --style bullets
     """
+    settings = model_settings(model=model, device=device, gpu_layers=gpu_layers, ctx=ctx, threads=threads,
+                              chat_format=chat_format, offline=offline, max_tokens=max_tokens, temperature=temperature,
+                              top_p=top_p, top_k=top_k, seed=seed, stop=stop)
+    from chatllm.inputs import gather_sources
+
     out = Output()
     options = _options(length, words, style, lang, focus, chunk_tokens, settings)
-    sources = gather_sources(files, out)  # every input is checked before the model loads
+    sources = gather_sources(files, out.warn)  # every input is checked before the model loads
 
-    from chatllm.loader import load_engine
+    from chatllm.runtime.loader import load_engine
 
     engine = load_engine(settings, out)
     if combine and len(sources) > 1:
@@ -264,9 +201,9 @@ def summarize(
             out.status(_stats_line(result))
 
 
-def _joined(sources: list[Source], out: Output) -> Iterator[str]:
+def _joined(sources: "list[Source]", out: Output) -> Iterator[str]:
     """The blocks of several sources in order, a blank line between files so paragraphs never merge."""
     for i, source in enumerate(sources):
         if i:
             yield "\n\n"
-        yield from source.blocks(out)
+        yield from source.blocks(out.warn)

@@ -1,1 +1,1 @@
-"""Task logic over the Engine protocol: chat, summarize, classify."""
+"""Task logic written against the one engine contract (chatllm.runtime.contract): never imports llama_cpp."""

@@ -12,6 +12,8 @@ import re
 from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator
 
+from chatllm.tasks.text import SENTENCE_END
+
 Counter = Callable[[str], int]
 
 # A piece longer than this (no blank line in sight) is cut at the best boundary in it, to bound memory.
@@ -19,14 +21,9 @@ MAX_PIECE_CHARS = 64 * 1024
 
 _PARAGRAPH_END = re.compile(r"\n[ \t\u3000]*\n\s*")
 _LINE_END = re.compile(r"\n")
-_SENTENCE_END = re.compile(
-    r"(?:[.!?]+[\"'\u201d\u2019)\]]*(?=\s)\s*)"  # Western: punctuation, closing quotes, then a space
-    r"|(?:[\u3002\uff01\uff1f\uff1b\u2026!?;]+[\"'\u201d\u2019\u300d\u300f\uff09)\]]*\s*)"  # CJK: no space needed
-    r"|(?:[\uff0e\uff61]\s*)"  # full-width and half-width ideographic full stops
-)
 _CLAUSE_END = re.compile(r"(?:[,;:\uff0c\u3001\uff1a]\s*)")
 _WORD_END = re.compile(r"\s+")
-_LEVELS = (_PARAGRAPH_END, _LINE_END, _SENTENCE_END, _CLAUSE_END, _WORD_END)
+_LEVELS = (_PARAGRAPH_END, _LINE_END, SENTENCE_END, _CLAUSE_END, _WORD_END)
 
 
 @dataclass
@@ -51,7 +48,7 @@ def split_keep(text: str, pattern: re.Pattern) -> list[str]:
 
 def split_sentences(text: str) -> list[str]:
     """Sentences of English or Chinese text (trailing whitespace kept on each)."""
-    return split_keep(text, _SENTENCE_END)
+    return split_keep(text, SENTENCE_END)
 
 
 def pieces_from_blocks(blocks: Iterable[str], max_chars: int = MAX_PIECE_CHARS) -> Iterator[str]:
@@ -78,7 +75,7 @@ def _last_boundary(buf: str, max_chars: int) -> int:
     if last or len(buf) <= max_chars:
         return last
     window = buf[:max_chars]
-    for pattern in (_LINE_END, _SENTENCE_END, _CLAUSE_END, _WORD_END):
+    for pattern in (_LINE_END, SENTENCE_END, _CLAUSE_END, _WORD_END):
         ends = [m.end() for m in pattern.finditer(window, max_chars // 2)]
         if ends:
             return ends[-1]

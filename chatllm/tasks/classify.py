@@ -10,9 +10,10 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, field
-from typing import Protocol, Sequence
+from typing import Sequence
 
 from chatllm.errors import ContextOverflowError, UsageError
+from chatllm.runtime.contract import Engine
 from chatllm.tasks.fewshot import Example, Preset, preset
 
 SENTIMENT_LABELS = ("positive", "negative")
@@ -21,18 +22,6 @@ CONTENT_FREE = ("",)  # tuned on sst2_tune.tsv: the empty text beat "N/A", "[MAS
 _CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
 _SPACE = re.compile(r"\s+")
 _MIN_ITEM_TOKENS = 16
-
-
-class ScoringEngine(Protocol):
-    """What the classifier needs from an Engine (a fake one in unit tests)."""
-
-    n_ctx: int
-
-    def tokenize(self, text: str, *, add_bos: bool = False, special: bool = False) -> list[int]: ...
-
-    def prompt_tokens(self, prompt: str, special: bool = True) -> list[int]: ...
-
-    def score_continuations(self, prefix: Sequence[int], continuations: Sequence[Sequence[int]]) -> list[float]: ...
 
 
 @dataclass
@@ -54,7 +43,7 @@ class Result:
         """The --json row: {"label", "scores", "text"} (or {"error", "text"})."""
         if self.error:
             return {"label": None, "error": self.error, "text": self.text}
-        row = {"label": self.label, "scores": {k: round(v, 6) for k, v in self.scores.items()}, "text": self.text}
+        row: dict[str, object] = {"label": self.label, "scores": {k: round(v, 6) for k, v in self.scores.items()}, "text": self.text}
         if self.truncated:
             row["truncated"] = True
         return row
@@ -90,6 +79,28 @@ def check_labels(labels: Sequence[str]) -> None:
         seen.add(lab.lower())
 
 
+def check_setup(labels: Sequence[str], descriptions: dict[str, str] | None = None,
+                examples: Sequence[Example] | None = None) -> tuple[list[str], dict[str, str], list[Example] | None]:
+    """The labels, descriptions and examples checked (no model needed), each name spelled as its label; else UsageError."""
+    labels = list(labels)
+    check_labels(labels)
+    canonical = {lab.lower(): lab for lab in labels}
+    described: dict[str, str] = {}
+    for key, text in (descriptions or {}).items():
+        if key.lower() not in canonical:
+            raise UsageError(f"--describe names {key!r}, which is not a label", f"labels are: {', '.join(labels)}")
+        described[canonical[key.lower()]] = clean(text)
+    shots: list[Example] | None = None
+    if examples is not None:
+        shots = []
+        for ex in examples:
+            if ex.label.lower() not in canonical:
+                raise UsageError(f"example label {ex.label!r} is not one of the labels",
+                                 f"labels are: {', '.join(labels)}; fix the examples file or pass --labels")
+            shots.append(Example(ex.text, canonical[ex.label.lower()]))
+    return labels, described, shots
+
+
 def sentiment_labels(neutral: bool = False) -> list[str]:
     """positive, negative (and neutral)."""
     return [*SENTIMENT_LABELS, *([NEUTRAL] if neutral else [])]
@@ -115,7 +126,7 @@ class Classifier:
 
     def __init__(
         self,
-        engine: ScoringEngine,
+        engine: Engine,
         labels: Sequence[str],
         *,
         task: str = "sentiment",
@@ -126,25 +137,9 @@ class Classifier:
     ):
         if task not in ("sentiment", "classify"):
             raise ValueError(f"unknown task {task!r}")
-        labels = list(labels)
-        check_labels(labels)
-        canonical = {lab.lower(): lab for lab in labels}
         self.engine = engine
         self.task = task
-        self.labels = labels
-        self.descriptions = {}
-        for key, text in (descriptions or {}).items():
-            if key.lower() not in canonical:
-                raise UsageError(f"--describe names {key!r}, which is not a label", f"labels are: {', '.join(labels)}")
-            self.descriptions[canonical[key.lower()]] = clean(text)
-        self.examples = None
-        if examples is not None:
-            self.examples = []
-            for ex in examples:
-                if ex.label.lower() not in canonical:
-                    raise UsageError(f"example label {ex.label!r} is not one of the labels",
-                                     f"labels are: {', '.join(labels)}; fix the examples file or pass --labels")
-                self.examples.append(Example(ex.text, canonical[ex.label.lower()]))
+        self.labels, self.descriptions, self.examples = check_setup(labels, descriptions, examples)
         self.calibrate = calibrate
         self.lang = lang
         self._prompts: dict[str, _Prompt] = {}

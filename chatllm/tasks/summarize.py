@@ -1,7 +1,6 @@
 """Summaries of text of any length: one pass when it fits the window, else map-reduce sized to the real n_ctx.
 
-Pure logic over a small Engine protocol (n_ctx, count_tokens, tokenize, prompt_tokens, render_chat,
-has_chat_template, stream, last_stats), so tests drive it with a fake engine.
+Pure logic over the engine contract (chatllm.runtime.contract), so tests drive it with the fake engine.
 """
 
 from __future__ import annotations
@@ -9,13 +8,21 @@ from __future__ import annotations
 import collections
 import itertools
 import math
-import re
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator, Sequence
 
 from chatllm.errors import ChatllmError
-from chatllm.tasks.chunking import Chunk, chunk_pieces, drop_gutenberg_frame, hard_split, pieces_from_blocks
+from chatllm.runtime.contract import Engine
+from chatllm.settings import Sampling
+from chatllm.tasks.chunking import (
+    Chunk,
+    chunk_pieces,
+    drop_gutenberg_frame,
+    hard_split,
+    pieces_from_blocks,
+)
+from chatllm.tasks.text import boundary_after, guess_language, sentence_end
 
 LENGTHS = {"short": 50, "medium": 150, "long": 300}  # target words
 STYLES = ("paragraph", "bullets", "tldr")
@@ -89,7 +96,6 @@ class SummaryResult:
     calls: int = 0
     levels: int = 0  # 0: one pass; 1: chunks then the final pass; 2+: notes were combined in between
     seconds: float = 0.0
-    prompt_seconds: float = 0.0  # time spent evaluating prompts (up to each first token)
     finish_reason: str = "stop"
     calls_log: list[dict] = field(default_factory=list)
 
@@ -109,33 +115,6 @@ class SummaryResult:
 
 
 # -- prompts --------------------------------------------------------------------------------------
-
-_SCRIPTS = [
-    ("Japanese", re.compile(r"[\u3040-\u30ff]")),
-    ("Korean", re.compile(r"[\uac00-\ud7af]")),
-    ("Chinese", re.compile(r"[\u4e00-\u9fff]")),
-    ("Russian", re.compile(r"[\u0400-\u04ff]")),
-    ("Arabic", re.compile(r"[\u0600-\u06ff]")),
-    ("Greek", re.compile(r"[\u0370-\u03ff]")),
-    ("Hebrew", re.compile(r"[\u0590-\u05ff]")),
-    ("Hindi", re.compile(r"[\u0900-\u097f]")),
-    ("Thai", re.compile(r"[\u0e00-\u0e7f]")),
-]
-
-
-def guess_language(sample: str) -> str | None:
-    """The language of a text when its script gives it away (Chinese, Japanese, Russian...); None for Latin."""
-    letters = sum(1 for ch in sample if ch.isalpha())
-    if not letters:
-        return None
-    for name, pattern in _SCRIPTS:
-        hits = len(pattern.findall(sample))
-        if name in ("Japanese", "Korean") and hits >= max(5, letters // 20):
-            return name
-        if hits >= letters * 0.3:
-            return name
-    return None
-
 
 def _language_clause(opts: SummaryOptions, detected: str | None) -> str:
     lang = opts.lang or detected
@@ -185,7 +164,7 @@ def join_notes(notes: Sequence[str]) -> str:
 class Summarizer:
     """Summarizes one document (a stream of text blocks) with one loaded engine."""
 
-    def __init__(self, engine, sampling, options: SummaryOptions | None = None,
+    def __init__(self, engine: Engine, sampling: Sampling, options: SummaryOptions | None = None,
                  on_progress: Callable[[Progress], None] | None = None):
         self.engine = engine
         self.options = options or SummaryOptions()
@@ -231,7 +210,7 @@ class Summarizer:
         else:  # a base model: plain text and a cue
             rendered = content + "\n\nAnswer:\n"
         if rendered.count(PLACEHOLDER) != 1:
-            raise ChatllmError(f"the chat template of {getattr(engine, 'name', 'the model')} mangles the message",
+            raise ChatllmError(f"the chat template of {engine.name} mangles the message",
                                "pass --chat-format chatml (or llama-3, gemma, ...)")
         before, after = rendered.split(PLACEHOLDER)
         return engine.prompt_tokens(before, special=True), engine.tokenize(after, add_bos=False, special=True)
@@ -276,9 +255,9 @@ class Summarizer:
                     soft_from = len(text)
                 end = None
                 if one_sentence:
-                    end = _sentence_end(text + piece, MIN_SENTENCE_CHARS)
+                    end = sentence_end(text + piece, MIN_SENTENCE_CHARS)
                 if soft_from is not None and end is None:
-                    end = _boundary_after(text + piece, soft_from)
+                    end = boundary_after(text + piece, soft_from)
                 if end is not None:
                     piece = piece[: max(0, end - len(text))]
                     cut = True
@@ -297,7 +276,6 @@ class Summarizer:
         res.calls += 1
         res.prompt_tokens += stats.prompt_tokens - stats.cached_tokens
         res.completion_tokens += stats.completion_tokens
-        res.prompt_seconds += stats.first_token_seconds or stats.seconds
         res.finish_reason = "stop" if cut else stats.finish_reason
         res.calls_log.append({"prompt_tokens": stats.prompt_tokens, "cached_tokens": stats.cached_tokens,
                               "completion_tokens": stats.completion_tokens, "seconds": stats.seconds,
@@ -338,7 +316,6 @@ class Summarizer:
                 exhausted = False
                 break
         detected = None if opts.lang else guess_language("".join(itertools.islice(held, 8))[:4000])
-        self._detected = detected
         self._report(Progress("read", fraction=0.0))
 
         if exhausted:
@@ -448,23 +425,6 @@ class Summarizer:
         return res
 
 
-_WESTERN_STOP = re.compile(r"[.!?][\"'\u201d\u2019)\]]*(?=\s)")
-_CJK_STOP = re.compile(r"[\u3002\uff01\uff1f][\u201d\u2019\u300d\uff09]*")
-
-
-def _sentence_end(text: str, start: int, cjk_from: int = 0) -> int | None:
-    """Where the first sentence ends: a CJK full stop from `cjk_from`, a Western one after `start` (skips 'e.g.')."""
-    ends = [m.end() for m in (_WESTERN_STOP.search(text, start), _CJK_STOP.search(text, cjk_from)) if m]
-    return min(ends) if ends else None
-
-
-def _boundary_after(text: str, start: int) -> int | None:
-    """The first sentence end or line break at or after `start`: where an over-long reply may stop."""
-    newline = text.find("\n", start)
-    ends = [e for e in (_sentence_end(text, start, cjk_from=start), newline if newline >= 0 else None) if e is not None]
-    return min(ends, default=None)
-
-
 def _drain(queue: collections.deque) -> Iterator[str]:
     """Yield and forget the held pieces, so they are not kept for the whole run."""
     while queue:
@@ -478,7 +438,7 @@ def _extract(text: str, count, budget: int) -> str:
     return ""
 
 
-def summarize(engine, blocks: Iterable[str], sampling, options: SummaryOptions | None = None,
+def summarize(engine: Engine, blocks: Iterable[str], sampling: Sampling, options: SummaryOptions | None = None,
               on_text: Callable[[str], None] | None = None, on_progress: Callable[[Progress], None] | None = None,
               size_hint: int | None = None) -> SummaryResult:
     """Summarize a stream of text blocks with a loaded engine (see Summarizer)."""

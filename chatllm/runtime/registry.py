@@ -34,12 +34,34 @@ class ModelSpec:
     default: bool = False
     local_path: Path | None = None
     source: str = "builtin"
+    # A remote (OpenAI-compatible) server instead of a GGUF: its base url, the model id it serves, the environment
+    # variable that holds its API key (the key itself is read at call time and never stored), TLS verification and
+    # the read timeout in seconds.
+    url: str | None = None
+    remote_model: str | None = None
+    api_key_env: str | None = None
+    tls_verify: bool = True
+    timeout: float | None = None
+
+    def require(self, key: str) -> str:
+        """A field a Hub download cannot do without (repo, file, quant); an error naming the model if unset."""
+        value = getattr(self, key)
+        if not value:
+            raise ChatllmError(f"{self.name}: no {key} to download it by", "check its entry in models.toml")
+        return value
+
+    @property
+    def is_remote(self) -> bool:
+        """True for a model served over HTTP (no file to download or check)."""
+        return self.url is not None
 
     @property
     def name(self) -> str:
         """How to show this model to the user."""
         if self.alias:
             return self.alias
+        if self.url:
+            return f"openai:{self.url}" + (f"#{self.remote_model}" if self.remote_model else "")
         if self.local_path:
             return str(self.local_path)
         return f"hf:{self.repo}/{self.file}" if self.file else f"hf:{self.repo}:{self.quant}"
@@ -51,7 +73,11 @@ class ModelSpec:
         return found[-1].upper() if found else (self.quant or "").upper()
 
 
-TABLE_KEYS = {f.name for f in fields(ModelSpec)} - {"alias", "quant", "local_path", "source"}
+REMOTE_FIELDS = {"url", "remote_model", "api_key_env", "tls_verify", "timeout"}
+TABLE_KEYS = {f.name for f in fields(ModelSpec)} - {"alias", "quant", "local_path", "source"} - REMOTE_FIELDS
+# A remote entry: `url` marks it; `model` in the file is the server's model id (ModelSpec.remote_model).
+REMOTE_KEYS = {"url", "model", "api_key_env", "tls_verify", "timeout", "context", "description", "license", "params", "default"}
+ONE_OFF_KEY_ENV = "CHATLLM_API_KEY"  # the key variable of a one-off openai:URL#MODEL reference
 _TEXT = ((str,), "a string", 'description = "..."')
 SPEC_TYPES = {
     "repo": ((str,), "a string", 'repo = "owner/name"'), "file": ((str,), "a string", 'file = "model.Q4_K_M.gguf"'),
@@ -60,7 +86,13 @@ SPEC_TYPES = {
     "context": ((int,), "a whole number of tokens", "context = 8192"),
     "chat_format": ((str,), "a string", 'chat_format = "chatml"'), "description": _TEXT, "license": _TEXT,
     "params": ((str,), "a string", 'params = "1.5B"'), "default": ((bool,), "true or false", "default = true"),
+    "url": ((str,), "a string", 'url = "http://127.0.0.1:8080/v1"'), "model": ((str,), "a string", 'model = "server-model-id"'),
+    "api_key_env": ((str,), "a string", 'api_key_env = "MY_SERVER_KEY"'),
+    "tls_verify": ((bool,), "true or false", "tls_verify = false"),
+    "timeout": ((int, float), "a number of seconds", "timeout = 300"),
 }
+URL_RE = re.compile(r"^https?://[^\s/#?]+(/[^\s#?]*)?$", re.IGNORECASE)
+ENV_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
 def shipped_registry_path() -> Path:
@@ -68,7 +100,7 @@ def shipped_registry_path() -> Path:
     packaged = resources.files("chatllm").joinpath("models.toml")
     if packaged.is_file():
         return Path(str(packaged))
-    return Path(__file__).resolve().parent.parent / "models.toml"
+    return Path(__file__).resolve().parents[2] / "models.toml"
 
 
 def _validate_file(path: Path, alias: str, value: object) -> str:
@@ -88,6 +120,9 @@ def _load_table(path: Path, source: str) -> dict[str, ModelSpec]:
     for alias, table in read_toml(path).items():
         if not isinstance(table, dict):
             raise ChatllmError(f"{path}: {alias!r} must be a table like [{alias}]", "see the shipped models.toml for the shape")
+        if "url" in table:
+            specs[alias] = _remote_entry(path, alias, table, source)
+            continue
         unknown = set(table) - TABLE_KEYS
         if unknown:
             raise ChatllmError(
@@ -105,6 +140,33 @@ def _load_table(path: Path, source: str) -> dict[str, ModelSpec]:
     return specs
 
 
+def _remote_entry(path: Path, alias: str, table: dict, source: str) -> ModelSpec:
+    unknown = set(table) - REMOTE_KEYS
+    if unknown:
+        raise ChatllmError(
+            f"{path}: [{alias}] has unknown key {sorted(unknown)[0]!r} for a remote model (it has a `url`)",
+            f"known keys: {', '.join(sorted(REMOTE_KEYS))}",
+        )
+    check_types(path, table, SPEC_TYPES, f"[{alias}] ")
+    url = _check_url(table["url"], lambda msg: ChatllmError(f"{path}: [{alias}] {msg}", 'for example url = "http://127.0.0.1:8080/v1"'))
+    key_env = table.get("api_key_env")
+    if key_env is not None and not ENV_RE.match(key_env):
+        raise ChatllmError(f"{path}: [{alias}] api_key_env must name an environment variable, not hold the key",
+                           'for example api_key_env = "MY_SERVER_KEY", with the key in that variable')
+    timeout = table.get("timeout")
+    if timeout is not None and timeout <= 0:
+        raise ChatllmError(f"{path}: [{alias}] timeout must be above 0 seconds", "for example timeout = 300")
+    values = {k: v for k, v in table.items() if k not in ("url", "model")}
+    return ModelSpec(alias=alias, source=source, url=url, remote_model=table.get("model") or None, **values)
+
+
+def _check_url(url: str, error) -> str:
+    url = url.strip().rstrip("/")
+    if not URL_RE.match(url):
+        raise error(f"url {url!r} is not an http:// or https:// address")
+    return url
+
+
 def load_registry(settings: Settings) -> dict[str, ModelSpec]:
     """All aliases: the shipped ones, overridden and extended by the user's models.toml."""
     registry = _load_table(shipped_registry_path(), "builtin")
@@ -116,11 +178,11 @@ def default_alias(registry: dict[str, ModelSpec]) -> str:
     """The alias marked default (the user's choice wins), else DEFAULT_MODEL."""
     marked = [s for s in registry.values() if s.default]
     user = [s for s in marked if s.source == "user"]
-    return (user or marked)[0].alias if marked else DEFAULT_MODEL
+    return ((user or marked)[0].alias or DEFAULT_MODEL) if marked else DEFAULT_MODEL
 
 
 def parse_ref(ref: str, registry: dict[str, ModelSpec]) -> ModelSpec:
-    """Turn a MODEL argument (alias, hf:owner/repo:QUANT, hf:owner/repo/file.gguf[@rev], path) into a spec."""
+    """Turn a MODEL argument (alias, hf:owner/repo:QUANT, hf:owner/repo/file.gguf[@rev], openai:URL#ID, path) into a spec."""
     ref = ref.strip()
     if not ref:
         raise UsageError("empty model name", "run `chatllm models` to see the aliases")
@@ -128,6 +190,8 @@ def parse_ref(ref: str, registry: dict[str, ModelSpec]) -> ModelSpec:
         return registry[ref]
     if ref.startswith("hf:"):
         return _parse_hf(ref)
+    if ref.startswith("openai:"):
+        return _parse_openai(ref)
     path = Path(ref).expanduser()
     if ref.lower().endswith(".gguf") or path.exists() or "/" in ref or ref.startswith("."):
         if path.is_dir():
@@ -138,6 +202,13 @@ def parse_ref(ref: str, registry: dict[str, ModelSpec]) -> ModelSpec:
     close = difflib.get_close_matches(ref, list(registry), n=3, cutoff=0.5)
     hint = f"did you mean {', '.join(close)}? " if close else ""
     raise UsageError(f"unknown model {ref!r}", hint + "run `chatllm models` for aliases, or use hf:owner/repo:QUANT or a .gguf path")
+
+
+def _parse_openai(ref: str) -> ModelSpec:
+    url, _, model = ref[len("openai:"):].partition("#")
+    usage = "use openai:http://HOST:PORT/v1#MODEL_ID (the key, if any, in $" + ONE_OFF_KEY_ENV + ")"
+    url = _check_url(url, lambda msg: UsageError(f"bad model reference {ref!r}: {msg}", usage))
+    return ModelSpec(url=url, remote_model=model.strip() or None, api_key_env=ONE_OFF_KEY_ENV, source="openai")
 
 
 def _parse_hf(ref: str) -> ModelSpec:
@@ -163,7 +234,7 @@ def pick_quant_file(repo: str, quant: str, files: list[str]) -> str:
     ggufs = [f for f in files if f.lower().endswith(".gguf")]
     matches = [f for f in ggufs if wanted in [q.upper() for q in QUANT_RE.findall(PurePosixPath(f).stem)]]
     # Split models list every shard: keep the first, the loader finds the rest.
-    firsts = [f for f in matches if not SPLIT_RE.search(f) or SPLIT_RE.search(f).group(1) == "00001"]
+    firsts = [f for f in matches if (m := SPLIT_RE.search(f)) is None or m.group(1) == "00001"]
     if len(firsts) == 1:
         return firsts[0]
     if not firsts:

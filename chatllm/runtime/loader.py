@@ -1,16 +1,13 @@
-"""From a MODEL argument to a loaded Engine: registry lookup, download if needed, header check, load."""
+"""From a MODEL argument to a loaded Engine: registry lookup, download if needed, header check, load (or a server)."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from chatllm.output import Output
-from chatllm.registry import ModelSpec, default_alias, load_registry, parse_ref
-from chatllm.settings import DEFAULT_MODEL, Settings
-
-if TYPE_CHECKING:
-    from chatllm.engine import Engine
+from chatllm.runtime.contract import Engine
+from chatllm.runtime.registry import ModelSpec, default_alias, load_registry, parse_ref
+from chatllm.settings import DEFAULT_CTX, DEFAULT_MODEL, Settings
 
 
 def resolve_spec(settings: Settings, ref: str | None = None) -> ModelSpec:
@@ -26,22 +23,26 @@ def model_path(spec: ModelSpec, settings: Settings, out: Output) -> Path:
     """A verified local file for spec, pulled first when missing (unless offline)."""
     if spec.local_path is not None:
         return spec.local_path
-    from chatllm import download
+    from chatllm.runtime import download
 
     return download.ensure_model(spec, settings, out)
 
 
-def load_engine(settings: Settings, out: Output, ref: str | None = None) -> "Engine":
+def load_engine(settings: Settings, out: Output, ref: str | None = None) -> Engine:
     """Resolve, fetch, check and load the model: the one model load of the process."""
-    from chatllm.gguf import read_header
-
     spec = resolve_spec(settings, ref)
+    if spec.is_remote:  # a server runs the model: nothing to download or check here
+        from chatllm.runtime.remote import RemoteEngine
+
+        return RemoteEngine.connect(spec, n_ctx=settings.n_ctx, chat_format=settings.chat_format)
+    from chatllm.runtime.gguf import read_header
+
     path = model_path(spec, settings, out)
     info = read_header(path)
-    from chatllm.engine import Engine
+    from chatllm.runtime.llamacpp import LlamaCppEngine
 
-    n_ctx = settings.n_ctx or spec.context or min(info.context_length or 8192, 8192)
-    return Engine(
+    n_ctx = settings.n_ctx or spec.context or min(info.context_length or DEFAULT_CTX, DEFAULT_CTX)
+    return LlamaCppEngine(
         path,
         n_ctx=n_ctx,
         n_threads=settings.n_threads,

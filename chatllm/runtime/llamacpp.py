@@ -1,4 +1,4 @@
-"""The one module that imports llama_cpp: load a GGUF, tokenize, stream tokens, score continuations."""
+"""The engine contract on llama.cpp, and the one module that imports llama_cpp: load a GGUF, stream, score."""
 
 from __future__ import annotations
 
@@ -9,17 +9,20 @@ import math
 import os
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Generator, Sequence
 
 import llama_cpp
 from llama_cpp import _internals as internals
 from llama_cpp import llama_chat_format
 
-from chatllm.devices import choose_gpu_layers, default_threads, extra_buffers_safe
-from chatllm.errors import ChatllmError, ContextOverflowError
-from chatllm.settings import Sampling
+from chatllm.errors import ChatllmError, ContextOverflowError, NoChatTemplateError
+from chatllm.runtime.contract import GenerationStats
+from chatllm.runtime.cpu_buffers import drop_amx_buffer
+from chatllm.runtime.devices import choose_gpu_layers, extra_buffers_safe
+from chatllm.runtime.stops import StopFilter
+from chatllm.runtime.threads import default_threads
+from chatllm.settings import DEFAULT_CTX, Sampling
 
 _LOG: collections.deque[str] = collections.deque(maxlen=4000)
 _LOG_ECHO = False
@@ -65,59 +68,8 @@ def backend_name(system_info: str, gpu_offload: bool) -> str:
     return "CPU"
 
 
-@dataclass
-class GenerationStats:
-    """Counts and timings of one generation."""
-
-    prompt_tokens: int = 0
-    cached_tokens: int = 0
-    completion_tokens: int = 0
-    first_token_seconds: float = 0.0
-    seconds: float = 0.0
-    finish_reason: str = "stop"
-
-    @property
-    def tokens_per_second(self) -> float:
-        """Generation speed after the first token."""
-        gen_time = self.seconds - self.first_token_seconds
-        n = self.completion_tokens - 1
-        return n / gen_time if n > 0 and gen_time > 0 else 0.0
-
-
-class _StopFilter:
-    """Holds back text that might be the start of a stop string, and cuts at the first full match."""
-
-    def __init__(self, stops: Sequence[str]):
-        self.stops = [s for s in stops if s]
-        self.pending = ""
-        self.stopped = False
-
-    def feed(self, text: str) -> str:
-        if not self.stops:
-            return text
-        self.pending += text
-        cut = min((i for i in (self.pending.find(s) for s in self.stops) if i >= 0), default=-1)
-        if cut >= 0:
-            self.stopped = True
-            out, self.pending = self.pending[:cut], ""
-            return out
-        hold = 0
-        for s in self.stops:
-            for k in range(min(len(s) - 1, len(self.pending)), 0, -1):
-                if self.pending.endswith(s[:k]):
-                    hold = max(hold, k)
-                    break
-        out = self.pending[: len(self.pending) - hold]
-        self.pending = self.pending[len(self.pending) - hold :]
-        return out
-
-    def flush(self) -> str:
-        out, self.pending = self.pending, ""
-        return out
-
-
-class Engine:
-    """One loaded model and its context; keeps the KV cache across calls so shared prefixes cost nothing."""
+class LlamaCppEngine:
+    """The engine contract on llama.cpp: one loaded model and its context, whose KV cache is kept across calls."""
 
     def __init__(
         self,
@@ -146,7 +98,7 @@ class Engine:
         self.gpu_layers = choose_gpu_layers(device, gpu_layers, info["gpu_offload"], info["backend"])
         model_params = llama_cpp.llama_model_default_params()
         model_params.n_gpu_layers = 0x7FFFFFFF if self.gpu_layers == -1 else self.gpu_layers
-        self.repack = repack and (extra_buffers_safe(info["system_info"]) or _drop_amx_buffer())
+        self.repack = repack and (extra_buffers_safe(info["system_info"]) or drop_amx_buffer())
         model_params.use_extra_bufts = self.repack
         _LOG.clear()
         try:
@@ -158,7 +110,7 @@ class Engine:
                 "the file may be corrupt or need a newer llama-cpp-python; try `chatllm pull MODEL --force`",
             )
         self.n_ctx_train = self._model.n_ctx_train()
-        wanted_ctx = n_ctx or min(self.n_ctx_train or 8192, 8192)
+        wanted_ctx = n_ctx or min(self.n_ctx_train or DEFAULT_CTX, DEFAULT_CTX)
         self.n_threads = n_threads or default_threads()
         ctx_params = llama_cpp.llama_context_default_params()
         ctx_params.n_ctx = wanted_ctx
@@ -193,7 +145,7 @@ class Engine:
         self.metadata = self._model.metadata()
         self.chat_template = self.metadata.get("tokenizer.chat_template") or None
         self.chat_format = chat_format
-        self._formatter = None
+        self._formatter: llama_chat_format.Jinja2ChatFormatter | None = None
         self.last_stats = GenerationStats()
 
     # -- tokens ---------------------------------------------------------------------------------
@@ -238,16 +190,13 @@ class Engine:
     def render_chat(self, messages: list[dict], add_generation_prompt: bool = True) -> str:
         """Render messages with the GGUF's template (sandboxed Jinja) or the chat_format override."""
         if not self.has_chat_template:
-            raise ChatllmError(
-                f"{self.name} has no chat template, so it cannot chat",
-                "use `chatllm generate` for raw continuation, or pass --chat-format chatml (or llama-3, gemma, ...)",
-            )
+            raise NoChatTemplateError(self.name)
         try:
             if self.chat_format:
                 return _named_format(self.chat_format)(messages=messages).prompt
             if self._formatter is None:
                 self._formatter = llama_chat_format.Jinja2ChatFormatter(
-                    template=self.chat_template,
+                    template=self.chat_template or "",
                     eos_token=self._special_text(self._model.token_eos()),
                     bos_token=self._special_text(self._model.token_bos()),
                     add_generation_prompt=True,
@@ -343,7 +292,7 @@ class Engine:
         sampler.add_dist(seed & 0xFFFFFFFF)
         return sampler
 
-    def stream(self, prompt: str | Sequence[int], sampling: Sampling) -> Iterator[str]:
+    def stream(self, prompt: str | Sequence[int], sampling: Sampling) -> Generator[str, None, None]:
         """Yield text pieces as tokens arrive; multi-byte characters come out whole. Stats in last_stats."""
         tokens = self.prompt_tokens(prompt) if isinstance(prompt, str) else list(prompt)
         if not tokens:
@@ -355,7 +304,7 @@ class Engine:
         stats.cached_tokens = self._eval(tokens)
         sampler = self._sampler(sampling)
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        stops = _StopFilter(sampling.stop)
+        stops = StopFilter(sampling.stop)
         ctx, smpl, vocab = self._ctx.ctx, sampler.sampler, self._vocab
         try:
             for _ in range(max_tokens):
@@ -430,57 +379,11 @@ class Engine:
                 obj.close()
                 setattr(self, part, None)
 
-    def __enter__(self) -> "Engine":
+    def __enter__(self) -> "LlamaCppEngine":
         return self
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-
-def _drop_amx_buffer() -> bool:
-    """Take llama.cpp's AMX weight buffer out of the CPU's extra buffer types, keeping REPACK; False if it cannot."""
-    # llama.cpp's AMX matmul segfaults on the first prompt batch (ggml-org/llama.cpp#20824) and use_extra_bufts
-    # cannot leave AMX out, but the CPU device hands out the list it uses as a NULL-terminated array that lives as
-    # long as the library: with AMX taken out, AMX CPUs repack weights like every other x86 CPU. Must run before
-    # the first model load; it is idempotent.
-    try:
-        base, ggml = ctypes.CDLL(_loaded_lib("ggml-base")), ctypes.CDLL(_loaded_lib("ggml"))
-    except OSError:
-        return False
-    ggml.ggml_backend_dev_by_type.restype = ctypes.c_void_p
-    ggml.ggml_backend_dev_by_type.argtypes = [ctypes.c_int]
-    base.ggml_backend_dev_backend_reg.restype = ctypes.c_void_p
-    base.ggml_backend_dev_backend_reg.argtypes = [ctypes.c_void_p]
-    base.ggml_backend_reg_get_proc_address.restype = ctypes.c_void_p
-    base.ggml_backend_reg_get_proc_address.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
-    base.ggml_backend_buft_name.restype = ctypes.c_char_p
-    base.ggml_backend_buft_name.argtypes = [ctypes.c_void_p]
-    dev = ggml.ggml_backend_dev_by_type(0)  # GGML_BACKEND_DEVICE_TYPE_CPU
-    reg = base.ggml_backend_dev_backend_reg(dev) if dev else None
-    proc = base.ggml_backend_reg_get_proc_address(reg, b"ggml_backend_dev_get_extra_bufts") if reg else None
-    if not proc:
-        return False
-    bufts = ctypes.CFUNCTYPE(ctypes.POINTER(ctypes.c_void_p), ctypes.c_void_p)(proc)(dev)
-    found = []
-    while bufts and bufts[len(found)]:
-        found.append(bufts[len(found)])
-    kept = [b for b in found if base.ggml_backend_buft_name(b) != b"AMX"]
-    for i in range(len(found)):
-        bufts[i] = kept[i] if i < len(kept) else None
-    return True
-
-
-def _loaded_lib(name: str) -> str:
-    """The path of lib{name} as this process mapped it (the wheel ships .so and .so.0 as separate copies)."""
-    try:
-        with open("/proc/self/maps", encoding="utf-8", errors="replace") as fh:
-            paths = {line.split()[-1] for line in fh if "/lib" + name + ".so" in line}
-    except OSError:
-        raise OSError("not Linux") from None
-    for path in sorted(paths):
-        if Path(path).name.split(".so")[0] == "lib" + name:
-            return path
-    raise OSError(f"lib{name} is not loaded")
 
 
 def _raise_template_error(message: str):

@@ -10,9 +10,9 @@ import shutil
 from pathlib import Path
 
 from chatllm.errors import ChatllmError, from_exception
-from chatllm.gguf import read_header
 from chatllm.output import Output
-from chatllm.registry import ModelSpec, pick_quant_file, split_parts
+from chatllm.runtime.gguf import read_header
+from chatllm.runtime.registry import ModelSpec, pick_quant_file, split_parts
 from chatllm.settings import Settings
 
 SHA_RE_LEN = 64
@@ -60,16 +60,16 @@ def resolve_file(spec: ModelSpec, settings: Settings) -> ModelSpec:
             f"go online and run `chatllm pull hf:{spec.repo}:{spec.quant}`",
         )
     api = _hf().HfApi(endpoint=settings.hf_endpoint, token=settings.hf_token or None)
-    info = _hub_call(spec.repo, api.model_info, spec.repo, revision=spec.revision)
+    info = _hub_call(spec.require("repo"), api.model_info, spec.repo, revision=spec.revision)
     files = [s.rfilename for s in (info.siblings or [])]
-    return dataclasses.replace(spec, file=pick_quant_file(spec.repo, spec.quant, files))
+    return dataclasses.replace(spec, file=pick_quant_file(spec.require("repo"), spec.require("quant"), files))
 
 
 def _cached_quant(spec: ModelSpec, settings: Settings) -> str | None:
-    snapshots = _repo_folder(settings, spec.repo) / "snapshots"
+    snapshots = _repo_folder(settings, spec.require("repo")) / "snapshots"
     files = [str(p.relative_to(snap)) for snap in snapshots.glob("*") for p in snap.rglob("*.gguf")]
     try:
-        return pick_quant_file(spec.repo, spec.quant, sorted(set(files)))
+        return pick_quant_file(spec.require("repo"), spec.require("quant"), sorted(set(files)))
     except ChatllmError:
         return None
 
@@ -111,9 +111,11 @@ def ensure_model(spec: ModelSpec, settings: Settings, out: Output, *, force: boo
             f"go online and run `chatllm pull {spec.name}`",
         )
     first = None
-    for part in split_parts(spec.file):
+    for part in split_parts(spec.require("file")):
         path = _download_one(spec, part, settings, out, force)
         first = first or path
+    if first is None:
+        raise ChatllmError(f"{spec.name}: nothing was downloaded", "check its entry in models.toml")
     problem = _verify_all(spec, settings, first, out, rehash=True)
     if problem is not None:
         raise ChatllmError(problem, "the download was removed; run `chatllm pull` again, or check the pinned sha256")
@@ -223,14 +225,14 @@ def _remember(settings: Settings, real: Path, digest: str) -> None:
 def _verify_all(spec: ModelSpec, settings: Settings, first: Path, out: Output, rehash: bool) -> str | None:
     """None when every shard matches its expected size/sha256 and the header is sound; else the problem."""
     folder = first.parent
-    for part in split_parts(spec.file):
+    for part in split_parts(spec.require("file")):
         path = folder / Path(part).name if part != spec.file else first
         problem = _verify_one(spec, settings, path, part, out, rehash)
         if problem:
             _remove_path(path)
             return problem
     try:
-        read_header(first, check_data=len(split_parts(spec.file)) == 1)
+        read_header(first, check_data=len(split_parts(spec.require("file"))) == 1)
     except ChatllmError as err:
         _remove_path(first)
         return err.message
@@ -292,7 +294,7 @@ def downloaded_files(spec: ModelSpec, settings: Settings) -> list[Path]:
         spec = dataclasses.replace(spec, file=_cached_quant(spec, settings))
         if not spec.file:
             return []
-    folder = _repo_folder(settings, spec.repo)
+    folder = _repo_folder(settings, spec.require("repo"))
     found: list[Path] = []
     for part in split_parts(spec.file):
         for link in folder.glob(f"snapshots/*/{part}"):
