@@ -6,9 +6,12 @@ import json
 import os
 import sys
 from contextlib import contextmanager
-from typing import IO, Callable, Iterable, Iterator, Sequence
+from typing import IO, TYPE_CHECKING, Callable, Iterable, Iterator, Sequence
 
 from chatllm.errors import ChatllmError, PipeClosed, redact
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 
 def _isatty(stream: IO) -> bool:
@@ -38,13 +41,13 @@ class Output:
         self.err_tty = _isatty(self.stderr) if stderr_tty is None else stderr_tty
         dumb = os.environ.get("TERM", "") == "dumb"
         self.color = (not os.environ.get("NO_COLOR") and not dumb) if color is None else color
-        self._console = None
-        self._err_console = None
+        self._console: Console | None = None
+        self._err_console: Console | None = None
 
     # -- consoles (rich is imported only when something is drawn) --------------------------------
 
     @property
-    def console(self):
+    def console(self) -> Console:
         """A rich Console on stdout, for a terminal."""
         if self._console is None:
             from rich.console import Console
@@ -55,7 +58,7 @@ class Output:
         return self._console
 
     @property
-    def err_console(self):
+    def err_console(self) -> Console:
         """A rich Console on stderr."""
         if self._err_console is None:
             from rich.console import Console
@@ -163,37 +166,56 @@ class Output:
         return answer.strip().lower() in {"y", "yes"}
 
     @contextmanager
-    def progress(self, description: str, total: float | None = None, unit: str = "") -> Iterator[object]:
-        """A rich progress bar on stderr in a terminal; a silent stand-in elsewhere."""
-        if not self.err_tty:
-            yield _NoProgress()
+    def progress(self, description: str, total: float | None = None, *, counted: bool = True) -> Iterator["ProgressBar"]:
+        """A progress bar on stderr for the duration of a block (see ProgressBar)."""
+        bar = ProgressBar(self, description, total, counted=counted)
+        try:
+            yield bar
+        finally:
+            bar.stop()
+
+
+class ProgressBar:
+    """A transient rich progress bar on stderr in a terminal; nothing at all when stderr is a pipe.
+
+    counted=True shows "done/total" and the time left (items); False shows a spinner and the time spent (stages).
+    """
+
+    def __init__(self, out: Output, description: str, total: float | None = None, *, counted: bool = True):
+        self._bar = None
+        self._task = None
+        if not out.err_tty:
             return
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-        columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
-                   TimeRemainingColumn()]
-        with Progress(*columns, console=self.err_console, transient=True) as bar:
-            task = bar.add_task(description, total=total, info="")
-            yield _RichProgress(bar, task)
-
-
-class _NoProgress:
-    def advance(self, n: float = 1, info: str = "") -> None:
-        pass
-
-    def update(self, **kw) -> None:
-        pass
-
-
-class _RichProgress:
-    def __init__(self, bar, task):
-        self.bar, self.task = bar, task
+        if counted:
+            columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
+                       TimeRemainingColumn()]
+        else:
+            columns = [SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[info]}"),
+                       TimeElapsedColumn()]
+        self._bar = Progress(*columns, console=out.err_console, transient=True)
+        self._task = self._bar.add_task(description, total=total, info="")
+        self._bar.start()
 
     def advance(self, n: float = 1, info: str = "") -> None:
-        self.bar.update(self.task, advance=n, info=info)
+        """Count n more done."""
+        if self._bar is not None and self._task is not None:
+            self._bar.update(self._task, advance=n, info=info)
 
-    def update(self, **kw) -> None:
-        self.bar.update(self.task, **kw)
+    def update(self, *, description: str | None = None, completed: float | None = None, info: str | None = None) -> None:
+        """Change what the bar says or how full it is."""
+        if self._bar is not None and self._task is not None:
+            if info is None:
+                self._bar.update(self._task, description=description, completed=completed)
+            else:
+                self._bar.update(self._task, description=description, completed=completed, info=info)
+
+    def stop(self) -> None:
+        """Remove the bar (it is transient), e.g. before an answer streams to the same terminal."""
+        if self._bar is not None:
+            self._bar.stop()
+            self._bar = None
 
 
 def format_date(ts: float | None) -> str:

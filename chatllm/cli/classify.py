@@ -143,7 +143,7 @@ def _run_one(classifier: "Classifier", text: str, as_json: bool, out: Output) ->
 
 def _run_lines(classifier: "Classifier", items: "Iterator[tuple[str, str | None]]", as_json: bool, out: Output) -> None:
     start, done, failed, cut = time.perf_counter(), 0, 0, 0
-    with out.progress("classifying", total=None, unit="items") as bar:
+    with out.progress("classifying", total=None) as bar:
         for number, (text, error) in enumerate(items, 1):
             result = _classify_row(classifier, text, error)
             if result.error:

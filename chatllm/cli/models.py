@@ -11,9 +11,10 @@ ModelArg = Annotated[str, typer.Argument(help="Alias, hf:owner/repo:QUANT, hf:ow
                                          show_default=False)]
 
 
-def _human(n: Optional[int]) -> str:
-    if n is None:
+def _human(size: Optional[int]) -> str:
+    if size is None:
         return ""
+    n = float(size)
     for unit in ("B", "KB", "MB", "GB", "TB"):
         if n < 1000 or unit == "TB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
@@ -42,20 +43,25 @@ def pull(
 def list_models(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
-    """List the registry's models and the GGUF files already downloaded."""
+    """List the registry's models (remote ones too) and the GGUF files already downloaded."""
     from chatllm.runtime import download
     from chatllm.runtime.registry import load_registry
 
     out = Output()
     settings = plain_settings()
-    rows = download.inventory(load_registry(settings), settings)
+    registry = load_registry(settings)
+    rows = download.inventory({a: s for a, s in registry.items() if not s.is_remote}, settings)
+    rows += [{"name": alias, "remote": True, "url": s.url, "model": s.remote_model, "params": s.params, "quant": "",
+              "size": None, "downloaded": False, "path": None, "default": s.default, "description": s.description}
+             for alias, s in registry.items() if s.is_remote]
     if as_json:
         out.json(rows)
         return
     out.table(
         ["model", "params", "quant", "size", "downloaded", "path"],
         [[r["name"] + (" (default)" if r.get("default") else ""), r["params"], r["quant"], _human(r["size"]),
-          "yes" if r["downloaded"] else "no", r["path"] or ""] for r in rows],
+          "remote" if r.get("remote") else "yes" if r["downloaded"] else "no",
+          (f"{r['url']}#{r['model']}" if r.get("model") else r["url"]) if r.get("remote") else r["path"] or ""] for r in rows],
     )
 
 
@@ -64,7 +70,7 @@ def show(
     model: ModelArg,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
-    """Show a model's metadata, read from the GGUF header without loading the weights."""
+    """Show a model's metadata, read from the GGUF header without loading the weights (or asked of its server)."""
     from chatllm.runtime import download
     from chatllm.runtime.gguf import format_params, read_header
     from chatllm.runtime.loader import model_path, resolve_spec
@@ -72,6 +78,9 @@ def show(
     out = Output()
     settings = plain_settings(model)
     spec = resolve_spec(settings, model)
+    if spec.is_remote:
+        _show_remote(spec, out, as_json)
+        return
     path = spec.local_path or download.cached_path(spec, settings)
     if path is None:
         path = model_path(spec, settings, out)
@@ -104,6 +113,28 @@ def show(
     for key, value in data.items():
         if value not in (None, ""):
             out.line(f"{key:<16}{value}")
+
+
+def _show_remote(spec, out: Output, as_json: bool) -> None:
+    from chatllm.runtime.gguf import format_params
+    from chatllm.runtime.remote import describe
+
+    data = describe(spec)
+    if as_json:
+        out.json(data)
+        return
+    if isinstance(data["parameters"], int):
+        data["parameters"] = f"{format_params(data['parameters'])} ({data['parameters']:,})"
+    if isinstance(data["size"], int):
+        data["size"] = f"{_human(data['size'])} ({data['size']:,} bytes)"
+    data["remote"] = "yes: the server runs it, nothing is downloaded"
+    data["served_models"] = ", ".join(data["served_models"])
+    sha = data.pop("chat_template_sha256")
+    data["chat_template"] = f"yes ({sha})" if data["chat_template"] else "no (use `generate`)"
+    data["tls_verify"] = None if data["tls_verify"] else "off"
+    for key, value in data.items():
+        if value not in (None, ""):
+            out.line(f"{key:<18}{value}")
 
 
 def rm(

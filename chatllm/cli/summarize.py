@@ -21,37 +21,23 @@ from chatllm.cli.options import (
     model_settings,
 )
 from chatllm.errors import UsageError
-from chatllm.output import Output
+from chatllm.output import Output, ProgressBar
 from chatllm.settings import Sampling, Settings
 
 if TYPE_CHECKING:
     from chatllm.inputs import Source
-
-LENGTH_CHOICES = ("short", "medium", "long")
-STYLE_CHOICES = ("paragraph", "bullets", "tldr")
+    from chatllm.tasks.summarize import Progress
 
 
 class ProgressView:
-    """A rich progress bar on stderr (chunks done, tokens/s, time left); nothing at all when stderr is a pipe."""
+    """The summarizer's progress events as a bar on stderr: chunks done, tokens/s, time left."""
 
     def __init__(self, out: Output, label: str):
-        self.out = out
         self.label = label
-        self.bar = None
-        self.task = None
-        if out.err_tty:
-            from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+        self.bar = ProgressBar(out, f"{label}: reading", total=1000, counted=False)
 
-            self.bar = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
-                                TextColumn("{task.fields[detail]}"), TimeElapsedColumn(),
-                                console=out.err_console, transient=True)
-            self.task = self.bar.add_task(f"{label}: reading", total=1000, detail="")
-            self.bar.start()
-
-    def update(self, p) -> None:
+    def update(self, p: "Progress") -> None:
         """Show one Progress event from the summarizer."""
-        if self.bar is None:
-            return
         if p.stage == "map":
             what = f"{p.done}/{p.total} parts done" if p.total else f"{p.done} parts done"
         elif p.stage == "reduce":
@@ -65,14 +51,11 @@ class ProgressView:
             detail.append(f"{p.prompt_rate:,.0f} tok/s")
         if 0.02 < p.fraction < 1:
             detail.append(f"~{_duration(p.seconds * (1 - p.fraction) / p.fraction)} left")
-        self.bar.update(self.task, description=f"{self.label}: {what}", completed=int(p.fraction * 1000),
-                        detail=" · ".join(detail))
+        self.bar.update(description=f"{self.label}: {what}", completed=int(p.fraction * 1000), info=" · ".join(detail))
 
     def stop(self) -> None:
-        """Remove the bar (it is transient) before the summary streams to the same terminal."""
-        if self.bar is not None:
-            self.bar.stop()
-            self.bar = None
+        """Remove the bar before the summary streams to the same terminal."""
+        self.bar.stop()
 
 
 def _duration(seconds: float) -> str:
@@ -86,13 +69,13 @@ def _duration(seconds: float) -> str:
 
 def _options(length: str, words: Optional[int], style: str, lang: Optional[str], focus: Optional[str],
              chunk_tokens: Optional[int], settings: Settings):
-    from chatllm.tasks.summarize import SummaryOptions
+    from chatllm.tasks.summarize import LENGTHS, STYLES, SummaryOptions
 
     length, style = length.lower(), style.lower()
-    if length not in LENGTH_CHOICES:
-        raise UsageError(f"unknown --length {length!r}", "use short, medium or long (or --words N)")
-    if style not in STYLE_CHOICES:
-        raise UsageError(f"unknown --style {style!r}", "use paragraph, bullets or tldr")
+    if length not in LENGTHS:
+        raise UsageError(f"unknown --length {length!r}", f"use {', '.join(LENGTHS)} (or --words N)")
+    if style not in STYLES:
+        raise UsageError(f"unknown --style {style!r}", f"use {', '.join(STYLES)}")
     if words is not None and not 1 <= words <= 5000:
         raise UsageError("--words must be between 1 and 5000", "for example --words 100")
     if chunk_tokens is not None and 0 < chunk_tokens < 64 or (chunk_tokens or 0) < 0:
@@ -194,7 +177,7 @@ def summarize(
         size = sum(s.size_hint or 0 for s in group) or None
         result = _run(engine, _joined(group, out), size, label, settings, options, out, as_json)
         if as_json:
-            record = {"file": label} if not (combine and len(sources) > 1) else {"files": [s.name for s in group]}
+            record: dict[str, object] = {"file": label} if not (combine and len(sources) > 1) else {"files": [s.name for s in group]}
             record.update(model=engine.name, **result.as_dict())
             out.json(record)
         elif out.err_tty:

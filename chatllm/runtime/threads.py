@@ -39,7 +39,7 @@ def other_busy_cores(samples: int = 4, interval: float = 0.004) -> float:
         for _ in range(samples - 1):
             time.sleep(interval)
             runnable = min(runnable, _loadavg()[1])
-        return max(0.0, min(load, runnable - 1))
+        return float(max(0.0, min(load, runnable - 1)))
     except (OSError, ValueError, IndexError):
         pass
     try:
