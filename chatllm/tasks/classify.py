@@ -15,11 +15,11 @@ from typing import Sequence
 from chatllm.errors import ContextOverflowError, UsageError
 from chatllm.runtime.contract import Engine
 from chatllm.tasks.fewshot import Example, Preset, preset
+from chatllm.tasks.text import detect_language
 
 SENTIMENT_LABELS = ("positive", "negative")
 NEUTRAL = "neutral"
 CONTENT_FREE = ("",)  # tuned on sst2_tune.tsv: the empty text beat "N/A", "[MASK]" and their mix
-_CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
 _SPACE = re.compile(r"\s+")
 _MIN_ITEM_TOKENS = 16
 
@@ -47,14 +47,6 @@ class Result:
         if self.truncated:
             row["truncated"] = True
         return row
-
-
-def detect_language(text: str) -> str:
-    """"zh" when CJK ideographs are at least a fifth of the letters, else "en"."""
-    letters = sum(1 for ch in text if ch.isalpha())
-    if not letters:
-        return "en"
-    return "zh" if len(_CJK.findall(text)) / letters >= 0.2 else "en"
 
 
 def parse_labels(value: str | Sequence[str]) -> list[str]:
