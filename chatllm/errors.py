@@ -57,11 +57,17 @@ class PipeClosed(Exception):
     """stdout's reader went away (`| head -1`): end quietly."""
 
 
+_SECRET_NAME = re.compile(r"(TOKEN|API_KEY|APIKEY|SECRET|PASSWORD)", re.IGNORECASE)
+
+
 def redact(text: str) -> str:
-    """Remove the HF token (and anything that looks like one) from text shown or stored."""
-    token = os.environ.get("HF_TOKEN") or os.environ.get("HUGGING_FACE_HUB_TOKEN")
-    if token and len(token) >= 4:
-        text = text.replace(token, "***")
+    """Remove secrets from text shown or stored: the HF token, every key-like variable's value, hf_ tokens."""
+    # Remote entries name their key variable freely (api_key_env), so any variable whose name says it holds a
+    # secret is scrubbed, not only the ones chatllm reads itself.
+    for name, value in os.environ.items():
+        if name in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN") and len(value) >= 4 or \
+                _SECRET_NAME.search(name) and len(value) >= 8 and not value.startswith(("/", "~")):
+            text = text.replace(value, "***")
     return re.sub(r"hf_[A-Za-z0-9]{20,}", "hf_***", text)
 
 

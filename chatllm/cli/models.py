@@ -36,6 +36,9 @@ def pull(
     if spec.local_path is not None:
         out.status(f"{spec.local_path} is a local file: nothing to pull")
         return
+    if spec.url:
+        out.status(f"{spec.name} runs on the server at {spec.url}: nothing to pull")
+        return
     path = download.ensure_model(spec, settings, out, force=force, verify=True)
     out.status(f"ready: {spec.name} -> {path}")
 
@@ -151,6 +154,9 @@ def rm(
     spec = resolve_spec(settings, model)
     if spec.local_path is not None:
         raise ChatllmError(f"{spec.local_path} is your own file, not a download", "delete it yourself if you mean to")
+    if spec.url:
+        raise ChatllmError(f"{spec.name} runs on the server at {spec.url}: nothing is downloaded",
+                           "remove its entry from your models.toml to forget it")
     files = download.downloaded_files(spec, settings)
     if not files:
         out.status(f"{spec.name} is not downloaded: nothing to remove")

@@ -27,7 +27,8 @@ def _sampling_opt(*decls: str, help: str):
 
 
 Model = Annotated[Optional[str], _model_opt(
-    "--model", "-m", help="Alias, hf:owner/repo:QUANT, hf:owner/repo/file.gguf[@rev] or a .gguf path [env CHATLLM_MODEL]")]
+    "--model", "-m", help="Alias, hf:owner/repo:QUANT, hf:owner/repo/file.gguf[@rev], a .gguf path, or a server: openai:URL#MODEL "
+         "[env CHATLLM_MODEL]")]
 Device = Annotated[Optional[str], _model_opt("--device", help="auto, cpu, cuda or metal [default: auto]")]
 GpuLayers = Annotated[Optional[str], _model_opt("--gpu-layers", help="Layers to offload to the GPU: N or all")]
 Ctx = Annotated[Optional[int], _model_opt("--ctx", help="Context window in tokens [default: the model's, at most 8192]")]

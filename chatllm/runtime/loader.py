@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from chatllm.errors import ChatllmError
 from chatllm.output import Output
 from chatllm.runtime.contract import Engine
 from chatllm.runtime.registry import ModelSpec, default_alias, load_registry, parse_ref
@@ -21,6 +22,9 @@ def resolve_spec(settings: Settings, ref: str | None = None) -> ModelSpec:
 
 def model_path(spec: ModelSpec, settings: Settings, out: Output) -> Path:
     """A verified local file for spec, pulled first when missing (unless offline)."""
+    if spec.is_remote:
+        raise ChatllmError(f"{spec.name} runs on its server ({spec.url}): there is no model file here",
+                           "`chatllm show` asks the server about it")
     if spec.local_path is not None:
         return spec.local_path
     from chatllm.runtime import download

@@ -61,16 +61,12 @@ class Server:
     def events(self, path: str, body: dict, *, api: bool = True) -> Iterator[Iterator[dict]]:
         """POST and read the answer as server-sent events: an iterator of JSON objects, ended by [DONE] or EOF."""
         with self._send("POST", path, body, api=api, stream=True) as response:
+            assert response is not None  # only missing_ok gives None
             yield self._sse(response)
 
     def model_ids(self) -> list[str]:
         """The model ids (and aliases) /v1/models lists; [] when the server has no such list."""
-        try:
-            data = self.get("/models", api=True, missing_ok=True)
-        except ChatllmError as exc:
-            if exc.message.startswith(f"{self.shown} refused"):
-                raise
-            return []
+        data = self.get("/models", api=True, missing_ok=True)
         rows = data.get("data") if isinstance(data, dict) else None
         ids: list[str] = []
         for row in rows if isinstance(rows, list) else []:
@@ -109,6 +105,11 @@ class Server:
                 return
             finally:
                 response.close()
+
+    @property
+    def where(self) -> str:
+        """How messages name the server: the entry and its url, or the url of a one-off reference."""
+        return self.shown if self.name.startswith("openai:") else f"{self.name} ({self.shown})"
 
     def _headers(self) -> dict[str, str]:
         key = os.environ.get(self.key_env) if self.key_env else None
@@ -152,7 +153,8 @@ class Server:
                     raise self.error(f"{self.shown} sent an unexpected stream event: {value[:80]!r}", "check the server's log")
                 if field == "error" or "error" in event:
                     err = event.get("error", event)
-                    raise self.status_error(int(err.get("code") or 500) if isinstance(err, dict) else 500, event, value)
+                    code = err.get("code") if isinstance(err, dict) else None
+                    raise self.status_error(code if isinstance(code, int) else 500, event, value)
                 yield event
         except httpx.HTTPError as exc:
             raise self.transport_error(exc, streaming=True) from None
@@ -161,7 +163,7 @@ class Server:
         """The one-line error for a failure below HTTP: refused, DNS, TLS, timeouts, a cut connection."""
         text = " ".join(str(e) for e in _chain(exc)).lower()
         host = httpx.URL(self.api).host
-        where = f"`{self.name}` ({self.shown})"
+        where = self.where
         if isinstance(exc, httpx.ConnectTimeout) or isinstance(exc, httpx.PoolTimeout):
             return self.error(f"no connection to {where} within {CONNECT_TIMEOUT:.0f} s", "check the host and port, and any firewall")
         if isinstance(exc, httpx.TimeoutException):
@@ -190,7 +192,7 @@ class Server:
         err = body.get("error") if isinstance(body, dict) else None
         err = err if isinstance(err, dict) else {"message": err if isinstance(err, str) else text}
         message = " ".join(str(err.get("message") or "").split())[:300]
-        where = f"`{self.name}` ({self.shown})"
+        where = self.where
         if err.get("type") == "exceed_context_size_error" or "context size" in message or "context length" in message:
             n_prompt, n_ctx = err.get("n_prompt_tokens"), err.get("n_ctx")
             if isinstance(n_prompt, int) and isinstance(n_ctx, int):
@@ -205,7 +207,10 @@ class Server:
             return self.error(f"{where} wants an API key (HTTP {status})",
                               'add api_key_env = "VAR" to its entry in models.toml and set VAR to the key')
         if status == 404:
-            ids = self.model_ids()
+            try:
+                ids = self.model_ids()
+            except ChatllmError:
+                ids = []
             if "model" in message.lower() and ids:
                 return self.error(f"{where}: {message or 'model not found'} (HTTP 404)", f"it serves: {', '.join(ids)}")
             return self.error(f"{where} has no such endpoint (HTTP 404: {message or 'not found'})",
