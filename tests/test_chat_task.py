@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
-from dataclasses import dataclass
 
 import pytest
 
@@ -13,90 +11,9 @@ from chatllm.settings import Sampling
 from chatllm.store import Exchange, Store
 from chatllm.tasks.chat import Conversation
 from chatllm.tasks.transcripts import parse_json, parse_markdown, transcript_markdown
+from tests.fakes import FakeEngine  # its defaults are a chat model's; test_repl imports it from here
 
 SAMPLING = Sampling(max_tokens=8, temperature=0)
-
-
-@dataclass
-class FakeStats:
-    prompt_tokens: int = 0
-    cached_tokens: int = 0
-    completion_tokens: int = 0
-    first_token_seconds: float = 0.01
-    seconds: float = 0.02
-    finish_reason: str = "stop"
-    tokens_per_second: float = 100.0
-
-
-class FakeEngine:
-    """Words are tokens; a ChatML-like template; replies are scripted or echo the last message.
-
-    It keeps a 'KV cache' like the real engine, so tests can see how much of each prompt was reused.
-    """
-
-    has_chat_template = True
-
-    def __init__(self, n_ctx: int = 400, replies=None, name: str = "fake", unstable: bool = False):
-        self.n_ctx = n_ctx
-        self.name = name
-        self.replies = list(replies or [])
-        self.unstable = unstable  # stamp the top of the prompt, like templates that print today's date
-        self.epoch = 0
-        self.full_tokenizations = 0
-        self.prompts: list[list[str]] = []
-        self.cache: list[str] = []
-        self.last_stats = FakeStats()
-        self.closed = False
-        self.on_piece = None  # called with the piece index: lets tests press Ctrl-C mid-reply
-        self.fail_after: int | None = None
-
-    def render_chat(self, messages, add_generation_prompt=True):
-        stamp = f"<date{self.epoch}> " if self.unstable else ""
-        text = stamp + "".join(f"<{m['role']}> {m['content']} </end> " for m in messages)
-        return text + ("<assistant> " if add_generation_prompt else "")
-
-    def prompt_tokens(self, prompt):
-        self.full_tokenizations += 1
-        return re.findall(r"\S+", prompt)
-
-    def tokenize(self, text, add_bos=False, special=False):
-        return re.findall(r"\S+", text)
-
-    def count_tokens(self, text):
-        return len(self.prompt_tokens(text))
-
-    def stream(self, tokens, sampling):
-        tokens = list(tokens)
-        if len(tokens) >= self.n_ctx:
-            raise ChatllmError("raw engine overflow", "the conversation should have trimmed first")
-        self.prompts.append(tokens)
-        keep = 0
-        while keep < min(len(tokens) - 1, len(self.cache)) and self.cache[keep] == tokens[keep]:
-            keep += 1
-        self.cache = tokens[:]
-        stats = self.last_stats = FakeStats(prompt_tokens=len(tokens), cached_tokens=keep, finish_reason="length")
-        if self.replies:
-            reply = self.replies.pop(0)
-        else:
-            last_user = " ".join(tokens).rsplit("<user>", 1)[-1].split("</end>")[0].strip()
-            reply = "reply to " + last_user
-        words = reply.split(" ")[: sampling.max_tokens]
-        try:
-            for i, word in enumerate(words):
-                if self.fail_after is not None and i == self.fail_after:
-                    raise ChatllmError("engine failed", "")
-                if self.on_piece:
-                    self.on_piece(i)
-                stats.completion_tokens += 1
-                self.cache.append(word)
-                yield (" " if i else "") + word
-            stats.finish_reason = "stop"
-        except GeneratorExit:
-            stats.finish_reason = "interrupted"
-            raise
-
-    def close(self):
-        self.closed = True
 
 
 def talk(conv: Conversation, text: str, stop_after: int | None = None) -> str:

@@ -8,47 +8,22 @@ import math
 import pytest
 
 from chatllm.errors import ContextOverflowError, UsageError
-from chatllm.tasks.classify import Classifier, Result, clean, detect_language, parse_labels, sentiment_labels
+from chatllm.tasks.classify import Classifier, Result, clean, parse_labels, sentiment_labels
 from chatllm.tasks.fewshot import Example, load_examples
+from chatllm.tasks.text import detect_language
+from tests.fakes import FakeEngine
 
 CUES = {"positive": ("good", "好"), "negative": ("bad", "差"), "news": ("report",), "newsletter": ("subscribe",),
         "ad": ("buy",), "blog": ("diary",)}
 
 
-class FakeEngine:
+def classify_engine(bias: dict[str, float] | None = None, n_ctx: int = 4096) -> FakeEngine:
     """Characters are tokens; a label scores high when the item (after the last `Text:`) holds one of its cues."""
-
-    def __init__(self, bias: dict[str, float] | None = None, n_ctx: int = 4096):
-        self.bias = bias or {}
-        self.n_ctx = n_ctx
-        self.calls: list[list[int]] = []
-        self.prompt_texts: list[str] = []
-
-    def tokenize(self, text, *, add_bos=False, special=False):
-        return ([1] if add_bos else []) + [ord(c) for c in text]
-
-    def prompt_tokens(self, prompt, special=True):
-        self.prompt_texts.append(prompt)
-        return [1] + self.tokenize(prompt)
-
-    def text_of(self, tokens) -> str:
-        return "".join(chr(t) for t in tokens if t != 1)
-
-    def score_continuations(self, prefix, continuations):
-        assert len(prefix) + max(len(c) for c in continuations) <= self.n_ctx
-        self.calls.append(list(prefix))
-        item = self.text_of(prefix).rsplit("Text:", 1)[-1].lower()
-        scores = []
-        for cont in continuations:
-            word = self.text_of(cont).strip()
-            hit = any(cue in item for cue in CUES.get(word, ()))
-            # a per-token log-prob, so multi-token labels are whole sequences
-            scores.append(sum(-0.05 if hit else -0.5 for _ in cont) + self.bias.get(word, 0.0))
-        return scores
+    return FakeEngine(split="chars", bos=True, template=None, cues=CUES, bias=bias, n_ctx=n_ctx)
 
 
 def test_scores_are_probabilities_summing_to_one():
-    clf = Classifier(FakeEngine(), ["positive", "negative"])
+    clf = Classifier(classify_engine(), ["positive", "negative"])
     good, bad = clf.classify("a good film"), clf.classify("a bad film")
     assert (good.label, bad.label) == ("positive", "negative")
     for r in (good, bad):
@@ -57,7 +32,7 @@ def test_scores_are_probabilities_summing_to_one():
 
 
 def test_calibration_removes_the_models_label_bias():
-    biased = FakeEngine(bias={"positive": 6.0})  # the model says positive whatever the text
+    biased = classify_engine(bias={"positive": 6.0})  # the model says positive whatever the text
     raw = Classifier(biased, ["positive", "negative"], calibrate=False).classify("a bad film")
     calibrated = Classifier(biased, ["positive", "negative"], calibrate=True).classify("a bad film")
     assert raw.label == "positive"
@@ -67,36 +42,36 @@ def test_calibration_removes_the_models_label_bias():
 
 
 def test_items_share_one_cached_prefix_built_once():
-    eng = FakeEngine()
+    eng = classify_engine()
     clf = Classifier(eng, ["positive", "negative"], calibrate=True)
     for text in ("a good film", "a bad day", "good"):
         clf.classify(text)
     assert len(eng.prompt_texts) == 1  # the prefix is tokenized once for the batch
-    prefix = [1] + eng.tokenize(eng.prompt_texts[0])
+    prefix = eng.tokenize(eng.prompt_texts[0], add_bos=True)
     assert len(prefix) > 100
     assert all(call[: len(prefix)] == prefix for call in eng.calls)
     assert len(eng.calls) == 1 + 3  # one content-free calibration call, then one call per item
-    item = eng.text_of(eng.calls[-1][len(prefix):])
+    item = eng.detokenize(eng.calls[-1][len(prefix):])
     assert item == " good\nSentiment:"  # an item costs only its own tokens
 
 
 def test_multi_token_labels_are_scored_as_whole_sequences():
-    eng = FakeEngine()
+    eng = classify_engine()
     clf = Classifier(eng, ["news", "ad", "blog"], task="classify")
     r = clf.classify("please buy this now")
     assert r.label == "ad" and math.isclose(sum(r.scores.values()), 1.0)
 
 
 def test_a_label_that_begins_another_is_scored_up_to_the_line_break():
-    eng = FakeEngine()
+    eng = classify_engine()
     clf = Classifier(eng, ["news", "newsletter"], task="classify", calibrate=False)
     assert clf.classify("subscribe to our weekly mail").label == "newsletter"
     assert clf.classify("a report from the city council").label == "news"
-    assert all(cont[-1] == ord("\n") for cont in clf._prompt("en").continuations)
+    assert all(cont[-1:] == eng.tokenize("\n") for cont in clf._prompt("en").continuations)
 
 
 def test_chinese_text_gets_the_chinese_zero_shot_prompt_calibrated():
-    eng = FakeEngine(bias={"positive": 6.0})
+    eng = classify_engine(bias={"positive": 6.0})
     clf = Classifier(eng, ["positive", "negative"])
     assert clf.classify("房间很差，服务冷淡").label == "negative"  # only calibration undoes the bias
     zh = eng.prompt_texts[-1]
@@ -104,7 +79,7 @@ def test_chinese_text_gets_the_chinese_zero_shot_prompt_calibrated():
     clf.classify("a good film")
     en = eng.prompt_texts[-1]
     assert "Text: not as bad as I feared" in en and "判断" not in en
-    forced = Classifier(FakeEngine(), ["positive", "negative"], lang="en")
+    forced = Classifier(classify_engine(), ["positive", "negative"], lang="en")
     assert "判断" not in forced.prompt_text("en")[0]
     forced.classify("房间很好")
     assert "判断" not in forced.engine.prompt_texts[-1]
@@ -118,15 +93,15 @@ def test_detect_language_by_cjk_share():
 
 
 def test_neutral_examples_join_only_with_the_neutral_label():
-    two = Classifier(FakeEngine(), sentiment_labels()).prompt_text("en")[0]
-    three = Classifier(FakeEngine(), sentiment_labels(neutral=True)).prompt_text("en")[0]
+    two = Classifier(classify_engine(), sentiment_labels()).prompt_text("en")[0]
+    three = Classifier(classify_engine(), sentiment_labels(neutral=True)).prompt_text("en")[0]
     assert "Sentiment: neutral" not in two and "Sentiment: neutral" in three
     assert not two.startswith("Classify")  # examples cover every label: no instruction needed
 
 
 def test_custom_labels_with_descriptions_and_user_examples():
     shots = [Example("buy two, pay one", "ad"), Example("our city council met today", "NEWS")]
-    clf = Classifier(FakeEngine(), ["news", "blog", "ad"], task="classify", examples=shots,
+    clf = Classifier(classify_engine(), ["news", "blog", "ad"], task="classify", examples=shots,
                      descriptions={"Ad": "selling something"})
     prefix, suffix = clf.prompt_text("en")
     assert prefix.startswith("Classify each text into one of these categories: news, blog, ad.\n- ad: selling something\n")
@@ -144,13 +119,13 @@ def test_bad_label_sets_descriptions_and_examples_are_usage_errors():
         parse_labels("a,b,A")
     assert parse_labels(" news, blog ,ad ") == ["news", "blog", "ad"]
     with pytest.raises(UsageError, match="not a label"):
-        Classifier(FakeEngine(), ["news", "ad"], task="classify", descriptions={"blog": "x"})
+        Classifier(classify_engine(), ["news", "ad"], task="classify", descriptions={"blog": "x"})
     with pytest.raises(UsageError, match="not one of the labels"):
-        Classifier(FakeEngine(), ["news", "ad"], task="classify", examples=[Example("x", "other")])
+        Classifier(classify_engine(), ["news", "ad"], task="classify", examples=[Example("x", "other")])
 
 
 def test_empty_text_is_an_error_result_not_an_exception():
-    clf = Classifier(FakeEngine(), ["positive", "negative"])
+    clf = Classifier(classify_engine(), ["positive", "negative"])
     r = clf.classify(" \n\t ")
     assert r.error == "empty text" and r.label is None
     assert r.to_json() == {"label": None, "error": "empty text", "text": " \n\t "}
@@ -162,11 +137,11 @@ def test_json_row_shape():
 
 
 def test_long_text_is_cut_in_the_middle_to_fit_the_context():
-    eng = FakeEngine(n_ctx=200)  # less room than the preset's cap: the context decides
+    eng = classify_engine(n_ctx=200)  # less room than the preset's cap: the context decides
     clf = Classifier(eng, ["positive", "negative"], examples=[], calibrate=False)
     r = clf.classify("good " + "filler " * 500 + "the end")
     assert r.truncated and r.label == "positive"
-    item = eng.text_of(eng.calls[-1])
+    item = eng.detokenize(eng.calls[-1])
     assert " ..." in item and item.endswith("the end\nSentiment:") and len(eng.calls[-1]) == 200 - len(" positive") - 1
 
 
@@ -174,20 +149,20 @@ def test_sentiment_items_keep_their_first_and_last_tokens_within_the_presets_cap
     from chatllm.tasks.fewshot import preset
 
     cap = preset("sentiment", "zh").item_tokens
-    eng = FakeEngine()
+    eng = classify_engine()
     clf = Classifier(eng, ["positive", "negative"], calibrate=False)
     r = clf.classify("房间" + "很" * 400 + "差")
-    item = eng.text_of(eng.calls[-1][len(eng.calls[-1]) - cap - len("\nSentiment:"):])
+    item = eng.detokenize(eng.calls[-1][len(eng.calls[-1]) - cap - len("\nSentiment:"):])
     assert r.truncated and r.label == "negative" and item.endswith("差\nSentiment:") and " ..." in item
     assert len(eng.calls[-1]) <= 1 + len(eng.prompt_texts[-1]) + cap + len("\nSentiment:")
     short = clf.classify("好" * (cap - 10))
     assert not short.truncated
-    doc = Classifier(FakeEngine(), ["news", "ad"], task="classify").classify("report " * 40)  # 280 tokens
+    doc = Classifier(classify_engine(), ["news", "ad"], task="classify").classify("report " * 40)  # 280 tokens
     assert not doc.truncated and preset("classify", "en").item_tokens >= 280
 
 
 def test_examples_too_long_for_the_context_are_refused():
-    clf = Classifier(FakeEngine(n_ctx=100), ["positive", "negative"])
+    clf = Classifier(classify_engine(n_ctx=100), ["positive", "negative"])
     with pytest.raises(ContextOverflowError):
         clf.classify("good")
 

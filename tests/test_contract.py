@@ -1,0 +1,40 @@
+"""The fake engine the task tests use implements the engine contract, in every tokenization it offers."""
+
+from __future__ import annotations
+
+import inspect
+
+import pytest
+
+from chatllm.runtime.contract import Engine, GenerationStats
+from tests.fakes import SPLITS, FakeEngine
+
+METHODS = ["tokenize", "count_tokens", "detokenize", "prompt_tokens", "render_chat", "stream", "complete",
+           "score_continuations", "close"]
+
+
+def test_the_list_of_methods_is_the_contracts():
+    declared = {name for name, value in vars(Engine).items() if callable(value) and not name.startswith("_")}
+    assert declared == set(METHODS)
+
+
+@pytest.mark.parametrize("split", SPLITS)
+def test_the_fake_is_an_engine(split):
+    engine = FakeEngine(split=split)
+    assert isinstance(engine, Engine)
+    assert isinstance(engine.name, str) and isinstance(engine.n_ctx, int)
+    assert isinstance(engine.last_stats, GenerationStats)
+    assert isinstance(engine.has_chat_template, bool)
+
+
+@pytest.mark.parametrize("split", SPLITS)
+@pytest.mark.parametrize("method", METHODS)
+def test_each_contract_method_exists_with_the_contracts_signature(split, method):
+    engine = FakeEngine(split=split)
+    assert callable(getattr(engine, method))
+    assert parameters(getattr(FakeEngine, method)) == parameters(getattr(Engine, method))
+
+
+def parameters(method) -> list[tuple]:
+    """Names, kinds (positional, keyword-only...) and defaults: what a caller relies on."""
+    return [(p.name, p.kind, p.default) for p in inspect.signature(method).parameters.values()]
