@@ -10,14 +10,17 @@ from prompt_toolkit.document import Document
 from prompt_toolkit.input import create_pipe_input
 from prompt_toolkit.output import DummyOutput
 
+from chatllm.errors import UsageError
 from chatllm.output import Output
-from chatllm.repl import (COMMANDS, LiveMarkdownView, Repl, SlashCompleter, make_session, markdown_tail, parse_set,
-                          piped_lines)
+from chatllm.repl.commands import COMMANDS, parse_set
+from chatllm.repl.lines import piped_lines
+from chatllm.repl.loop import Repl
+from chatllm.repl.session import SlashCompleter, make_session
+from chatllm.repl.views import LiveMarkdownView, markdown_tail
 from chatllm.settings import Sampling, Settings
 from chatllm.store import Store
 from chatllm.tasks.chat import Conversation
-from chatllm.errors import UsageError
-from tests.test_chat_task import FakeEngine
+from tests.fakes import FakeEngine
 
 SAMPLING = Sampling(max_tokens=16, temperature=0)
 
@@ -35,7 +38,7 @@ class Harness:
         self.out = Output(self.stdout, self.stderr, stdout_tty=False, stderr_tty=False, color=False)
         self.store = Store(tmp_path / "chat.db")
         self.engine = engine or FakeEngine()
-        self.conv = Conversation(self.engine, SAMPLING, store=self.store, notice=self.out.status)
+        self.conv = Conversation(self.engine, SAMPLING, store=self.store, notice=self.out.status, open_engine=loader)
         self.settings = settings_for(tmp_path)
         self.history = tmp_path / "chat_history"
         self.tmp_path = tmp_path
@@ -45,16 +48,14 @@ class Harness:
     def run(self, keys: str) -> "Harness":
         with create_pipe_input() as pipe:
             session = make_session(self.history, input=pipe, output=DummyOutput(), color=False)
-            self.repl = Repl(self.conv, self.out, self.settings, store=self.store, load_engine=self.loader,
-                             session=session)
+            self.repl = Repl(self.conv, self.out, session=session)
             pipe.send_text(keys)
             pipe.close()
             self.repl.run_interactive()
         return self
 
     def piped(self, text: str) -> "Harness":
-        self.repl = Repl(self.conv, self.out, self.settings, store=self.store, load_engine=self.loader,
-                         interactive=False)
+        self.repl = Repl(self.conv, self.out, interactive=False)
         self.repl.run_piped(piped_lines(io.BytesIO(text.encode()), self.out.warn))
         return self
 
@@ -141,10 +142,10 @@ def test_clear_and_load(tmp_path):
 def test_model_switch_closes_the_old_engine_and_refuses_models_without_a_template(tmp_path):
     loaded = {}
 
-    def loader(settings, out):
-        engine = FakeEngine(name=settings.model)
-        engine.has_chat_template = settings.model != "base-model"
-        loaded[settings.model] = engine
+    def loader(model):
+        engine = FakeEngine(name=model)
+        engine.has_chat_template = model != "base-model"
+        loaded[model] = engine
         return engine
 
     old = FakeEngine(name="first")

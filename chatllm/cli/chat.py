@@ -1,15 +1,33 @@
 """`chatllm chat` (the REPL) and `chatllm history` (saved conversations)."""
 
-import time
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional, TextIO, cast
 
 import typer
 
-from chatllm.cli.options import (ChatFormat, Ctx, Device, GpuLayers, MaxTokens, Model, Offline, Seed, Stop, Temperature, Threads, TopK, TopP,
-                                 model_settings, plain_settings)
-from chatllm.errors import NoChatTemplateError, UsageError
+from chatllm.cli.options import (
+    ChatFormat,
+    Ctx,
+    Device,
+    GpuLayers,
+    MaxTokens,
+    Model,
+    Offline,
+    Seed,
+    Stop,
+    Temperature,
+    Threads,
+    TopK,
+    TopP,
+    model_settings,
+    plain_settings,
+)
+from chatllm.errors import UsageError
 from chatllm.output import Output
 from chatllm.settings import Settings
+
+if TYPE_CHECKING:
+    from chatllm.runtime.contract import Engine
+    from chatllm.tasks.chat import Conversation
 
 
 def chat(
@@ -35,7 +53,7 @@ def chat(
     from chatllm.inputs import stdin_is_piped
     from chatllm.runtime.loader import load_engine
     from chatllm.store import Store
-    from chatllm.tasks.chat import Conversation
+    from chatllm.tasks.chat import Conversation, require_chat_template
 
     if cont and resume is not None:
         raise UsageError("--continue and --resume cannot be used together", "--continue picks the latest; "
@@ -50,41 +68,45 @@ def chat(
             if conv_id is None:
                 raise UsageError("no saved conversation to continue", "start one with `chatllm chat`")
             stored = store.load(conv_id)  # before loading the model: a wrong id fails fast
-        engine = load_engine(settings, out)
-        if not engine.has_chat_template:
-            name = engine.name
-            engine.close()
-            raise NoChatTemplateError(name)
-        conv = Conversation(engine, settings.sampling, system=system, store=store, notice=out.status)
+        engine = require_chat_template(load_engine(settings, out))
+
+        def open_engine(name: str) -> "Engine":
+            return load_engine(settings.replace(model=name), out)
+
+        conv = Conversation(engine, settings.sampling, system=system, store=store, notice=out.status,
+                            open_engine=open_engine)
         if stored is not None:
             conv.resume(stored, system)
             if stored.model and stored.model != engine.name:
                 out.status(f"note: conversation {stored.id} was with {stored.model}; continuing with {engine.name}")
         try:
-            _run(conv, out, settings, store, piped, sys.stdin)
+            _run(conv, out, settings, piped, sys.stdin)
         finally:
             conv.engine.close()
     finally:
         store.close()
 
 
-def _run(conv, out: Output, settings: Settings, store, piped: bool, stdin) -> None:
-    from chatllm.repl import Repl, make_session, piped_lines
+def _run(conv: "Conversation", out: Output, settings: Settings, piped: bool, stdin: TextIO) -> None:
+    from chatllm.repl.lines import piped_lines
+    from chatllm.repl.loop import Repl
 
     if piped:
-        repl = Repl(conv, out, settings, store=store, interactive=False)
+        repl = Repl(conv, out, interactive=False)
         repl.run_piped(piped_lines(stdin.buffer, out.warn))
         if repl.errors:
             raise typer.Exit(1)
         return
+    from chatllm.repl.session import make_session
+
     output = None
     if not out.is_tty and out.err_tty:
         # stdout goes to a file: draw the prompt on the terminal (stderr) so only replies land in the file
         from prompt_toolkit.output import create_output
 
-        output = create_output(stdout=out.stderr)
+        output = create_output(stdout=cast(TextIO, out.stderr))
     session = make_session(settings.home / "chat_history", output=output, color=out.color)
-    Repl(conv, out, settings, store=store, session=session).run_interactive()
+    Repl(conv, out, session=session).run_interactive()
 
 
 history_app = typer.Typer(
@@ -140,7 +162,7 @@ def history_show(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of markdown.")] = False,
 ) -> None:
     """Print one conversation as markdown (rendered in a terminal)."""
-    from chatllm.tasks.chat import conversation_json, transcript_markdown
+    from chatllm.tasks.transcripts import conversation_json, transcript_markdown
 
     out = Output()
     store = _store()

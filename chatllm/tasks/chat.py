@@ -13,12 +13,20 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Generator, Iterator
 
-from chatllm.errors import ChatllmError, UsageError
+from chatllm.errors import ChatllmError, NoChatTemplateError, UsageError
 from chatllm.runtime.contract import Engine
 from chatllm.settings import Sampling
-from chatllm.store import Exchange, StoredConversation
+from chatllm.store import Exchange, Store, StoredConversation, Summary
 from chatllm.tasks.transcripts import conversation_json, read_conversation_file, transcript_markdown
 
+
+def require_chat_template(engine: Engine) -> Engine:
+    """The engine itself if it can chat; otherwise it is closed and NoChatTemplateError raised."""
+    if not engine.has_chat_template:
+        name = engine.name
+        engine.close()
+        raise NoChatTemplateError(name)
+    return engine
 
 
 class Turn:
@@ -76,9 +84,10 @@ class Conversation:
         sampling: Sampling,
         *,
         system: str | None = None,
-        store=None,
+        store: Store | None = None,
         model: str | None = None,
         notice: Callable[[str], None] | None = None,
+        open_engine: Callable[[str], Engine] | None = None,
     ):
         self.engine = engine
         self.sampling = sampling
@@ -86,6 +95,7 @@ class Conversation:
         self.store = store
         self.model = model or engine.name
         self.notice = notice or (lambda message: None)
+        self._open_engine = open_engine  # MODEL -> a loaded Engine, for switch_model; the CLI passes the loader
         self.exchanges: list[Exchange] = []
         self.id: int | None = None
         self.created_at = time.time()
@@ -287,6 +297,19 @@ class Conversation:
         self._start = 0
         self._reset_cache()
 
+    def switch_model(self, model: str) -> Engine:
+        """Load MODEL through the engine factory and continue on it; the old engine is closed, the new returned.
+
+        A model without a chat template is refused (NoChatTemplateError) and the conversation stays as it was.
+        """
+        if self._open_engine is None:
+            raise UsageError("switching models is not available here", "start a new chat with --model MODEL")
+        new = require_chat_template(self._open_engine(model))
+        old = self.engine
+        self.switch_engine(new)
+        old.close()
+        return new
+
     def adopt(self, system: str | None, exchanges: list[Exchange], conv_id: int | None = None) -> None:
         """Take over a saved conversation: with conv_id it continues that row, otherwise it is saved as a new one."""
         self.clear()
@@ -302,6 +325,12 @@ class Conversation:
         self.created_at = stored.created_at
         if system is not None and system != stored.system:
             self.set_system(system)
+
+    def saved(self, limit: int | None = None) -> list[Summary]:
+        """The most recent saved conversations (at most limit), from the store this conversation is saved in."""
+        if self.store is None:
+            raise ChatllmError("no conversation store", "")
+        return self.store.list(limit)
 
     def _persist(self, seq: int, ex: Exchange) -> None:
         if self.store is None:

@@ -1,0 +1,62 @@
+"""The slash-command table and the parsing of their arguments (/set KEY VALUE)."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from chatllm.errors import UsageError
+from chatllm.settings import Sampling, check_sampling
+
+COMMANDS: dict[str, tuple[str, str]] = {
+    "/help": ("", "list these commands"),
+    "/exit": ("", "leave the chat (also /quit or Ctrl-D)"),
+    "/quit": ("", "leave the chat"),
+    "/clear": ("", "start a new conversation (same model and system prompt)"),
+    "/system": ("[TEXT | -]", "show the system prompt, set it, or remove it with -"),
+    "/model": ("[MODEL]", "show the model, or switch to another one (downloaded if needed)"),
+    "/retry": ("", "generate the last reply again"),
+    "/undo": ("", "drop the last exchange"),
+    "/save": ("[FILE]", "save the conversation: markdown, or JSON when FILE ends in .json"),
+    "/load": ("FILE", "load a conversation from a .md or .json file"),
+    "/set": ("[KEY VALUE]", "show or change sampling: temperature, top_p, top_k, max_tokens, seed, ..."),
+    "/stats": ("", "speed of the last reply, context use, sampling"),
+    "/history": ("[N]", "list saved conversations (resume one with `chatllm chat --resume ID`)"),
+}
+INPUT_HELP = 'Alt-Enter or a trailing \\ adds a line · """ starts a block · Ctrl-C stops a reply'
+SET_ALIASES = {"temp": "temperature", "max-tokens": "max_tokens", "top-p": "top_p", "top-k": "top_k",
+               "min-p": "min_p", "repeat-penalty": "repeat_penalty", "n": "max_tokens"}
+SETTABLE = ("temperature", "top_p", "top_k", "min_p", "repeat_penalty", "max_tokens", "seed", "stop")
+
+
+def setting_name(key: str) -> str:
+    """The Sampling field a /set KEY means (aliases and dashes resolved)."""
+    return SET_ALIASES.get(key.lower(), key.lower().replace("-", "_"))
+
+
+def parse_set(sampling: Sampling, key: str, value: str) -> Sampling:
+    """Sampling with KEY set to VALUE (as typed after /set), validated."""
+    key = setting_name(key)
+    if key not in SETTABLE:
+        raise UsageError(f"unknown setting {key!r}", f"settable: {', '.join(SETTABLE)}")
+    value = value.strip()
+    if key == "stop":
+        stops = () if value.lower() in ("", "none", "-") else (value.encode().decode("unicode_escape"),)
+        return dataclasses.replace(sampling, stop=stops)
+    if key == "seed":
+        if value.lower() in ("none", "random", "-"):
+            return dataclasses.replace(sampling, seed=None)
+    kind = int if key in ("top_k", "max_tokens", "seed") else float
+    try:
+        number = kind(value)
+    except ValueError:
+        raise UsageError(f"{key} must be {'a whole number' if kind is int else 'a number'}, not {value!r}",
+                         f"for example /set {key} {dataclasses.asdict(Sampling())[key]}")
+    change: dict[str, Any] = {key: number}  # the key is a numeric field, checked against SETTABLE above
+    changed = dataclasses.replace(sampling, **change)
+    return check_sampling(changed, name=lambda k: k, example=lambda label, v: f"/set {label} {v}")
+
+
+def sampling_text(s: Sampling) -> str:
+    """The settable sampling values on one line, as /set and /stats show them."""
+    return "  ".join(f"{k}={list(s.stop)!r}" if k == "stop" else f"{k}={getattr(s, k)}" for k in SETTABLE)

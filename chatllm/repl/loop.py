@@ -1,0 +1,321 @@
+"""The chat loop: reads messages and slash commands, streams replies; talks to a Conversation only.
+
+Ctrl-C while a reply streams stops it at the next token: the partial reply is kept in the conversation (and the
+store) marked as interrupted, so what the user saw is what the model remembers; /retry regenerates it and /undo
+drops it. Ctrl-C before the first token (while the prompt is evaluated) abandons the turn and keeps nothing, as
+does a second Ctrl-C. Either way the model, the conversation and its store stay valid.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+import time
+from contextlib import AbstractContextManager, contextmanager
+from pathlib import Path
+from types import FrameType
+from typing import TYPE_CHECKING, Iterable, Iterator
+
+from chatllm.errors import ChatllmError, UsageError
+from chatllm.output import Output, format_date, format_stats, short_model
+from chatllm.repl.commands import COMMANDS, INPUT_HELP, parse_set, sampling_text, setting_name
+from chatllm.repl.lines import unwrap_block
+from chatllm.repl.views import LiveMarkdownView, PlainView, ReplyView, chat_markdown
+from chatllm.store import first_line
+from chatllm.tasks.chat import Conversation, Turn
+
+if TYPE_CHECKING:
+    from prompt_toolkit import PromptSession
+
+
+class Repl:
+    """Reads messages and slash commands, streams replies, keeps the conversation valid whatever happens."""
+
+    def __init__(self, conv: Conversation, out: Output, *, session: PromptSession[str] | None = None,
+                 interactive: bool = True):
+        self.conv = conv
+        self.out = out
+        self.session = session
+        self.interactive = interactive
+        self.errors = 0
+        self._stop = False
+
+    # -- running ----------------------------------------------------------------------------------------
+
+    def run_interactive(self) -> None:
+        """Prompt until /exit or Ctrl-D; Ctrl-C at the prompt clears the line."""
+        if self.session is None:
+            raise ValueError("run_interactive needs a prompt session")
+        self.banner()
+        if self.conv.exchanges:
+            self.show_transcript()
+        while True:
+            try:
+                text = self.session.prompt()
+            except KeyboardInterrupt:
+                continue
+            except EOFError:
+                break
+            if not self.handle(text):
+                break
+
+    def run_piped(self, lines: Iterable[str]) -> None:
+        """One message (or slash command) per line; plain replies on stdout."""
+        for line in lines:
+            if not self.handle(line):
+                break
+
+    def banner(self) -> None:
+        """One dim line: model, context, how to get help."""
+        engine = self.conv.engine
+        self.out.status(f"chatllm chat · {short_model(engine.name)} · {engine.n_ctx}-token context · /help · "
+                        "Ctrl-D quits")
+        self.out.status(INPUT_HELP)
+
+    def show_transcript(self) -> None:
+        """Print the exchanges of a resumed conversation."""
+        self.out.status(f"resumed conversation {self.conv.id} ({_plural(len(self.conv.exchanges), 'exchange')})")
+        for ex in self.conv.exchanges:
+            self.out.line(">>> " + ex.user.replace("\n", "\n... "))
+            self.print_markdown(ex.assistant.strip())
+            if ex.interrupted:
+                self.out.status("[interrupted]")
+            self.out.line()
+
+    def print_markdown(self, text: str) -> None:
+        """A finished reply: rendered in a colour terminal, plain elsewhere."""
+        if self.out.rich and self.interactive:
+            self.out.console.print(chat_markdown(text))
+        else:
+            self.out.line(text)
+
+    def handle(self, text: str) -> bool:
+        """Act on one input; False when the chat should end. Errors are shown, never raised."""
+        text = unwrap_block(text)
+        if not text.strip():
+            return True
+        try:
+            if text.startswith("/") and not text.startswith("//"):
+                return self.command(text.strip())
+            self.send(text[1:] if text.startswith("//") else text)
+        except ChatllmError as err:
+            self.errors += 1
+            self.out.error(err)
+        except KeyboardInterrupt:
+            if not self.interactive:
+                raise
+            self.out.status("interrupted")
+        return True
+
+    # -- replies ----------------------------------------------------------------------------------------
+
+    def send(self, text: str) -> None:
+        """Send a message and stream the reply."""
+        self._reply(self.conv.turn(text))
+
+    def _reply(self, turn_manager: AbstractContextManager[Turn]) -> None:
+        turn = None
+        try:
+            with turn_manager as turn:
+                self.stream(turn)
+        except KeyboardInterrupt:
+            if not self.interactive or turn is None:
+                raise
+        if turn is not None:
+            self.after_reply(turn)
+
+    def stream(self, turn: Turn) -> None:
+        """Show the reply as it streams; Ctrl-C stops it at the next token."""
+        view: ReplyView = (LiveMarkdownView(self.out.console) if self.out.rich and self.interactive
+                           else PlainView(self.out))
+        with self._interruptible(turn), _no_echo(self.interactive):
+            view.start()
+            try:
+                for piece in turn:
+                    view.update(turn.text, piece)
+                    if self._stop:
+                        break
+            finally:
+                view.finish(turn.text)
+
+    def request_stop(self) -> None:
+        """Stop the streaming reply at the next token (what Ctrl-C does)."""
+        self._stop = True
+
+    def after_reply(self, turn: Turn) -> None:
+        """The dim stats line on stderr (in a terminal)."""
+        stats = self.conv.last_stats
+        if turn.interrupted and turn.exchange is None:
+            self.out.status("interrupted before the first token: nothing kept")
+            return
+        if stats is not None and (self.out.err_tty or (self.interactive and self.out.is_tty)):
+            self.out.status(format_stats(stats))
+        elif turn.interrupted:
+            self.out.status("[interrupted]")
+
+    @contextmanager
+    def _interruptible(self, turn: Turn) -> Iterator[None]:
+        self._stop = False
+        if threading.current_thread() is not threading.main_thread() or not self.interactive:
+            yield
+            return
+
+        def on_sigint(signum: int, frame: FrameType | None) -> None:
+            # Before the first token (the prompt is still being evaluated) there is nothing to keep: give up
+            # at once. After it, stop cleanly at the next token. A second Ctrl-C always gives up at once.
+            if self._stop or not turn.text:
+                raise KeyboardInterrupt
+            self.request_stop()
+
+        previous = signal.signal(signal.SIGINT, on_sigint)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, previous)
+
+    # -- slash commands ---------------------------------------------------------------------------------
+
+    def command(self, text: str) -> bool:
+        """Run one slash command; False for /exit."""
+        name, _, arg = text.partition(" ")
+        name, arg = name.lower(), arg.strip()
+        if name in ("/exit", "/quit", "/bye"):
+            return False
+        handler = getattr(self, "cmd_" + name[1:], None)
+        if name not in COMMANDS or handler is None:
+            import difflib
+
+            close = difflib.get_close_matches(name, list(COMMANDS), n=1)
+            raise UsageError(f"unknown command {name}",
+                             (f"did you mean {close[0]}? " if close else "") + "/help lists the commands; "
+                             "start a message with // to send a literal /")
+        handler(arg)
+        return True
+
+    def cmd_help(self, arg: str) -> None:
+        """List the commands."""
+        width = max(len(n) + len(a) for n, (a, _) in COMMANDS.items()) + 2
+        lines = [f"  {(name + ' ' + args).ljust(width)} {help_}" for name, (args, help_) in COMMANDS.items()]
+        self.out.line("\n".join(["Commands:"] + lines + ["", INPUT_HELP, "Ctrl-D or /exit leaves; the conversation is "
+                                                         "saved after every reply (chatllm history)."]))
+
+    def cmd_clear(self, arg: str) -> None:
+        """New conversation."""
+        self.conv.clear()
+        self.out.status("new conversation")
+
+    def cmd_system(self, arg: str) -> None:
+        """Show or set the system prompt."""
+        if not arg:
+            self.out.line(self.conv.system or "(no system prompt)")
+            return
+        self.conv.set_system(None if arg == "-" else arg)
+        self.out.status("system prompt removed" if arg == "-" else "system prompt set")
+
+    def cmd_model(self, arg: str) -> None:
+        """Show the model, or switch to another one."""
+        if not arg:
+            engine = self.conv.engine
+            self.out.line(f"{engine.name} ({engine.n_ctx}-token context)")
+            return
+        new = self.conv.switch_model(arg)
+        self.out.status(f"now chatting with {new.name} ({new.n_ctx}-token context); the conversation goes on")
+
+    def cmd_retry(self, arg: str) -> None:
+        """Regenerate the last reply."""
+        self._reply(self.conv.retry())
+
+    def cmd_undo(self, arg: str) -> None:
+        """Drop the last exchange."""
+        ex = self.conv.undo()
+        self.out.status(f"dropped: {first_line(ex.user)}")
+
+    def cmd_save(self, arg: str) -> None:
+        """Save a transcript."""
+        if not self.conv.exchanges:
+            raise UsageError("nothing to save yet", "send a message first")
+        name = arg or f"chatllm-{self.conv.id or 'chat'}-{time.strftime('%Y%m%d-%H%M%S')}.md"
+        path = self.conv.save(Path(name))
+        self.out.status(f"saved {path}")
+
+    def cmd_load(self, arg: str) -> None:
+        """Load a conversation file."""
+        if not arg:
+            raise UsageError("/load needs a file", "for example /load chat.md")
+        self.conv.load(Path(arg))
+        self.out.status(f"loaded {_plural(len(self.conv.exchanges), 'exchange')} from {arg}"
+                        + (f" as conversation {self.conv.id}" if self.conv.id is not None else ""))
+        if self.interactive:
+            for ex in self.conv.exchanges[-3:]:
+                self.out.line(">>> " + first_line(ex.user))
+                self.print_markdown(ex.assistant.strip())
+
+    def cmd_set(self, arg: str) -> None:
+        """Show or change sampling."""
+        if not arg:
+            self.out.line(sampling_text(self.conv.sampling))
+            return
+        key, _, value = arg.partition(" ")
+        if not value.strip() and key.lower() not in ("stop", "seed"):
+            raise UsageError(f"/set {key} needs a value", f"for example /set {key} 0.7")
+        self.conv.sampling = parse_set(self.conv.sampling, key, value)
+        self.out.status(f"{setting_name(key)} set")
+
+    def cmd_stats(self, arg: str) -> None:
+        """Speed and context use."""
+        conv, engine = self.conv, self.conv.engine
+        lines = [
+            f"model:        {engine.name}",
+            f"conversation: {conv.id if conv.id is not None else '(not saved yet)'}, "
+            f"{_plural(len(conv.exchanges), 'exchange')}"
+            + (f" (the model sees from #{conv.window_start + 1})" if conv.window_start else ""),
+            f"context:      {conv.context_tokens} of {engine.n_ctx} tokens" if conv.last_stats is not None
+            else f"context:      {engine.n_ctx} tokens, nothing evaluated yet in this session",
+        ]
+        if conv.last_stats is not None:
+            s = conv.last_stats
+            lines.append(f"last reply:   {format_stats(s)}; prompt {s.prompt_tokens} tokens, "
+                         f"{s.cached_tokens} reused from the cache")
+        lines.append("sampling:     " + sampling_text(conv.sampling))
+        self.out.line("\n".join(lines))
+
+    def cmd_history(self, arg: str) -> None:
+        """Recent saved conversations."""
+        try:
+            limit = int(arg) if arg else 20
+        except ValueError:
+            raise UsageError(f"/history takes a number, not {arg!r}", "for example /history 50")
+        rows = self.conv.saved(limit)
+        if not rows:
+            self.out.line("no saved conversations yet")
+            return
+        self.out.table(["id", "model", "first message", "turns", "date"], [
+            [("*" if r.id == self.conv.id else "") + str(r.id), short_model(r.model), r.title, r.turns,
+             format_date(r.updated_at)] for r in rows])
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" + ("" if n == 1 else "s")
+
+
+@contextmanager
+def _no_echo(enabled: bool) -> Iterator[None]:
+    """While a reply streams, keystrokes typed ahead (and ^C) are not echoed into it; they wait for the prompt."""
+    fd = None
+    try:
+        if enabled and sys.stdin is not None and sys.stdin.isatty():
+            import termios
+
+            fd = sys.stdin.fileno()
+            saved = termios.tcgetattr(fd)
+            quiet = list(saved)
+            quiet[3] &= ~(termios.ECHO | getattr(termios, "ECHOCTL", 0))
+            termios.tcsetattr(fd, termios.TCSANOW, quiet)
+    except (ImportError, OSError, ValueError, AttributeError):
+        fd = None
+    try:
+        yield
+    finally:
+        if fd is not None:
+            termios.tcsetattr(fd, termios.TCSANOW, saved)
