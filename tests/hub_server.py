@@ -1,9 +1,12 @@
 """A real HTTP server on 127.0.0.1 that speaks enough of the Hugging Face Hub protocol for huggingface_hub.
 
 It serves HEAD/GET on /{repo}/resolve/{rev}/{file} with the headers huggingface_hub reads (X-Repo-Commit,
-X-Linked-Etag as the sha256, X-Linked-Size, ETag, Content-Length), honours Range requests, and answers
-/api/models/{repo}[/revision/{rev}] with the file listing. Faults are switched per test: drop the connection
-mid-file, serve wrong bytes of the same size, answer 401, or stream slowly.
+X-Linked-Etag as the sha256, X-Linked-Size, ETag, Content-Length), honours Range requests as a CDN does (206 with
+Content-Range, 416 past the end, If-Range), and answers /api/models/{repo}[/revision/{rev}] with the file listing.
+It counts the body bytes it serves (bytes_served) and records each GET's Range header (ranges). Faults are switched
+per test: drop each connection mid-file, an outage (the connection drops once drop_after bytes were served in all and
+every later request is cut off until the fault is cleared), serve wrong bytes of the same size, answer 401, or stream
+slowly.
 """
 
 from __future__ import annotations
@@ -45,10 +48,13 @@ class FakeHub:
 
     def __init__(self):
         self.repos: dict[str, HubRepo] = {}
-        self.fault: str | None = None  # None | "drop" | "corrupt" | "401" | "403" | "slow"
+        self.fault: str | None = None  # None | "drop" | "outage" | "corrupt" | "401" | "403" | "slow"
         self.drop_after = 1 << 20
         self.slow_delay = 0.05
         self.requests: list[tuple[str, str]] = []
+        self.ranges: list[str | None] = []  # the Range header of each GET of a file, None for a whole-file GET
+        self.bytes_served = 0  # file body bytes written to sockets, over all requests
+        self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
 
     def add_file(self, repo: str, name: str, *, path: Path | None = None, data: bytes | None = None,
@@ -93,6 +99,16 @@ class FakeHub:
             self._server.shutdown()
             self._server.server_close()
 
+    def served(self, n: int) -> None:
+        """Count n body bytes as sent."""
+        with self._lock:
+            self.bytes_served += n
+
+    @property
+    def down(self) -> bool:
+        """True while an outage has cut the hub off."""
+        return self.fault == "outage" and self.bytes_served >= self.drop_after
+
     def count(self, method: str, needle: str = "") -> int:
         """How many requests of a method (whose path contains needle) were served."""
         return sum(1 for m, p in self.requests if m == method and needle in p)
@@ -116,11 +132,18 @@ class _Handler(BaseHTTPRequestHandler):
         if self.command != "HEAD":
             self.wfile.write(body)
 
-    def _error(self, status: int, message: str, code: str | None = None) -> None:
-        extra = {"X-Error-Message": message}
+    def _error(self, status: int, message: str, code: str | None = None, extra: dict | None = None) -> None:
+        extra = {"X-Error-Message": message, **(extra or {})}
         if code:
             extra["X-Error-Code"] = code
         self._send_json(status, {"error": message}, extra)
+
+    def _cut(self) -> None:
+        self.close_connection = True
+        try:
+            self.connection.shutdown(2)
+        except OSError:
+            pass
 
     def do_HEAD(self) -> None:
         self._handle()
@@ -132,6 +155,9 @@ class _Handler(BaseHTTPRequestHandler):
         hub = self.hub
         path = unquote(urlparse(self.path).path)
         hub.requests.append((self.command, path))
+        if hub.down:  # no answer at all: the client sees the connection cut
+            self._cut()
+            return
         if self.headers.get("Authorization") and "hf_" in self.headers.get("Authorization", ""):
             hub.requests.append(("AUTH", path))
         if hub.fault in ("401", "403"):
@@ -174,21 +200,28 @@ class _Handler(BaseHTTPRequestHandler):
             self._error(404, "Entry not found", "EntryNotFound")
             return
         size = hub_file.size
+        etag = f'"{hub_file.sha256}"'
         start, end = 0, size - 1
-        rng = self.headers.get("Range")
         status = 200
-        if rng and self.command == "GET":
-            m = re.match(r"bytes=(\d+)-(\d*)", rng)
-            if m:
-                start = int(m.group(1))
-                end = int(m.group(2)) if m.group(2) else size - 1
+        rng = self.headers.get("Range") if self.command == "GET" else None
+        if self.command == "GET":
+            self.hub.ranges.append(rng)
+        if rng and self.headers.get("If-Range", etag) != etag:
+            rng = None  # the client's copy is of another version: the whole file, as RFC 9110 says
+        if rng:
+            byte_range = _parse_range(rng, size)
+            if byte_range == "unsatisfiable":
+                self._error(416, "Requested Range Not Satisfiable", extra={"Content-Range": f"bytes */{size}"})
+                return
+            if byte_range is not None:
+                start, end = byte_range
                 status = 206
         length = max(0, end - start + 1)
         self.send_response(status)
         self.send_header("X-Repo-Commit", repo.commit)
-        self.send_header("X-Linked-Etag", f'"{hub_file.sha256}"')
+        self.send_header("X-Linked-Etag", etag)
         self.send_header("X-Linked-Size", str(size))
-        self.send_header("ETag", f'"{hub_file.sha256}"')
+        self.send_header("ETag", etag)
         self.send_header("Accept-Ranges", "bytes")
         self.send_header("Content-Type", "application/octet-stream")
         self.send_header("Content-Length", str(length if self.command == "GET" else size))
@@ -207,17 +240,39 @@ class _Handler(BaseHTTPRequestHandler):
                 if hub.fault == "corrupt":
                     block = bytes(b ^ 0x5A for b in block[:64]) + block[64:]
                 if hub.fault == "drop" and sent + len(block) > hub.drop_after:
-                    self.wfile.write(block[: max(0, hub.drop_after - sent)])
-                    self.wfile.flush()
-                    self.close_connection = True
-                    self.connection.shutdown(2)
+                    block = block[: max(0, hub.drop_after - sent)]
+                    self.wfile.write(block)
+                    hub.served(len(block))
+                    self._cut()
+                    return
+                if hub.fault == "outage" and hub.bytes_served + len(block) >= hub.drop_after:
+                    block = block[: max(0, hub.drop_after - hub.bytes_served)]
+                    self.wfile.write(block)
+                    hub.served(len(block))
+                    self._cut()
                     return
                 self.wfile.write(block)
+                hub.served(len(block))
                 sent += len(block)
                 if hub.fault == "slow":
                     time.sleep(hub.slow_delay)
         except (BrokenPipeError, ConnectionResetError, OSError):
             self.close_connection = True
+
+
+def _parse_range(header: str, size: int) -> tuple[int, int] | str | None:
+    """(first, last) byte of a single `bytes=` range, "unsatisfiable" past the end, or None to ignore it (serve 200)."""
+    m = re.fullmatch(r"\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*", header)
+    if not m or not (m.group(1) or m.group(2)):
+        return None  # malformed or several ranges: a server may answer with the whole file
+    if not m.group(1):  # bytes=-N: the last N bytes
+        suffix = int(m.group(2))
+        return (max(0, size - suffix), size - 1) if suffix and size else "unsatisfiable"
+    start = int(m.group(1))
+    end = min(int(m.group(2)), size - 1) if m.group(2) else size - 1
+    if m.group(2) and int(m.group(2)) < start:
+        return None  # an invalid range is ignored
+    return (start, end) if start < size else "unsatisfiable"
 
 
 def _blocks(hub_file: HubFile, start: int, length: int, size: int = 256 * 1024):

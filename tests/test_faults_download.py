@@ -91,11 +91,15 @@ def test_ctrl_c_during_pull_exits_130_and_leaves_no_file_at_the_final_path(hub_e
         proc.kill()
     assert proc.returncode == 130, err
     assert "Traceback" not in err and "error" not in err and out == ""
+    assert err.startswith("interrupted: ") and len(err.splitlines()) == 1, err
     assert not final_files(hub_env) and not complete_blobs(hub_env)
+    [part] = partial_blobs(hub_env)  # kept for the next pull
+    kept = part.stat().st_size
 
-    hub.fault = None  # nothing lost: the next pull completes and verifies
+    hub.fault = None  # nothing lost: the next pull continues from there, completes and verifies
     r = run_chatllm(["pull", "smollm2-135m"], hub_env)
     assert r.returncode == 0, r.stderr
+    assert hub.ranges[-1] == f"bytes={kept}-"
     [blob] = complete_blobs(hub_env)
     assert blob.name == SMOLLM["sha256"] and not partial_blobs(hub_env)
 

@@ -77,6 +77,7 @@ def show(
     from chatllm.runtime import download
     from chatllm.runtime.gguf import format_params, read_header
     from chatllm.runtime.loader import model_path, resolve_spec
+    from chatllm.runtime.verify import file_sha256
 
     out = Output()
     settings = plain_settings(model)
@@ -94,7 +95,7 @@ def show(
         "file": spec.file or path.name,
         "path": str(path),
         "size": info.size,
-        "sha256": download.file_sha256(spec, path, settings),
+        "sha256": file_sha256(spec, path, settings),
         "architecture": info.architecture,
         "parameters": info.n_params,
         "context_length": info.context_length,
@@ -161,7 +162,7 @@ def rm(
     if not files:
         out.status(f"{spec.name} is not downloaded: nothing to remove")
         return
-    total = sum(f.stat().st_size for f in files if f.exists())
+    total = sum(p.stat().st_size for p in {f.resolve() for f in files if f.exists()})  # a snapshot link and its blob once
     if not yes:
         if not out.confirm(f"remove {spec.name} ({_human(total)})?"):
             raise ChatllmError("not removed", "pass -y to remove without asking")

@@ -1,18 +1,26 @@
-"""Hub downloads through huggingface_hub: quant lookup, verified pulls (sha256, GGUF header), cache inventory, removal."""
+"""Hub downloads through huggingface_hub: quant lookup, verified pulls (sha256, GGUF header), cache inventory, removal.
+
+A pull that is stopped (Ctrl-C, SIGTERM, SIGKILL, a crash, a connection that stays down) is resumed by the next
+one: the bytes go to a part file beside the blob, blobs/<etag>.<file>.incomplete, which outlives the process and is
+continued with a Range request. huggingface_hub (2.x) cannot do that itself: it downloads to a name unique to each
+process and deletes it on any error. The etag in the name keeps a partial of a file the Hub has since replaced from
+being spliced onto the new one; the finished file is verified (sha256, GGUF header) as before.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
+import inspect
 import os
 import shutil
 from pathlib import Path
+from urllib.parse import quote, unquote, urlparse
 
 from chatllm.errors import ChatllmError, from_exception
 from chatllm.output import Output
-from chatllm.runtime.gguf import read_header
 from chatllm.runtime.registry import ModelSpec, pick_quant_file, split_parts
+from chatllm.runtime.verify import remove_path, verify_all
 from chatllm.settings import Settings
 
 SHA_RE_LEN = 64
@@ -100,7 +108,7 @@ def ensure_model(spec: ModelSpec, settings: Settings, out: Output, *, force: boo
     spec = resolve_file(spec, settings)
     present = None if force else cached_path(spec, settings)
     if present is not None:
-        problem = _verify_all(spec, settings, present, out, rehash=verify)
+        problem = verify_all(spec, settings, present, out, rehash=verify)
         if problem is None:
             return present
         out.warn(f"{problem}; downloading it again")
@@ -116,7 +124,7 @@ def ensure_model(spec: ModelSpec, settings: Settings, out: Output, *, force: boo
         first = first or path
     if first is None:
         raise ChatllmError(f"{spec.name}: nothing was downloaded", "check its entry in models.toml")
-    problem = _verify_all(spec, settings, first, out, rehash=True)
+    problem = verify_all(spec, settings, first, out, rehash=True)
     if problem is not None:
         raise ChatllmError(problem, "the download was removed; run `chatllm pull` again, or check the pinned sha256")
     return first
@@ -125,20 +133,21 @@ def ensure_model(spec: ModelSpec, settings: Settings, out: Output, *, force: boo
 def _download_one(spec: ModelSpec, filename: str, settings: Settings, out: Output, force: bool) -> Path:
     hf = _hf()
     what = f"{spec.repo}/{filename}"
-    meta = _hub_call(
-        what, hf.get_hf_file_metadata,
-        hf.hf_hub_url(spec.repo, filename, revision=spec.revision, endpoint=settings.hf_endpoint),
-        token=settings.hf_token or None, endpoint=settings.hf_endpoint,
-    )
+    url = hf.hf_hub_url(spec.repo, filename, revision=spec.revision, endpoint=settings.hf_endpoint)
+    meta = _hub_call(what, hf.get_hf_file_metadata, url, token=settings.hf_token or None, endpoint=settings.hf_endpoint)
     size = meta.size or (spec.size if filename == spec.file else None)
-    _check_disk(settings.hub_cache, size)
-    if out.err_tty:
-        out.status(f"pulling {spec.name}: {filename}" + (f" ({size / 1e6:,.1f} MB)" if size else ""))
+    tqdm_class = None if out.err_tty else _silent_tqdm()
+    resumable = bool(meta.etag and meta.commit_hash)
     try:
+        if resumable:
+            _hub_call(what, _fetch_blob, spec, filename, settings, out, force, url, meta, size, tqdm_class)
+        else:  # huggingface_hub refuses such a response itself, with its own error
+            _check_disk(settings.hub_cache, size)
+        # With the blob in place huggingface_hub only links it into its snapshot (and writes the ref).
         path = _hub_call(
             what, hf.hf_hub_download, spec.repo, filename,
             revision=spec.revision, cache_dir=str(settings.hub_cache), endpoint=settings.hf_endpoint,
-            token=settings.hf_token or None, force_download=force, tqdm_class=None if out.err_tty else _silent_tqdm(),
+            token=settings.hf_token or None, force_download=force and not resumable, tqdm_class=tqdm_class,
         )
     except ChatllmError as err:
         if "disk full" in err.message and size:
@@ -146,6 +155,135 @@ def _download_one(spec: ModelSpec, filename: str, settings: Settings, out: Outpu
                                err.hint) from err
         raise
     return Path(path)
+
+
+def _fetch_blob(spec: ModelSpec, filename: str, settings: Settings, out: Output, force: bool, url: str, meta,
+                size: int | None, tqdm_class) -> None:
+    """Download the blob of meta.etag into the cache, continuing a part file a stopped pull left behind."""
+    from huggingface_hub.file_download import http_get
+    from huggingface_hub.utils import WeakFileLock, build_hf_headers
+
+    folder = _repo_folder(settings, spec.require("repo"))
+    etag: str = meta.etag
+    blob = folder / "blobs" / etag
+    part = _part_path(folder, etag, filename)
+    lock = settings.hub_cache / ".locks" / folder.name / f"{etag}.lock"  # the lock huggingface_hub takes for this blob
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    blob.parent.mkdir(parents=True, exist_ok=True)
+    (folder / "snapshots").mkdir(exist_ok=True)  # a repo folder without one is a corrupted cache to huggingface_hub
+    with WeakFileLock(lock):
+        if blob.exists() and not force:
+            return  # another pull finished it while we waited
+        # A partial of another version of this file (another etag) must not be continued, and huggingface_hub's own
+        # per-process partials of this blob cannot be: both are dead weight (we hold the blob's lock).
+        for stale in _partials_of(folder, filename, {etag}):
+            if stale != part:
+                _unlink(stale)
+        if force:
+            _unlink(part)
+        have = _size(part)
+        if size is not None and have > size:
+            _unlink(part)
+            have = 0
+        _check_disk(settings.hub_cache, None if size is None else size - have)
+        if out.err_tty:
+            total = f" ({size / 1e6:,.1f} MB)" if size else ""
+            out.status(f"resuming {spec.name}: {filename} at {have / 1e6:,.1f} MB{total}" if have
+                       else f"pulling {spec.name}: {filename}{total}")
+        headers = build_hf_headers(token=settings.hf_token or None)
+        target = url
+        if meta.xet_file_data is None and meta.location and meta.location != url:
+            target = meta.location  # the redirect's target: this exact version, one hop fewer (as huggingface_hub does)
+            if _origin(target) != _origin(url):
+                headers.pop("authorization", None)  # a signed CDN url: the token stays with the Hub
+        extra = {"tqdm_class": tqdm_class} if "tqdm_class" in inspect.signature(http_get).parameters else {}
+        try:
+            with open(part, "ab") as fh:
+                http_get(target, fh, resume_size=have, headers=headers, expected_size=size, displayed_filename=filename,
+                         **extra)
+        except KeyboardInterrupt:
+            kept = _size(part)
+            if kept:
+                of = f" of {size / 1e6:,.1f}" if size else ""
+                out.status(f"interrupted: {kept / 1e6:,.1f}{of} MB of {filename} kept; "
+                           f"`chatllm pull {spec.name}` resumes from there")
+            raise
+        except Exception as exc:
+            kept = _size(part)
+            if not kept or not _transient(exc):
+                _unlink(part)  # no use to a next pull (or unsafe to continue): give the space back
+                raise
+            mapped = from_exception(exc, f"{spec.repo}/{filename}")
+            if mapped is None:
+                raise
+            raise ChatllmError(mapped.message, f"{mapped.hint}; the {kept / 1e6:,.1f} MB already downloaded are kept "
+                                               "and the next pull resumes from there") from exc
+        os.replace(part, blob)
+
+
+_NETWORK_ERRORS = {"ConnectionError", "ConnectError", "ConnectTimeout", "ReadTimeout", "Timeout", "TimeoutException",
+                   "RemoteProtocolError", "ChunkedEncodingError", "ProtocolError", "ReadError", "NetworkError"}
+
+
+def _transient(exc: BaseException) -> bool:
+    """A failure after which the bytes already written are still good to continue from (the network, the Hub)."""
+    if {cls.__name__ for cls in type(exc).__mro__} & _NETWORK_ERRORS:
+        return True
+    status = getattr(getattr(exc, "response", None), "status_code", None)
+    return isinstance(status, int) and (status >= 500 or status in (401, 403, 408, 429))
+
+
+def _origin(url: str) -> tuple[str, str]:
+    parsed = urlparse(url)
+    return parsed.scheme, parsed.netloc
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
+def _unlink(path: Path) -> None:
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        pass
+
+
+# -- partial downloads -----------------------------------------------------------------------------
+
+PART_SUFFIX = ".incomplete"
+
+
+def _part_tag(filename: str) -> str:
+    """The file's name as it appears in its part file's name (a hash when quoting makes it too long)."""
+    tag = quote(filename, safe="")
+    return tag if len(tag) <= 160 else "sha256-" + hashlib.sha256(filename.encode()).hexdigest()[:32]
+
+
+def _part_path(folder: Path, etag: str, filename: str) -> Path:
+    return folder / "blobs" / f"{etag}.{_part_tag(filename)}{PART_SUFFIX}"
+
+
+def _partials(folder: Path) -> list[tuple[Path, str, str]]:
+    """(path, etag, tag) of each partial download in a repo folder: chatllm's (tag: the file) and huggingface_hub's
+    (<etag>.incomplete or <etag>.<random>.incomplete: tag '' or the random part)."""
+    found = []
+    for path in (folder / "blobs").glob("*" + PART_SUFFIX):
+        etag, _, tag = path.name[: -len(PART_SUFFIX)].partition(".")
+        found.append((path, etag, tag))
+    return found
+
+
+def _partials_of(folder: Path, filename: str, etags: set[str] | frozenset[str] = frozenset()) -> list[Path]:
+    """The partial downloads of one file: chatllm's part files of any version of it, and any partial (huggingface_hub's
+    too) of one of its known etags."""
+    tag = _part_tag(filename)
+    entries = _partials(folder)
+    etags = set(etags) | {e for _, e, t in entries if t == tag}
+    return [p for p, e, t in entries if t == tag or e in etags]
 
 
 def _silent_tqdm():
@@ -179,136 +317,44 @@ def _check_disk(folder: Path, size: int | None) -> None:
         )
 
 
-# -- verification --------------------------------------------------------------------------------
-
-
-def sha256_file(path: Path) -> str:
-    """Hex sha256 of a file, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _expected_sha(spec: ModelSpec, path: Path, filename: str) -> str | None:
-    if spec.sha256 and filename == spec.file:
-        return spec.sha256.lower()
-    blob = Path(os.path.realpath(path)).name  # huggingface_hub names LFS blobs by their sha256
-    return blob.lower() if len(blob) == SHA_RE_LEN and all(c in "0123456789abcdef" for c in blob.lower()) else None
-
-
-def _verified_db(settings: Settings) -> Path:
-    return settings.home / "verified.json"
-
-
-def _load_verified(settings: Settings) -> dict:
-    try:
-        return json.loads(_verified_db(settings).read_text())
-    except (OSError, ValueError):
-        return {}
-
-
-def _remember(settings: Settings, real: Path, digest: str) -> None:
-    db = _load_verified(settings)
-    st = real.stat()
-    db[str(real)] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": digest}
-    try:
-        settings.home.mkdir(parents=True, exist_ok=True)
-        tmp = _verified_db(settings).with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(db, indent=1))
-        tmp.replace(_verified_db(settings))
-    except OSError:
-        pass  # a read-only home only costs a re-hash next time
-
-
-def _verify_all(spec: ModelSpec, settings: Settings, first: Path, out: Output, rehash: bool) -> str | None:
-    """None when every shard matches its expected size/sha256 and the header is sound; else the problem."""
-    folder = first.parent
-    for part in split_parts(spec.require("file")):
-        path = folder / Path(part).name if part != spec.file else first
-        problem = _verify_one(spec, settings, path, part, out, rehash)
-        if problem:
-            _remove_path(path)
-            return problem
-    try:
-        read_header(first, check_data=len(split_parts(spec.require("file"))) == 1)
-    except ChatllmError as err:
-        _remove_path(first)
-        return err.message
-    return None
-
-
-def _verify_one(spec: ModelSpec, settings: Settings, path: Path, filename: str, out: Output, rehash: bool) -> str | None:
-    if not path.exists():
-        return f"{filename} is missing from the cache"
-    real = Path(os.path.realpath(path))
-    st = real.stat()
-    if spec.size and filename == spec.file and st.st_size != spec.size:
-        return f"{filename}: size {st.st_size:,} bytes, expected {spec.size:,}"
-    expected = _expected_sha(spec, path, filename)
-    known = _load_verified(settings).get(str(real))
-    if not rehash and known and known["size"] == st.st_size and known["mtime_ns"] == st.st_mtime_ns:
-        if expected is None or known["sha256"] == expected:
-            return None
-    if expected is None:
-        return None
-    if out.err_tty:
-        out.status(f"verifying {filename} ({st.st_size / 1e6:,.0f} MB)")
-    actual = sha256_file(real)
-    if actual != expected:
-        return f"sha256 mismatch for {filename}: expected {expected}, got {actual}"
-    _remember(settings, real, actual)
-    return None
-
-
-def _remove_path(path: Path) -> None:
-    real = Path(os.path.realpath(path))
-    for p in {path, real}:
-        try:
-            p.unlink()
-        except FileNotFoundError:
-            pass
-
-
-def file_sha256(spec: ModelSpec, path: Path, settings: Settings) -> str:
-    """The file's sha256: the pinned or LFS hash once verified, else computed once and remembered."""
-    real = Path(os.path.realpath(path))
-    st = real.stat()
-    known = _load_verified(settings).get(str(real))
-    if known and known["size"] == st.st_size and known["mtime_ns"] == st.st_mtime_ns:
-        return known["sha256"]
-    digest = sha256_file(real)
-    _remember(settings, real, digest)
-    return digest
-
-
 # -- inventory and removal -------------------------------------------------------------------------
 
 
 def downloaded_files(spec: ModelSpec, settings: Settings) -> list[Path]:
-    """Snapshot links and blobs of this model's file(s), in every cached revision."""
+    """Snapshot links and blobs of this model's file(s), in every cached revision, and their partial downloads."""
     if not spec.repo:
         return []
+    folder = _repo_folder(settings, spec.require("repo"))
     if not spec.file:
-        spec = dataclasses.replace(spec, file=_cached_quant(spec, settings))
+        spec = dataclasses.replace(spec, file=_cached_quant(spec, settings) or _partial_quant(spec, folder))
         if not spec.file:
             return []
-    folder = _repo_folder(settings, spec.require("repo"))
     found: list[Path] = []
     for part in split_parts(spec.file):
+        etags = {spec.sha256.lower()} if spec.sha256 and part == spec.file else set()
         for link in folder.glob(f"snapshots/*/{part}"):
             found.append(link)
             real = Path(os.path.realpath(link))
             if real != link and real.exists():
                 found.append(real)
+                etags.add(real.name)
+        found.extend(_partials_of(folder, part, etags))
     return list(dict.fromkeys(found))
 
 
+def _partial_quant(spec: ModelSpec, folder: Path) -> str | None:
+    """For hf:owner/repo:QUANT with nothing but a partial download: the file that partial is of."""
+    files = sorted({unquote(tag) for _, _, tag in _partials(folder) if tag.endswith(".gguf")})
+    try:
+        return pick_quant_file(spec.require("repo"), spec.require("quant"), files) if files else None
+    except ChatllmError:
+        return None
+
+
 def remove_files(files: list[Path], settings: Settings) -> None:
-    """Delete the given cache entries, then any now-empty snapshot folders."""
+    """Delete the given cache entries, then any now-empty snapshot folders (and a repo folder left with nothing)."""
     for path in files:
-        _remove_path(path)
+        remove_path(path)
     for path in files:
         for parent in path.parents:
             if parent == settings.hub_cache or not str(parent).startswith(str(settings.hub_cache)):
@@ -317,6 +363,12 @@ def remove_files(files: list[Path], settings: Settings) -> None:
                 parent.rmdir()
             except OSError:
                 break
+    for repo in {p for path in files for p in path.parents if p.parent == settings.hub_cache}:
+        for folder in (repo / "snapshots", repo / "blobs", repo):
+            try:
+                folder.rmdir()
+            except OSError:
+                pass
 
 
 def inventory(registry: dict[str, ModelSpec], settings: Settings) -> list[dict]:
