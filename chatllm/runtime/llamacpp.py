@@ -16,11 +16,12 @@ import llama_cpp
 from llama_cpp import _internals as internals
 from llama_cpp import llama_chat_format
 
-from chatllm.errors import ChatllmError, ContextOverflowError, NoChatTemplateError
+from chatllm.errors import ChatllmError, NoChatTemplateError
 from chatllm.runtime.contract import GenerationStats
 from chatllm.runtime.cpu_buffers import drop_amx_buffer
 from chatllm.runtime.devices import choose_gpu_layers, extra_buffers_safe
 from chatllm.runtime.stops import StopFilter
+from chatllm.runtime.templates import ChatTemplate, check_fits
 from chatllm.runtime.threads import default_threads
 from chatllm.settings import DEFAULT_CTX, Sampling
 
@@ -145,7 +146,7 @@ class LlamaCppEngine:
         self.metadata = self._model.metadata()
         self.chat_template = self.metadata.get("tokenizer.chat_template") or None
         self.chat_format = chat_format
-        self._formatter: llama_chat_format.Jinja2ChatFormatter | None = None
+        self._template: ChatTemplate | None = None
         self.last_stats = GenerationStats()
 
     # -- tokens ---------------------------------------------------------------------------------
@@ -191,41 +192,25 @@ class LlamaCppEngine:
         """Render messages with the GGUF's template (sandboxed Jinja) or the chat_format override."""
         if not self.has_chat_template:
             raise NoChatTemplateError(self.name)
-        try:
-            if self.chat_format:
-                return _named_format(self.chat_format)(messages=messages).prompt
-            if self._formatter is None:
-                self._formatter = llama_chat_format.Jinja2ChatFormatter(
-                    template=self.chat_template or "",
-                    eos_token=self._special_text(self._model.token_eos()),
-                    bos_token=self._special_text(self._model.token_bos()),
-                    add_generation_prompt=True,
-                )
-            env = self._formatter._environment
-            return env.render(
-                messages=messages,
-                eos_token=self._formatter.eos_token,
-                bos_token=self._formatter.bos_token,
-                raise_exception=_raise_template_error,
-                add_generation_prompt=add_generation_prompt,
-                strftime_now=self._formatter.strftime_now,
+        if self.chat_format:
+            formatter = _named_format(self.chat_format)
+            try:
+                return formatter(messages=messages).prompt
+            except Exception as exc:  # llama-cpp-python's formatters fail on roles they do not know
+                raise ChatllmError(f"the {self.chat_format} chat format failed: {type(exc).__name__}: {str(exc)[:200]}",
+                                   "check the roles, or try another --chat-format") from None
+        if self._template is None:
+            self._template = ChatTemplate(
+                self.chat_template or "", bos=self._special_text(self._model.token_bos()),
+                eos=self._special_text(self._model.token_eos()), model=self.name,
+                hint="pass --chat-format chatml (or llama-3, gemma, mistral-instruct, ...) to use a built-in format",
             )
-        except ChatllmError:
-            raise
-        except Exception as exc:  # the template is untrusted model data: any failure is the template's
-            raise ChatllmError(
-                f"the chat template of {self.name} failed to render: {type(exc).__name__}: {str(exc)[:200]}",
-                "pass --chat-format chatml (or llama-3, gemma, mistral-instruct, ...) to use a built-in format",
-            )
+        return self._template.render(messages, add_generation_prompt)
 
     def _special_text(self, token: int) -> str:
         return self._model.token_get_text(token) if token >= 0 else ""
 
     # -- evaluation -----------------------------------------------------------------------------
-
-    def _check_fits(self, n_prompt: int, reserve: int) -> None:
-        if n_prompt + reserve > self.n_ctx or n_prompt >= self.n_ctx:
-            raise ContextOverflowError(n_prompt, self.n_ctx, reserve if n_prompt < self.n_ctx else 0)
 
     def _eval(self, tokens: Sequence[int]) -> int:
         """Make the KV cache hold exactly `tokens`, evaluating only what differs; returns tokens reused."""
@@ -298,7 +283,7 @@ class LlamaCppEngine:
         if not tokens:
             raise ChatllmError("empty prompt", "give some text")
         max_tokens = min(sampling.max_tokens, self.n_ctx - len(tokens))
-        self._check_fits(len(tokens), min(sampling.max_tokens, 1))
+        check_fits(len(tokens), min(sampling.max_tokens, 1), self.n_ctx)
         stats = self.last_stats = GenerationStats(prompt_tokens=len(tokens), finish_reason="length")
         start = time.perf_counter()
         stats.cached_tokens = self._eval(tokens)
@@ -346,7 +331,7 @@ class LlamaCppEngine:
 
         tokens = self.prompt_tokens(prefix) if isinstance(prefix, str) else list(prefix)
         longest = max((len(c) for c in continuations), default=0)
-        self._check_fits(len(tokens) + longest, 0)
+        check_fits(len(tokens) + longest, 0, self.n_ctx)
         self._eval(tokens)
         first = self._logprobs_at(-1, np)
         scores = []
@@ -384,10 +369,6 @@ class LlamaCppEngine:
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-
-def _raise_template_error(message: str):
-    raise ChatllmError(f"the chat template refused the conversation: {message}", "check the roles, or pass --chat-format")
 
 
 def _named_format(name: str):

@@ -30,19 +30,18 @@ Each contract method and what it asks the server (HTTP in chatllm.runtime.remote
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import os
 import time
 from collections import OrderedDict
-from datetime import datetime
 from typing import Any, Generator, Sequence
 
-from chatllm.errors import ChatllmError, ContextOverflowError, NoChatTemplateError, UsageError
+from chatllm.errors import ChatllmError, NoChatTemplateError, UsageError
 from chatllm.runtime.contract import GenerationStats
 from chatllm.runtime.registry import ModelSpec
 from chatllm.runtime.remote_http import Server
 from chatllm.runtime.stops import StopFilter
+from chatllm.runtime.templates import ChatTemplate, check_fits
 from chatllm.settings import DEFAULT_CTX, Sampling
 
 TOP_N = 10  # next-token log-probs asked per scoring request
@@ -82,7 +81,7 @@ class RemoteEngine:
         self.chat_template: str | None = props.get("chat_template") or None
         self._bos_text = str(props.get("bos_token") or "")
         self._eos_text = str(props.get("eos_token") or "")
-        self._template: Any = None
+        self._template: ChatTemplate | None = None
         self._memo: OrderedDict[tuple[str, bool, bool], list[int]] = OrderedDict()
         self.last_stats = GenerationStats()
         with_bos = self.tokenize("a", add_bos=True)
@@ -160,27 +159,14 @@ class RemoteEngine:
         if not self.chat_template:
             data = self.server.post("/apply-template", {"messages": messages, "add_generation_prompt": add_generation_prompt})
             return str(data.get("prompt", "")) if isinstance(data, dict) else ""
-        try:
-            if self._template is None:
-                self._template = _compile(self.chat_template)
-            return self._template.render(
-                messages=messages, bos_token=self._bos_text, eos_token=self._eos_text,
-                add_generation_prompt=add_generation_prompt, raise_exception=_raise_template_error,
-                strftime_now=lambda f: datetime.now().strftime(f),
+        if self._template is None:
+            self._template = ChatTemplate(
+                self.chat_template, bos=self._bos_text, eos=self._eos_text, model=self.name,
+                hint="start llama-server with --chat-template chatml (or llama3, gemma, ...) to use a built-in template",
             )
-        except ChatllmError:
-            raise
-        except Exception as exc:  # the template is untrusted model data: any failure is the template's
-            raise ChatllmError(
-                f"the chat template of {self.name} failed to render: {type(exc).__name__}: {str(exc)[:200]}",
-                "start llama-server with --chat-template chatml (or llama3, gemma, ...) to use a built-in template",
-            )
+        return self._template.render(messages, add_generation_prompt)
 
     # -- generation -----------------------------------------------------------------------------
-
-    def _check_fits(self, n_prompt: int, reserve: int) -> None:
-        if n_prompt + reserve > self.n_ctx or n_prompt >= self.n_ctx:
-            raise ContextOverflowError(n_prompt, self.n_ctx, reserve if n_prompt < self.n_ctx else 0)
 
     def _body(self, tokens: list[int], s: Sampling) -> dict:
         body: dict[str, Any] = {
@@ -199,7 +185,7 @@ class RemoteEngine:
         tokens = self.prompt_tokens(prompt) if isinstance(prompt, str) else list(prompt)
         if not tokens:
             raise ChatllmError("empty prompt", "give some text")
-        self._check_fits(len(tokens), min(sampling.max_tokens, 1))
+        check_fits(len(tokens), min(sampling.max_tokens, 1), self.n_ctx)
         body = self._body(tokens, sampling)
         stats = self.last_stats = GenerationStats(prompt_tokens=len(tokens), finish_reason="length")
         start = time.perf_counter()
@@ -246,7 +232,7 @@ class RemoteEngine:
         """Log-probability of each token sequence following the prefix (exact; see the module docstring)."""
         tokens = self.prompt_tokens(prefix) if isinstance(prefix, str) else list(prefix)
         longest = max((len(c) for c in continuations), default=0)
-        self._check_fits(len(tokens) + longest, 0)
+        check_fits(len(tokens) + longest, 0, self.n_ctx)
         known: dict[tuple[int, ...], dict[int, float]] = {}
         if longest:
             # Evaluate the prefix first, so every score below comes from the last prefix token decoded alone (llama-server
@@ -344,24 +330,3 @@ def _take_usage(stats: GenerationStats, event: dict) -> None:
         stats.cached_tokens = timings["cache_n"]
 
 
-def _compile(template: str):
-    import jinja2
-    from jinja2 import ext
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
-
-    class IgnoreGenerationTags(ext.Extension):
-        tags = {"generation"}
-
-        def parse(self, parser):
-            parser.stream.skip(1)
-            return parser.parse_statements(("name:endgeneration",), drop_needle=True)
-
-    env = ImmutableSandboxedEnvironment(loader=jinja2.BaseLoader(), trim_blocks=True, lstrip_blocks=True,
-                                        extensions=[IgnoreGenerationTags, ext.loopcontrols])
-    env.filters["tojson"] = lambda x, ensure_ascii=False, indent=None, separators=None, sort_keys=False: json.dumps(
-        x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
-    return env.from_string(template)
-
-
-def _raise_template_error(message: str):
-    raise ChatllmError(f"the chat template refused the conversation: {message}", "check the roles")
