@@ -11,9 +11,9 @@ from prompt_toolkit.input import create_pipe_input
 from prompt_toolkit.output import DummyOutput
 
 from chatllm.errors import UsageError
+from chatllm.inputs import piped_lines
 from chatllm.output import Output
 from chatllm.repl.commands import COMMANDS, parse_set
-from chatllm.repl.lines import piped_lines
 from chatllm.repl.loop import Repl
 from chatllm.repl.session import SlashCompleter, make_session
 from chatllm.repl.views import LiveMarkdownView, markdown_tail

@@ -88,7 +88,7 @@ def chat(
 
 
 def _run(conv: "Conversation", out: Output, settings: Settings, piped: bool, stdin: TextIO) -> None:
-    from chatllm.repl.lines import piped_lines
+    from chatllm.inputs import piped_lines
     from chatllm.repl.loop import Repl
 
     if piped:
@@ -139,21 +139,21 @@ def history(
         raise UsageError("--limit must be 0 or more", "0 shows all")
     from chatllm.output import format_date, short_model
 
-    out = Output()
+    out = Output(as_json=as_json)
     store = _store()
     try:
         rows = store.list(limit or None)
     finally:
         store.close()
-    if as_json:
-        out.json([r.as_dict() for r in rows])
-        return
-    if not rows:
-        out.status("no saved conversations yet; start one with `chatllm chat`")
-        return
-    out.table(["id", "model", "first line", "turns", "date"], [
-        [r.id, short_model(r.model), r.title, r.turns, format_date(r.updated_at)]
-        for r in rows])
+
+    def human() -> None:
+        if not rows:
+            out.status("no saved conversations yet; start one with `chatllm chat`")
+            return
+        out.table(["id", "model", "first line", "turns", "date"],
+                  [[r.id, short_model(r.model), r.title, r.turns, format_date(r.updated_at)] for r in rows])
+
+    out.result([r.as_dict() for r in rows], human)
 
 
 @history_app.command("show")
@@ -164,17 +164,15 @@ def history_show(
     """Print one conversation as markdown (rendered in a terminal)."""
     from chatllm.tasks.transcripts import conversation_json, transcript_markdown
 
-    out = Output()
+    out = Output(as_json=as_json)
     store = _store()
     try:
         conv = store.load(conv_id)
     finally:
         store.close()
     kw = dict(model=conv.model, conv_id=conv.id, created_at=conv.created_at)
-    if as_json:
-        out.json(conversation_json(conv.system, conv.exchanges, **kw))
-    else:
-        out.markdown(transcript_markdown(conv.system, conv.exchanges, **kw))
+    out.result(conversation_json(conv.system, conv.exchanges, **kw),
+               lambda: out.markdown(transcript_markdown(conv.system, conv.exchanges, **kw)))
 
 
 @history_app.command("rm")

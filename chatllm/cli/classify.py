@@ -106,7 +106,7 @@ def _run(task: str, labels: Optional[List[str]], descriptions: dict, examples_pa
     from chatllm.tasks.classify import Classifier, check_setup
     from chatllm.tasks.fewshot import load_examples
 
-    out = Output()
+    out = Output(as_json=as_json)
     if lang not in ("auto", "en", "zh"):
         raise UsageError(f"unknown --lang {lang!r}", "use auto, en or zh")
     shots = load_examples(examples_path, out.warn) if examples_path is not None else None
@@ -125,23 +125,20 @@ def _run(task: str, labels: Optional[List[str]], descriptions: dict, examples_pa
 
     if column is not None or lines:
         items = nonempty_items(line_items(text, file, column, out.warn))
-        _run_lines(build(), items, as_json, out)
+        _run_lines(build(), items, out)
     else:
         one = whole_text(text, file, out.warn)
-        _run_one(build(), one, as_json, out)
+        _run_one(build(), one, out)
 
 
-def _run_one(classifier: "Classifier", text: str, as_json: bool, out: Output) -> None:
+def _run_one(classifier: "Classifier", text: str, out: Output) -> None:
     result = classifier.classify(text)
     if result.truncated:
         out.warn("the text is long: its start and end were classified, its middle left out")
-    if as_json:
-        out.json(result.to_json())
-    else:
-        out.line(f"{result.label}\t{result.probability:.4f}")
+    out.result(result.to_json(), lambda: out.line(f"{result.label}\t{result.probability:.4f}"))
 
 
-def _run_lines(classifier: "Classifier", items: "Iterator[tuple[str, str | None]]", as_json: bool, out: Output) -> None:
+def _run_lines(classifier: "Classifier", items: "Iterator[tuple[str, str | None]]", out: Output) -> None:
     start, done, failed, cut = time.perf_counter(), 0, 0, 0
     with out.progress("classifying", total=None) as bar:
         for number, (text, error) in enumerate(items, 1):
@@ -149,7 +146,7 @@ def _run_lines(classifier: "Classifier", items: "Iterator[tuple[str, str | None]
             if result.error:
                 failed += 1
             cut += result.truncated
-            _print_row(out, result, number, as_json)
+            _print_row(out, result, number)
             done += 1
             bar.advance(1)
     seconds = time.perf_counter() - start
@@ -172,14 +169,16 @@ def _classify_row(classifier: "Classifier", text: str, error: Optional[str]) -> 
     return result
 
 
-def _print_row(out: Output, result: "Result", number: int, as_json: bool) -> None:
-    if as_json:
-        row = result.to_json()
-        out.json({"line": number, **row} if result.error else row)
-    elif result.error:
-        out.line(f"{ERROR_LABEL}\t\tline {number}: {result.error}")
-    else:
-        out.line(f"{result.label}\t{result.probability:.4f}\t{_one_line(result.text)}")
+def _print_row(out: Output, result: "Result", number: int) -> None:
+    row = result.to_json()
+
+    def human() -> None:
+        if result.error:
+            out.line(f"{ERROR_LABEL}\t\tline {number}: {result.error}")
+        else:
+            out.line(f"{result.label}\t{result.probability:.4f}\t{_one_line(result.text)}")
+
+    out.result({"line": number, **row} if result.error else row, human)
 
 
 def _one_line(text: str) -> str:

@@ -50,22 +50,19 @@ def list_models(
     from chatllm.runtime import download
     from chatllm.runtime.registry import load_registry
 
-    out = Output()
+    out = Output(as_json=as_json)
     settings = plain_settings()
     registry = load_registry(settings)
     rows = download.inventory({a: s for a, s in registry.items() if not s.is_remote}, settings)
     rows += [{"name": alias, "remote": True, "url": s.url, "model": s.remote_model, "params": s.params, "quant": "",
               "size": None, "downloaded": False, "path": None, "default": s.default, "description": s.description}
              for alias, s in registry.items() if s.is_remote]
-    if as_json:
-        out.json(rows)
-        return
-    out.table(
+    out.result(rows, lambda: out.table(
         ["model", "params", "quant", "size", "downloaded", "path"],
         [[r["name"] + (" (default)" if r.get("default") else ""), r["params"], r["quant"], _human(r["size"]),
           "remote" if r.get("remote") else "yes" if r["downloaded"] else "no",
           (f"{r['url']}#{r['model']}" if r.get("model") else r["url"]) if r.get("remote") else r["path"] or ""] for r in rows],
-    )
+    ))
 
 
 
@@ -79,11 +76,11 @@ def show(
     from chatllm.runtime.loader import model_path, resolve_spec
     from chatllm.runtime.verify import file_sha256
 
-    out = Output()
+    out = Output(as_json=as_json)
     settings = plain_settings(model)
     spec = resolve_spec(settings, model)
     if spec.is_remote:
-        _show_remote(spec, out, as_json)
+        _show_remote(spec, out)
         return
     path = spec.local_path or download.cached_path(spec, settings)
     if path is None:
@@ -107,38 +104,44 @@ def show(
         "description": spec.description,
         "license": spec.license,
     }
-    if as_json:
-        out.json(data)
-        return
-    data["parameters"] = f"{format_params(info.n_params)} ({info.n_params:,})"
-    data["size"] = f"{_human(info.size)} ({info.size:,} bytes)"
-    data["chat_template"] = f"yes ({info.chat_template_hash})" if info.chat_template else "no (use `generate`, or --chat-format)"
-    del data["chat_template_sha256"]
-    for key, value in data.items():
-        if value not in (None, ""):
-            out.line(f"{key:<16}{value}")
+
+    def human() -> None:
+        shown = dict(data, parameters=f"{format_params(info.n_params)} ({info.n_params:,})",
+                     size=f"{_human(info.size)} ({info.size:,} bytes)",
+                     chat_template=f"yes ({info.chat_template_hash})" if info.chat_template else "no (use `generate`, or --chat-format)")
+        del shown["chat_template_sha256"]
+        _print_fields(out, shown)
+
+    out.result(data, human)
 
 
-def _show_remote(spec, out: Output, as_json: bool) -> None:
+def _show_remote(spec, out: Output) -> None:
     from chatllm.runtime.gguf import format_params
     from chatllm.runtime.remote import describe
 
     data = describe(spec)
-    if as_json:
-        out.json(data)
-        return
-    if isinstance(data["parameters"], int):
-        data["parameters"] = f"{format_params(data['parameters'])} ({data['parameters']:,})"
-    if isinstance(data["size"], int):
-        data["size"] = f"{_human(data['size'])} ({data['size']:,} bytes)"
-    data["remote"] = "yes: the server runs it, nothing is downloaded"
-    data["served_models"] = ", ".join(data["served_models"])
-    sha = data.pop("chat_template_sha256")
-    data["chat_template"] = f"yes ({sha})" if data["chat_template"] else "no (use `generate`)"
-    data["tls_verify"] = None if data["tls_verify"] else "off"
+
+    def human() -> None:
+        shown = dict(data)
+        if isinstance(shown["parameters"], int):
+            shown["parameters"] = f"{format_params(shown['parameters'])} ({shown['parameters']:,})"
+        if isinstance(shown["size"], int):
+            shown["size"] = f"{_human(shown['size'])} ({shown['size']:,} bytes)"
+        shown["remote"] = "yes: the server runs it, nothing is downloaded"
+        shown["served_models"] = ", ".join(shown["served_models"])
+        sha = shown.pop("chat_template_sha256")
+        shown["chat_template"] = f"yes ({sha})" if shown["chat_template"] else "no (use `generate`)"
+        shown["tls_verify"] = None if shown["tls_verify"] else "off"
+        _print_fields(out, shown, width=18)
+
+    out.result(data, human)
+
+
+def _print_fields(out: Output, data: dict, width: int = 16, skip_empty: bool = True) -> None:
+    """One `key  value` line per field, aligned."""
     for key, value in data.items():
-        if value not in (None, ""):
-            out.line(f"{key:<18}{value}")
+        if not skip_empty or value not in (None, ""):
+            out.line(f"{key:<{width}}{value}")
 
 
 def rm(
@@ -180,7 +183,7 @@ def info(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = 
     from chatllm.runtime.loader import resolve_spec
     from chatllm.runtime.threads import physical_cores
 
-    out = Output()
+    out = Output(as_json=as_json)
     settings = plain_settings()
     build = build_info()
     try:
@@ -205,8 +208,4 @@ def info(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = 
         "weight_repacking": "on" if extra_buffers_safe(build["system_info"]) else "on, without llama.cpp's AMX buffers (they crash)",
         "cpu_features": build["system_info"],
     }
-    if as_json:
-        out.json(data)
-    else:
-        for key, value in data.items():
-            out.line(f"{key:<18}{value}")
+    out.result(data, lambda: _print_fields(out, data, width=18, skip_empty=False))

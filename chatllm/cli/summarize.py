@@ -86,7 +86,7 @@ def _options(length: str, words: Optional[int], style: str, lang: Optional[str],
                           max_tokens=cap, **({} if chunk_tokens is None else {"chunk_tokens": chunk_tokens or None}))
 
 
-def _run(engine, source_blocks, size_hint, label: str, settings: Settings, options, out: Output, as_json: bool):
+def _run(engine, source_blocks, size_hint, label: str, settings: Settings, options, out: Output):
     """Summarize one stream: progress on stderr, the final pass streamed to stdout (or returned for --json)."""
     from chatllm.tasks.summarize import Summarizer
 
@@ -94,7 +94,7 @@ def _run(engine, source_blocks, size_hint, label: str, settings: Settings, optio
     started = [False]
 
     def on_text(piece: str) -> None:
-        if as_json:
+        if out.as_json:
             return
         if not started[0]:
             started[0] = True
@@ -107,7 +107,7 @@ def _run(engine, source_blocks, size_hint, label: str, settings: Settings, optio
         result = summarizer.summarize(source_blocks, on_text=on_text, size_hint=size_hint)
     finally:
         view.stop()
-    if not as_json and (not result.text.endswith("\n")):
+    if not out.as_json and not result.text.endswith("\n"):
         out.write("\n")
     return result
 
@@ -159,7 +159,7 @@ def summarize(
                               top_p=top_p, top_k=top_k, seed=seed, stop=stop)
     from chatllm.inputs import gather_sources
 
-    out = Output()
+    out = Output(as_json=as_json)
     options = _options(length, words, style, lang, focus, chunk_tokens, settings)
     sources = gather_sources(files, out.warn)  # every input is checked before the model loads
 
@@ -172,16 +172,13 @@ def summarize(
         groups = [(s.name, [s]) for s in sources]
     many = len(groups) > 1
     for i, (label, group) in enumerate(groups):
-        if many and not as_json:
+        if many and not out.as_json:
             out.line(("\n" if i else "") + f"## {label}\n")
         size = sum(s.size_hint or 0 for s in group) or None
-        result = _run(engine, _joined(group, out), size, label, settings, options, out, as_json)
-        if as_json:
-            record: dict[str, object] = {"file": label} if not (combine and len(sources) > 1) else {"files": [s.name for s in group]}
-            record.update(model=engine.name, **result.as_dict())
-            out.json(record)
-        elif out.err_tty:
-            out.status(_stats_line(result))
+        result = _run(engine, _joined(group, out), size, label, settings, options, out)
+        record: dict[str, object] = {"file": label} if not (combine and len(sources) > 1) else {"files": [s.name for s in group]}
+        record.update(model=engine.name, **result.as_dict())
+        out.result(record, lambda: out.status(_stats_line(result)) if out.err_tty else None)
 
 
 def _joined(sources: "list[Source]", out: Output) -> Iterator[str]:

@@ -18,9 +18,9 @@ from types import FrameType
 from typing import TYPE_CHECKING, Iterable, Iterator
 
 from chatllm.errors import ChatllmError, UsageError
+from chatllm.inputs import unwrap_block
 from chatllm.output import Output, format_date, format_stats, short_model
 from chatllm.repl.commands import COMMANDS, INPUT_HELP, parse_set, sampling_text, setting_name
-from chatllm.repl.lines import unwrap_block
 from chatllm.repl.views import LiveMarkdownView, PlainView, ReplyView, chat_markdown
 from chatllm.store import first_line
 from chatllm.tasks.chat import Conversation, Turn

@@ -19,8 +19,8 @@ from prompt_toolkit.key_binding import KeyBindings, KeyPressEvent
 from prompt_toolkit.output import Output as TerminalOutput
 from prompt_toolkit.styles import Style
 
+from chatllm.inputs import block_is_open
 from chatllm.repl.commands import COMMANDS, SETTABLE
-from chatllm.repl.lines import block_is_open
 
 
 def make_session(history_path: Path | None, *, input: Input | None = None, output: TerminalOutput | None = None,
