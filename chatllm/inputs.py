@@ -21,7 +21,6 @@ from typing import IO, Callable, Iterable, Iterator, Sequence
 
 from chatllm.errors import UsageError
 
-SNIFF = 64 * 1024
 BLOCK = 1 << 20
 
 
