@@ -178,12 +178,12 @@ def _fetch_blob(spec: ModelSpec, filename: str, settings: Settings, out: Output,
         # per-process partials of this blob cannot be: both are dead weight (we hold the blob's lock).
         for stale in _partials_of(folder, filename, {etag}):
             if stale != part:
-                _unlink(stale)
+                stale.unlink(missing_ok=True)
         if force:
-            _unlink(part)
+            part.unlink(missing_ok=True)
         have = _size(part)
         if size is not None and have > size:
-            _unlink(part)
+            part.unlink(missing_ok=True)
             have = 0
         _check_disk(settings.hub_cache, None if size is None else size - have)
         if out.err_tty:
@@ -211,7 +211,7 @@ def _fetch_blob(spec: ModelSpec, filename: str, settings: Settings, out: Output,
         except Exception as exc:
             kept = _size(part)
             if not kept or not _transient(exc):
-                _unlink(part)  # no use to a next pull (or unsafe to continue): give the space back
+                part.unlink(missing_ok=True)  # no use to a next pull (or unsafe to continue): give the space back
                 raise
             mapped = from_exception(exc, f"{spec.repo}/{filename}")
             if mapped is None:
@@ -243,13 +243,6 @@ def _size(path: Path) -> int:
         return path.stat().st_size
     except OSError:
         return 0
-
-
-def _unlink(path: Path) -> None:
-    try:
-        path.unlink()
-    except FileNotFoundError:
-        pass
 
 
 # -- partial downloads -----------------------------------------------------------------------------

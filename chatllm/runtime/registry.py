@@ -123,12 +123,7 @@ def _load_table(path: Path, source: str) -> dict[str, ModelSpec]:
         if "url" in table:
             specs[alias] = _remote_entry(path, alias, table, source)
             continue
-        unknown = set(table) - TABLE_KEYS
-        if unknown:
-            raise ChatllmError(
-                f"{path}: [{alias}] has unknown key {sorted(unknown)[0]!r}",
-                f"known keys: {', '.join(sorted(TABLE_KEYS))}",
-            )
+        _check_keys(path, alias, table, TABLE_KEYS)
         check_types(path, table, SPEC_TYPES, f"[{alias}] ")
         if not isinstance(table.get("repo"), str) or table["repo"].count("/") != 1:
             raise ChatllmError(f"{path}: [{alias}] needs `repo = \"owner/name\"`", "give the Hub repository")
@@ -140,13 +135,16 @@ def _load_table(path: Path, source: str) -> dict[str, ModelSpec]:
     return specs
 
 
-def _remote_entry(path: Path, alias: str, table: dict, source: str) -> ModelSpec:
-    unknown = set(table) - REMOTE_KEYS
+def _check_keys(path: Path, alias: str, table: dict, known: set[str], what: str = "") -> None:
+    """Refuse a key the entry's kind does not have, listing the ones it has."""
+    unknown = set(table) - known
     if unknown:
-        raise ChatllmError(
-            f"{path}: [{alias}] has unknown key {sorted(unknown)[0]!r} for a remote model (it has a `url`)",
-            f"known keys: {', '.join(sorted(REMOTE_KEYS))}",
-        )
+        raise ChatllmError(f"{path}: [{alias}] has unknown key {sorted(unknown)[0]!r}{what}",
+                           f"known keys: {', '.join(sorted(known))}")
+
+
+def _remote_entry(path: Path, alias: str, table: dict, source: str) -> ModelSpec:
+    _check_keys(path, alias, table, REMOTE_KEYS, " for a remote model (it has a `url`)")
     check_types(path, table, SPEC_TYPES, f"[{alias}] ")
     url = _check_url(table["url"], lambda msg: ChatllmError(f"{path}: [{alias}] {msg}", 'for example url = "http://127.0.0.1:8080/v1"'))
     key_env = table.get("api_key_env")

@@ -102,10 +102,7 @@ def _verify_one(spec: ModelSpec, settings: Settings, path: Path, filename: str, 
 def remove_path(path: Path) -> None:
     real = Path(os.path.realpath(path))
     for p in {path, real}:
-        try:
-            p.unlink()
-        except FileNotFoundError:
-            pass
+        p.unlink(missing_ok=True)
 
 
 def file_sha256(spec: ModelSpec, path: Path, settings: Settings) -> str:
