@@ -134,7 +134,7 @@ def stdin_is_piped() -> bool:
 
 
 def gather_prompt(words: list[str] | None, file: Path | None, warn: Callable[[str], None] | None = None,
-                  n_ctx: int | None = None) -> str:
+                  n_ctx: int | None = None, *, allow_empty: bool = False) -> str:
     """The prompt words, then the -f file, then piped stdin, joined by blank lines (reading stops past n_ctx)."""
     parts = [" ".join(words).strip()] if words else []
     if file is not None:
@@ -142,7 +142,7 @@ def gather_prompt(words: list[str] | None, file: Path | None, warn: Callable[[st
     if stdin_is_piped():
         parts.append(read_prompt("-", warn, n_ctx, allow_empty=True))
     parts = [p for p in parts if p.strip()]
-    if not parts:
+    if not parts and not allow_empty:
         raise UsageError("nothing to ask: no prompt, no -f FILE and no piped input",
                          'give a prompt: chatllm ask "why is the sky blue?"')
     return "\n\n".join(parts)

@@ -91,6 +91,10 @@ class Output:
         """One JSON document (or JSON Lines row) on stdout."""
         self.line(json.dumps(obj, ensure_ascii=False))
 
+    def json_value(self, value: object) -> None:
+        """A JSON answer on stdout: indented in a terminal, one compact line in a pipe."""
+        self.line(json.dumps(value, ensure_ascii=False, indent=2 if self.is_tty else None))
+
     def result(self, record: object, human: Callable[[], None] | None = None) -> None:
         """One result: the JSON record in --json mode, else whatever `human` prints (nothing if None)."""
         if self.as_json:

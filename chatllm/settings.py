@@ -27,6 +27,7 @@ class Sampling:
     repeat_penalty: float = 1.1
     seed: int | None = None
     stop: tuple[str, ...] = ()
+    json_schema: str | None = None  # compact JSON Schema text the answer must match (decoding is constrained to it)
 
     def replace(self, **changes) -> "Sampling":
         """A copy with some values changed (None values are ignored)."""
@@ -70,7 +71,7 @@ class Settings:
 
 
 CONFIG_KEYS = {"model", "device", "gpu_layers", "ctx", "threads", "batch", "sampling"}
-SAMPLING_KEYS = {f.name for f in dataclasses.fields(Sampling)}
+SAMPLING_KEYS = {f.name for f in dataclasses.fields(Sampling)} - {"json_schema"}  # a schema is per command, not a setting
 # key: (lowest, highest, whether the lowest itself is refused). The one home of these bounds: flags, config.toml
 # and the REPL's /set all check through check_sampling.
 SAMPLING_BOUNDS: dict[str, tuple[float, float | None, bool]] = {

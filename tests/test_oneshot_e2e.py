@@ -42,11 +42,12 @@ def test_ask_with_piped_stdin_streams_plain_text(chatllm):
     assert "red" in r.stdout.lower()
 
 
-def test_ask_json_has_counts_and_speed(chatllm):
-    r = chatllm("ask", *FAST, "--json", "-s", "Answer briefly.", "Say hello")
+def test_ask_json_has_counts_and_speed_and_a_json_answer(chatllm):
+    r = chatllm("ask", "-t", "0", "-n", "64", "--json", "-s", "Answer briefly.", "Say hello")
     assert r.returncode == 0, r.stderr
     data = json.loads(r.stdout)
     assert data["text"] and data["completion_tokens"] >= 1 and data["prompt_tokens"] > 5
+    assert isinstance(data["data"], dict) and json.loads(data["text"]) == data["data"]  # --json alone: any JSON object
     assert data["model"].endswith(".gguf") and data["seconds"] > 0
     assert set(data) >= {"tokens_per_second", "first_token_seconds", "finish_reason"}
 

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 from chatllm.runtime.contract import Engine, GenerationStats
 from chatllm.settings import Sampling
+from chatllm.tasks.structured import JsonSpec, decode
 
 
 @dataclass
@@ -16,6 +17,8 @@ class Answer:
     model: str
     text: str
     stats: GenerationStats
+    data: Any = None  # the validated JSON value when the answer was asked for under a schema
+    structured: bool = False
 
     def as_dict(self) -> dict:
         """The --json record."""
@@ -23,6 +26,7 @@ class Answer:
         return {
             "model": self.model,
             "text": self.text,
+            **({"data": self.data} if self.structured else {}),
             "prompt_tokens": s.prompt_tokens,
             "completion_tokens": s.completion_tokens,
             "seconds": round(s.seconds, 3),
@@ -33,15 +37,30 @@ class Answer:
 
 
 def ask(engine: Engine, message: str, sampling: Sampling, *, system: str | None = None,
-        on_text: Callable[[str], None] | None = None) -> Answer:
-    """Answer one message through the model's chat template; the reply's leading whitespace is dropped."""
+        on_text: Callable[[str], None] | None = None, spec: JsonSpec | None = None) -> Answer:
+    """Answer one message through the model's chat template; under a spec the answer is validated JSON (in data)."""
+    if spec is not None:  # the model is told what the grammar holds it to: small models fill fields far better
+        system = f"{system}\n\n{spec.instruction()}" if system else spec.instruction()
+        sampling = sampling.replace(json_schema=spec.wire_text)
     messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": message}]
-    return _run(engine, engine.render_chat(messages), sampling, on_text, strip_leading=True)
+    answer = _run(engine, engine.render_chat(messages), sampling, on_text, strip_leading=True)
+    return _structured(answer, spec)
 
 
-def generate(engine: Engine, text: str, sampling: Sampling, *, on_text: Callable[[str], None] | None = None) -> Answer:
-    """Continue raw text with no chat template (template markers in the text stay plain text)."""
-    return _run(engine, engine.prompt_tokens(text, special=False), sampling, on_text, strip_leading=False)
+def _structured(answer: Answer, spec: JsonSpec | None) -> Answer:
+    if spec is not None:
+        answer.data = decode(spec, answer.text, answer.stats.finish_reason)
+        answer.structured = True
+    return answer
+
+
+def generate(engine: Engine, text: str, sampling: Sampling, *, on_text: Callable[[str], None] | None = None,
+             spec: JsonSpec | None = None) -> Answer:
+    """Continue raw text with no chat template (template markers in the text stay plain text); a spec holds it to JSON."""
+    if spec is not None:
+        sampling = sampling.replace(json_schema=spec.wire_text)
+    answer = _run(engine, engine.prompt_tokens(text, special=False), sampling, on_text, strip_leading=False)
+    return _structured(answer, spec)
 
 
 def _run(engine: Engine, prompt: str | list[int], sampling: Sampling, on_text: Callable[[str], None] | None,
