@@ -1,9 +1,10 @@
 """`chatllm ask` and `chatllm generate`: parse the flags, read the prompt, run the one-shot task, print."""
 
 from pathlib import Path
-from typing import Annotated, List, Optional
+from typing import Annotated, Any, Callable, List, Optional
 
 import typer
+from typer.core import TyperCommand
 
 from chatllm.cli.options import (
     ChatFormat,
@@ -24,8 +25,60 @@ from chatllm.cli.options import (
 from chatllm.output import Output, format_stats
 from chatllm.settings import Settings
 
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object with text and token counts.")]
+PANEL_STRUCTURED = "Structured output"
+PANEL_BATCH = "Batches and templates"
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON record (text, data, token counts); without --schema "
+                                                      "the answer is held to any JSON object.")]
 FileOpt = Annotated[Optional[Path], typer.Option("--file", "-f", help="Read more input from FILE.")]
+SchemaOpt = Annotated[Optional[str], typer.Option(
+    "--schema", metavar="SCHEMA", help="The answer must match this JSON Schema: a file, inline JSON, or 'name, age int, tags str[], bio: "
+                     "a short bio'. Stdout is exactly the JSON.", rich_help_panel=PANEL_STRUCTURED, show_default=False)]
+SchemaMultiOpt = Annotated[Optional[str], typer.Option(
+    "--schema-multi", metavar="SCHEMA", help="Like --schema, for a list of such objects: {\"items\": [...]}",
+    rich_help_panel=PANEL_STRUCTURED, show_default=False)]
+LinesOpt = Annotated[bool, typer.Option(
+    "--lines", help="Each input line (or JSON Lines row) is one prompt; the words are the shared instruction. One output "
+                    "line per row, in order.", rich_help_panel=PANEL_BATCH)]
+OutputOpt = Annotated[Optional[Path], typer.Option(
+    "--output", "-o", metavar="OUT.jsonl", help="With --lines: write the --json rows to OUT.jsonl (replaced unless --resume).",
+    rich_help_panel=PANEL_BATCH, show_default=False)]
+ResumeOpt = Annotated[bool, typer.Option(
+    "--resume", help="With --lines -o OUT: skip the ids already in OUT (failed rows too: delete their lines to retry "
+                     "them), append the rest.", rich_help_panel=PANEL_BATCH)]
+TemplateOpt = Annotated[Optional[str], typer.Option(
+    "--template", metavar="NAME", help="Run the saved template NAME (see `chatllm templates`).", rich_help_panel=PANEL_BATCH,
+    show_default=False)]
+ParamOpt = Annotated[Optional[List[str]], typer.Option(
+    "--param", "-p", metavar="KEY VALUE", help="A template variable ($KEY).", rich_help_panel=PANEL_BATCH, show_default=False)]
+SaveOpt = Annotated[Optional[str], typer.Option(
+    "--save", metavar="NAME", help="Save these flags and prompt as template NAME; run nothing.", rich_help_panel=PANEL_BATCH,
+    show_default=False)]
+PARAM_FLAGS = ("-p", "--param")
+
+
+class PairedParams(TyperCommand):
+    """A command whose `-p KEY VALUE` takes two words (Typer has no two-value repeatable option)."""
+
+    def parse_args(self, ctx, args):
+        """Join each `-p KEY VALUE` into one `KEY=VALUE` word before Click parses."""
+        return super().parse_args(ctx, join_param_pairs(args))
+
+
+def join_param_pairs(args: List[str]) -> List[str]:
+    """`-p KEY VALUE` as `-p KEY\\0VALUE`; `-p KEY=VALUE` is accepted as it is."""
+    joined: List[str] = []
+    i = 0
+    while i < len(args):
+        word = args[i]
+        if word == "--":
+            return joined + args[i:]
+        if word in PARAM_FLAGS and i + 2 < len(args) and "=" not in args[i + 1]:
+            joined += [word, f"{args[i + 1]}\0{args[i + 2]}"]
+            i += 3
+            continue
+        joined.append(word)
+        i += 1
+    return joined
 
 
 def ask(
@@ -33,6 +86,14 @@ def ask(
     system: Annotated[Optional[str], typer.Option("--system", "-s", help="System prompt.")] = None,
     file: FileOpt = None,
     as_json: JsonOpt = False,
+    schema: SchemaOpt = None,
+    schema_multi: SchemaMultiOpt = None,
+    lines: LinesOpt = False,
+    output: OutputOpt = None,
+    resume: ResumeOpt = False,
+    template: TemplateOpt = None,
+    param: ParamOpt = None,
+    save: SaveOpt = None,
     model: Model = None, device: Device = None, gpu_layers: GpuLayers = None, ctx: Ctx = None, threads: Threads = None,
     chat_format: ChatFormat = None, offline: Offline = False,
     max_tokens: MaxTokens = None, temperature: Temperature = None, top_p: TopP = None, top_k: TopK = None,
@@ -40,18 +101,52 @@ def ask(
 ) -> None:
     """Ask one question through the model's chat template; the answer streams to stdout.
 
-    Example: cat notes.txt | chatllm ask "what are the action items?"
+    Examples: cat notes.txt | chatllm ask "what are the action items?"
+    chatllm ask --schema 'name, age int' "Invent a person"; chatllm ask --lines "Translate to French:" < phrases.txt
     """
+    sampling: dict[str, Any] = {"max_tokens": max_tokens, "temperature": temperature, "top_p": top_p, "top_k": top_k,
+                                "seed": seed, "stop": stop}
+    _check_one_schema(schema, schema_multi)
+    if save:
+        _save_template(save, prompt, system=system, schema=schema_multi or schema, multi=schema_multi is not None,
+                       model=model, sampling=sampling)
+        return
+    compose: Callable[[str], str] = _instruction_first(prompt)
+    if template:
+        tpl = _load_template(template)
+        model = model or tpl.model
+        system = system if system is not None else _template_system(tpl, param or [])
+        if schema is None and schema_multi is None and tpl.schema:
+            schema, schema_multi = (None, tpl.schema) if tpl.schema_multi else (tpl.schema, None)
+        sampling = {k: v if v is not None else tpl.sampling.get(k) for k, v in sampling.items()}
+        compose = _template_compose(tpl, param or [], prompt, lines)
+    elif param:
+        from chatllm.errors import UsageError
+
+        raise UsageError("-p sets a template variable, and no --template was given", "chatllm ask --template NAME -p KEY VALUE")
     settings = model_settings(model=model, device=device, gpu_layers=gpu_layers, ctx=ctx, threads=threads,
-                              chat_format=chat_format, offline=offline, max_tokens=max_tokens, temperature=temperature,
-                              top_p=top_p, top_k=top_k, seed=seed, stop=stop)
-    _one_shot("ask", prompt, file, settings, Output(as_json=as_json), system=system)
+                              chat_format=chat_format, offline=offline, **sampling)
+    spec = _spec(schema, schema_multi, any_object=as_json and not lines)
+    out = Output(as_json=as_json)
+    if lines:
+        from chatllm.cli.batch import run_batch
+
+        run_batch(settings, out, compose=compose, system=system, spec=spec, file=file, output=output, resume=resume)
+        return
+    if output is not None or resume:
+        from chatllm.errors import UsageError
+
+        raise UsageError("-o/--output and --resume go with --lines", "chatllm ask --lines -o out.jsonl < prompts.txt")
+    _one_shot("ask", prompt, file, settings, out, system=system, spec=spec,
+              compose=compose if template else None)
 
 
 def generate(
     prompt: Annotated[Optional[List[str]], typer.Argument(help="Text to continue; piped stdin is appended.", show_default=False)] = None,
     file: Annotated[Optional[Path], typer.Option("--file", "-f", help="Read the text from FILE.")] = None,
-    as_json: JsonOpt = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON record with text and token counts.")] = False,
+    schema: SchemaOpt = None,
+    schema_multi: SchemaMultiOpt = None,
     model: Model = None, device: Device = None, gpu_layers: GpuLayers = None, ctx: Ctx = None, threads: Threads = None,
     chat_format: ChatFormat = None, offline: Offline = False,
     max_tokens: MaxTokens = None, temperature: Temperature = None, top_p: TopP = None, top_k: TopK = None,
@@ -64,25 +159,98 @@ def generate(
     settings = model_settings(model=model, device=device, gpu_layers=gpu_layers, ctx=ctx, threads=threads,
                               chat_format=chat_format, offline=offline, max_tokens=max_tokens, temperature=temperature,
                               top_p=top_p, top_k=top_k, seed=seed, stop=stop)
-    _one_shot("generate", prompt, file, settings, Output(as_json=as_json))
+    _check_one_schema(schema, schema_multi)
+    _one_shot("generate", prompt, file, settings, Output(as_json=as_json), spec=_spec(schema, schema_multi, any_object=False))
+
+
+def _check_one_schema(schema: Optional[str], schema_multi: Optional[str]) -> None:
+    if schema is not None and schema_multi is not None:
+        from chatllm.errors import UsageError
+
+        raise UsageError("give --schema or --schema-multi, not both", "--schema-multi takes the schema of one item")
+
+
+def _spec(schema: Optional[str], schema_multi: Optional[str], any_object: bool):
+    if schema is None and schema_multi is None and not any_object:
+        return None
+    from chatllm.tasks.structured import json_spec
+
+    if schema_multi is not None:
+        return json_spec(schema_multi, multi=True, where="--schema-multi")
+    return json_spec(schema)
+
+
+def _instruction_first(words: Optional[List[str]]) -> Callable[[str], str]:
+    """Row text -> message: the shared instruction first, so every row reuses its cached tokens."""
+    instruction = " ".join(words or []).strip()
+    return lambda row: f"{instruction}\n\n{row}" if instruction and row else instruction or row
+
+
+def _load_template(name: str):
+    from chatllm.settings import config_dir
+    from chatllm.tasks.prompt_templates import load_template
+
+    return load_template(config_dir(), name)
+
+
+def _param_values(params: List[str]) -> dict[str, str]:
+    from chatllm.errors import UsageError
+
+    values: dict[str, str] = {}
+    for pair in params:
+        key, sep, value = pair.partition("\0") if "\0" in pair else pair.partition("=")
+        if not sep or not key:
+            raise UsageError(f"-p needs a name and a value, not {pair!r}", "chatllm ask --template NAME -p KEY VALUE")
+        values[key] = value
+    return values
+
+
+def _template_system(tpl, params: List[str]) -> Optional[str]:
+    from chatllm.tasks.prompt_templates import render_system
+
+    return render_system(tpl, _param_values(params))
+
+
+def _template_compose(tpl, params: List[str], words: Optional[List[str]], lines: bool) -> Callable[[str], str]:
+    from chatllm.errors import UsageError
+    from chatllm.tasks.prompt_templates import render_prompt
+
+    values = _param_values(params)
+    if lines and words:
+        raise UsageError("with --template and --lines, each line is the template's $input", "drop the prompt words")
+    render_prompt(tpl, "check", values)  # a missing variable fails before any model loads
+    return lambda text: render_prompt(tpl, text, values)
+
+
+def _save_template(name: str, words: Optional[List[str]], **fields) -> None:
+    from chatllm.settings import config_dir
+    from chatllm.tasks.prompt_templates import save_template
+
+    path = save_template(config_dir(), name, prompt=" ".join(words or []).strip() or None, **fields)
+    Output().status(f"saved template {name!r} to {path}")
 
 
 def _one_shot(kind: str, words: Optional[List[str]], file: Optional[Path], settings: Settings, out: Output,
-              system: Optional[str] = None) -> None:
+              system: Optional[str] = None, spec=None, compose: Optional[Callable[[str], str]] = None) -> None:
     from chatllm.inputs import gather_prompt
     from chatllm.runtime.loader import load_engine
     from chatllm.tasks import oneshot
 
-    text = gather_prompt(words, file, out.warn, settings.n_ctx)  # read before the model loads: bad input fails fast
+    # read before the model loads: bad input fails fast
+    text = gather_prompt(words, file, out.warn, settings.n_ctx, allow_empty=compose is not None)
+    if compose is not None:
+        text = compose(text)
     engine = load_engine(settings, out)
-    on_text = None if out.as_json else out.write
+    on_text = None if out.as_json or spec is not None else out.write
     if kind == "ask":
-        answer = oneshot.ask(engine, text, settings.sampling, system=system, on_text=on_text)
+        answer = oneshot.ask(engine, text, settings.sampling, system=system, on_text=on_text, spec=spec)
     else:
-        answer = oneshot.generate(engine, text, settings.sampling, on_text=on_text)
+        answer = oneshot.generate(engine, text, settings.sampling, on_text=on_text, spec=spec)
 
     def human() -> None:
-        if not answer.text.endswith("\n"):
+        if spec is not None:
+            out.json_value(answer.data)
+        elif not answer.text.endswith("\n"):
             out.write("\n")
         if out.err_tty:
             out.status(format_stats(answer.stats))
