@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from array import array
 from typing import Callable, ClassVar, Generator, Mapping, Sequence
 
 from chatllm.errors import ChatllmError, NoChatTemplateError
@@ -84,10 +85,13 @@ class FakeEngine:
         self.closed = False
         self.streamed: list[list[int]] = []
         self.max_tokens: list[int] = []
+        self.samplings: list[Sampling] = []
         self.prompt_texts: list[str] = []
         self.full_tokenizations = 0
         self.calls: list[list[int]] = []
         self.cache: list[int] = []
+        self.saved_states = 0
+        self.loaded_states = 0
 
     # -- tokens -----------------------------------------------------------------------------------
 
@@ -144,6 +148,7 @@ class FakeEngine:
         self._check_usable(len(tokens))
         self.streamed.append(tokens)
         self.max_tokens.append(sampling.max_tokens)
+        self.samplings.append(sampling)
         stats = self.last_stats = GenerationStats(prompt_tokens=len(tokens), cached_tokens=self._load_cache(tokens),
                                                   first_token_seconds=0.01, seconds=0.02, finish_reason="length")
         pieces = self._pieces(self._next_reply(tokens))
@@ -195,6 +200,7 @@ class FakeEngine:
         tokens = self._tokens_of(prefix)
         self._check_usable(len(tokens) + max((len(c) for c in continuations), default=0))
         self.calls.append(tokens)
+        self._load_cache(tokens)
         item = self.detokenize(tokens).rsplit("Text:", 1)[-1].lower()
         scores = []
         for cont in continuations:
@@ -205,6 +211,28 @@ class FakeEngine:
         return scores
 
     # -- shared -----------------------------------------------------------------------------------
+
+    def state_key(self) -> dict | None:
+        return {"engine": "fake", "name": self.name, "n_ctx": self.n_ctx, "split": self.split, "template": self.template}
+
+    def save_state(self, n_tokens: int | None = None) -> tuple[list[int], memoryview] | None:
+        # The 'state' is the cached ids themselves, so a restore can be checked against what was saved.
+        if n_tokens is not None:
+            del self.cache[n_tokens:]
+        if not self.cache:
+            return None
+        self.saved_states += 1
+        return list(self.cache), memoryview(array("i", self.cache).tobytes())
+
+    def load_state(self, tokens: Sequence[int], data: memoryview) -> int:
+        self.cache = []
+        held = array("i")
+        held.frombytes(bytes(data))
+        if list(held) != list(tokens):
+            return 0
+        self.cache = list(tokens)
+        self.loaded_states += 1
+        return len(tokens)
 
     def close(self) -> None:
         self.closed = True

@@ -490,3 +490,13 @@ def test_a_broken_stream_is_one_error(body, phrase):
                 eng.complete([1, 2, 3], GREEDY)
     finally:
         script.close()
+
+
+def test_a_schema_reaches_llama_server_and_its_answer_validates(engine):
+    from chatllm.tasks import oneshot
+    from chatllm.tasks.structured import json_spec
+
+    spec = json_spec("name, age int, 城市")
+    for seed in range(2):
+        answer = oneshot.ask(engine, "Invent a person.", Sampling(max_tokens=120, temperature=1.0, seed=seed), spec=spec)
+        assert set(answer.data) == {"name", "age", "城市"} and isinstance(answer.data["age"], int)

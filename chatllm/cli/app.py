@@ -40,11 +40,11 @@ def root(
 
 def _register() -> None:
     """Every command, in the order `chatllm --help` lists them."""
-    from chatllm.cli import chat, classify, models, oneshot, summarize
+    from chatllm.cli import cache, chat, classify, models, oneshot, summarize, templates
 
     commands: list[tuple[str, Callable, dict]] = [
         ("chat", chat.chat, {}),
-        ("ask", oneshot.ask, {}),
+        ("ask", oneshot.ask, {"cls": oneshot.PairedParams}),
         ("generate", oneshot.generate, {}),
         ("summarize", summarize.summarize, {}),
         ("sentiment", classify.sentiment, {}),
@@ -59,6 +59,8 @@ def _register() -> None:
     for name, func, extra in commands:
         app.command(name, **extra)(func)
     app.add_typer(chat.history_app, name="history")
+    app.add_typer(cache.cache_app, name="cache")
+    app.add_typer(templates.templates_app, name="templates")
 
 
 _register()

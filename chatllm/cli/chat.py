@@ -4,6 +4,7 @@ from typing import TYPE_CHECKING, Annotated, Optional, TextIO, cast
 
 import typer
 
+from chatllm.cli.cache import NoCache, open_kv_cache
 from chatllm.cli.options import (
     ChatFormat,
     Ctx,
@@ -38,7 +39,7 @@ def chat(
     model: Model = None, device: Device = None, gpu_layers: GpuLayers = None, ctx: Ctx = None, threads: Threads = None,
     chat_format: ChatFormat = None, offline: Offline = False,
     max_tokens: MaxTokens = None, temperature: Temperature = None, top_p: TopP = None, top_k: TopK = None,
-    seed: Seed = None, stop: Stop = None,
+    seed: Seed = None, stop: Stop = None, no_cache: NoCache = False,
 ) -> None:
     """Chat with a model: replies stream as they are written, and every exchange is saved.
 
@@ -73,15 +74,19 @@ def chat(
         def open_engine(name: str) -> "Engine":
             return load_engine(settings.replace(model=name), out)
 
+        kv = open_kv_cache(settings, out, no_cache)
         conv = Conversation(engine, settings.sampling, system=system, store=store, notice=out.status,
-                            open_engine=open_engine)
+                            open_engine=open_engine, kv_cache=kv)
         if stored is not None:
             conv.resume(stored, system)
             if stored.model and stored.model != engine.name:
                 out.status(f"note: conversation {stored.id} was with {stored.model}; continuing with {engine.name}")
+            conv.warm_up()  # the saved KV state, if it matches, loads before the first message is typed
         try:
             _run(conv, out, settings, piped, sys.stdin)
         finally:
+            if kv is not None:
+                kv.flush()  # the last reply's state reaches the disk before the process ends
             conv.engine.close()
     finally:
         store.close()

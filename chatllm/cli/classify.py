@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING, Annotated, Iterator, List, Optional
 
 import typer
 
+from chatllm.cli.cache import NoCache, open_kv_cache
 from chatllm.cli.options import ChatFormat, Ctx, Device, GpuLayers, Model, Offline, Threads, model_settings
 from chatllm.errors import UsageError
 from chatllm.output import Output
@@ -43,7 +44,7 @@ def sentiment(
     lang: LangOpt = "auto",
     calibrate: CalibrateOpt = None,
     model: Model = None, device: Device = None, gpu_layers: GpuLayers = None, ctx: Ctx = None, threads: Threads = None,
-    chat_format: ChatFormat = None, offline: Offline = False,
+    chat_format: ChatFormat = None, offline: Offline = False, no_cache: NoCache = False,
 ) -> None:
     """Sentiment label and its probability, scored by the model itself; one text or thousands of lines.
 
@@ -57,7 +58,7 @@ def sentiment(
     if neutral and NEUTRAL not in chosen:
         chosen.append(NEUTRAL)
     _run("sentiment", chosen, {}, examples, text=text, file=file, lines=lines, column=column, as_json=as_json, lang=lang,
-         calibrate=calibrate, settings=settings)
+         calibrate=calibrate, settings=settings, no_cache=no_cache)
 
 
 def classify(
@@ -73,7 +74,7 @@ def classify(
     lang: LangOpt = "auto",
     calibrate: CalibrateOpt = None,
     model: Model = None, device: Device = None, gpu_layers: GpuLayers = None, ctx: Ctx = None, threads: Threads = None,
-    chat_format: ChatFormat = None, offline: Offline = False,
+    chat_format: ChatFormat = None, offline: Offline = False, no_cache: NoCache = False,
 ) -> None:
     """Zero-shot (or few-shot) classification into your labels, with a probability for each.
 
@@ -85,7 +86,7 @@ def classify(
 
     chosen = parse_labels(labels) if labels else None
     _run("classify", chosen, _descriptions(describe), examples, text=text, file=file, lines=lines, column=column,
-         as_json=as_json, lang=lang, calibrate=calibrate, settings=settings)
+         as_json=as_json, lang=lang, calibrate=calibrate, settings=settings, no_cache=no_cache)
 
 
 def _descriptions(pairs: Optional[List[str]]) -> dict[str, str]:
@@ -100,7 +101,7 @@ def _descriptions(pairs: Optional[List[str]]) -> dict[str, str]:
 
 def _run(task: str, labels: Optional[List[str]], descriptions: dict, examples_path: Optional[Path], *,
          text: Optional[List[str]], file: Optional[Path], lines: bool, column: Optional[str], as_json: bool, lang: str,
-         calibrate: Optional[bool], settings: Settings) -> None:
+         calibrate: Optional[bool], settings: Settings, no_cache: bool = False) -> None:
     """Check everything the user gave, then load the model once and classify one text or every line."""
     from chatllm.inputs import line_items, nonempty_items, whole_text
     from chatllm.tasks.classify import Classifier, check_setup
@@ -121,7 +122,7 @@ def _run(task: str, labels: Optional[List[str]], descriptions: dict, examples_pa
         from chatllm.runtime.loader import load_engine
 
         return Classifier(load_engine(settings, out), labels, task=task, descriptions=descriptions, examples=shots,
-                          calibrate=calibrate, lang=lang)
+                          calibrate=calibrate, lang=lang, kv_cache=open_kv_cache(settings, out, no_cache))
 
     if column is not None or lines:
         items = nonempty_items(line_items(text, file, column, out.warn))

@@ -208,4 +208,7 @@ def info(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = 
         "weight_repacking": "on" if extra_buffers_safe(build["system_info"]) else "on, without llama.cpp's AMX buffers (they crash)",
         "cpu_features": build["system_info"],
     }
+    from chatllm.cli.cache import cache_summary
+
+    data.update(cache_summary(settings))
     out.result(data, lambda: _print_fields(out, data, width=18, skip_empty=False))

@@ -76,6 +76,18 @@ class Engine(Protocol):
         """Log-probability of each token sequence following the prefix."""
         ...
 
+    def state_key(self) -> dict | None:
+        """What a saved KV state depends on (model file, context, template, kernels); None when it cannot be saved."""
+        ...
+
+    def save_state(self, n_tokens: int | None = None) -> tuple[list[int], memoryview] | None:
+        """The tokens the KV cache holds (cut to the first n_tokens) and its state as bytes; None when there is none."""
+        ...
+
+    def load_state(self, tokens: Sequence[int], data: memoryview) -> int:
+        """Make the KV cache hold `tokens` from state bytes save_state gave; tokens restored (0: failed, cache empty)."""
+        ...
+
     def close(self) -> None:
         """Free the model; the engine is unusable afterwards."""
         ...

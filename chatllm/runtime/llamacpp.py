@@ -5,6 +5,7 @@ from __future__ import annotations
 import codecs
 import collections
 import ctypes
+import hashlib
 import math
 import os
 import sys
@@ -20,6 +21,7 @@ from chatllm.errors import ChatllmError, NoChatTemplateError
 from chatllm.runtime.contract import GenerationStats
 from chatllm.runtime.cpu_buffers import drop_amx_buffer
 from chatllm.runtime.devices import choose_gpu_layers, extra_buffers_safe
+from chatllm.runtime.llamacpp_grammar import GrammarSampler, json_schema_grammar
 from chatllm.runtime.stops import StopFilter
 from chatllm.runtime.templates import ChatTemplate, check_fits
 from chatllm.runtime.threads import default_threads
@@ -147,6 +149,7 @@ class LlamaCppEngine:
         self.chat_template = self.metadata.get("tokenizer.chat_template") or None
         self.chat_format = chat_format
         self._template: ChatTemplate | None = None
+        self._grammars: dict[str, str] = {}
         self.last_stats = GenerationStats()
 
     # -- tokens ---------------------------------------------------------------------------------
@@ -277,6 +280,12 @@ class LlamaCppEngine:
         sampler.add_dist(seed & 0xFFFFFFFF)
         return sampler
 
+    def _gbnf(self, schema: str) -> str:
+        """The GBNF grammar for a JSON Schema, converted once per schema text."""
+        if schema not in self._grammars:
+            self._grammars[schema] = json_schema_grammar(schema)
+        return self._grammars[schema]
+
     def stream(self, prompt: str | Sequence[int], sampling: Sampling) -> Generator[str, None, None]:
         """Yield text pieces as tokens arrive; multi-byte characters come out whole. Stats in last_stats."""
         tokens = self.prompt_tokens(prompt) if isinstance(prompt, str) else list(prompt)
@@ -288,12 +297,14 @@ class LlamaCppEngine:
         start = time.perf_counter()
         stats.cached_tokens = self._eval(tokens)
         sampler = self._sampler(sampling)
+        constrained = (GrammarSampler(self._vocab, self._gbnf(sampling.json_schema), sampler.sampler, self.n_vocab)
+                       if sampling.json_schema else None)
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         stops = StopFilter(sampling.stop)
         ctx, smpl, vocab = self._ctx.ctx, sampler.sampler, self._vocab
         try:
             for _ in range(max_tokens):
-                token = llama_cpp.llama_sampler_sample(smpl, ctx, -1)
+                token = constrained.sample(ctx) if constrained else llama_cpp.llama_sampler_sample(smpl, ctx, -1)
                 if llama_cpp.llama_vocab_is_eog(vocab, token):
                     stats.finish_reason = "stop"
                     break
@@ -319,6 +330,8 @@ class LlamaCppEngine:
             raise
         finally:
             stats.seconds = time.perf_counter() - start
+            if constrained:
+                constrained.close()
             sampler.close()
 
     def complete(self, prompt: str | Sequence[int], sampling: Sampling) -> str:
@@ -355,6 +368,41 @@ class LlamaCppEngine:
         logits = np.ctypeslib.as_array(ptr, shape=(self.n_vocab,)).astype(np.float64)
         m = logits.max()
         return logits - (m + math.log(np.exp(logits - m).sum()))
+
+    def state_key(self) -> dict | None:
+        """What a saved KV state depends on; the model file is named by path here (the cache adds its sha256)."""
+        defaults = llama_cpp.llama_context_default_params()  # the KV types are llama.cpp's defaults: never set here
+        return {"engine": "llama.cpp", "llama_cpp_python": llama_cpp.__version__, "model_path": str(self.path.resolve()),
+                "n_ctx": self.n_ctx, "n_batch": self.n_batch, "flash_attn": self.flash_attn, "backend": self.backend,
+                "gpu_layers": self.gpu_layers, "repack": self.repack, "type_k": int(defaults.type_k),
+                "type_v": int(defaults.type_v), "chat_format": self.chat_format,
+                "chat_template": hashlib.sha256((self.chat_template or "").encode()).hexdigest()}
+
+    def save_state(self, n_tokens: int | None = None) -> tuple[list[int], memoryview] | None:
+        """The tokens the KV cache holds (what follows the first n_tokens is dropped) and llama.cpp's sequence state."""
+        if n_tokens is not None and n_tokens < len(self._tokens):
+            self._rewind(n_tokens)
+        if not self._tokens:
+            return None
+        size = llama_cpp.llama_state_seq_get_size(self._ctx.ctx, 0)
+        buf = (ctypes.c_uint8 * size)()
+        n = llama_cpp.llama_state_seq_get_data(self._ctx.ctx, buf, size, 0)
+        return (list(self._tokens), memoryview(buf).cast("B")[:n]) if n else None
+
+    def load_state(self, tokens: Sequence[int], data: memoryview) -> int:
+        """Make the KV cache hold `tokens` from saved state bytes; tokens restored (0 when llama.cpp refused them)."""
+        self._rewind(0)
+        llama_cpp.llama_memory_clear(self._ctx.memory, True)
+        if not tokens or len(tokens) >= self.n_ctx or data.readonly:
+            return 0
+        arr = (ctypes.c_uint8 * len(data)).from_buffer(data)
+        read = llama_cpp.llama_state_seq_set_data(self._ctx.ctx, arr, len(data), 0)
+        # A state that does not hold exactly one cell per token (another context, another model) is refused whole.
+        if read != len(data) or llama_cpp.llama_memory_seq_pos_max(self._ctx.memory, 0) != len(tokens) - 1:
+            llama_cpp.llama_memory_clear(self._ctx.memory, True)
+            return 0
+        self._tokens = list(tokens)
+        return len(tokens)
 
     def close(self) -> None:
         """Free the context and the model."""

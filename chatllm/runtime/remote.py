@@ -30,6 +30,7 @@ Each contract method and what it asks the server (HTTP in chatllm.runtime.remote
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import os
 import time
@@ -178,6 +179,8 @@ class RemoteEngine:
             body["seed"] = s.seed & 0xFFFFFFFF
         if s.stop:
             body["stop"] = list(s.stop)
+        if s.json_schema:  # llama-server turns it into the same grammar the local engine decodes with
+            body["json_schema"] = json.loads(s.json_schema)
         return body
 
     def stream(self, prompt: str | Sequence[int], sampling: Sampling) -> Generator[str, None, None]:
@@ -270,6 +273,18 @@ class RemoteEngine:
         bound = min(min(top.values(), default=0.0), math.log(max(1e-12, 1.0 - mass)))
         seen[token] = bound  # outside the top N: an upper bound
         return bound
+
+    def state_key(self) -> dict | None:
+        """None: the server keeps its own KV cache, there is nothing to save here."""
+        return None
+
+    def save_state(self, n_tokens: int | None = None) -> tuple[list[int], memoryview] | None:
+        """None: the server's KV cache is not ours to save."""
+        return None
+
+    def load_state(self, tokens: Sequence[int], data: memoryview) -> int:
+        """0: nothing can be restored into a server."""
+        return 0
 
     def close(self) -> None:
         """Close the connection to the server (the server keeps running)."""

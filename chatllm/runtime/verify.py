@@ -105,7 +105,7 @@ def remove_path(path: Path) -> None:
         p.unlink(missing_ok=True)
 
 
-def file_sha256(spec: ModelSpec, path: Path, settings: Settings) -> str:
+def file_sha256(spec: ModelSpec | None, path: Path, settings: Settings) -> str:
     """The file's sha256: the pinned or LFS hash once verified, else computed once and remembered."""
     real = Path(os.path.realpath(path))
     st = real.stat()

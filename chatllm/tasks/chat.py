@@ -11,13 +11,16 @@ import json
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Generator, Iterator
+from typing import TYPE_CHECKING, Callable, Generator, Iterator, Sequence
 
 from chatllm.errors import ChatllmError, NoChatTemplateError, UsageError
 from chatllm.runtime.contract import Engine
 from chatllm.settings import Sampling
 from chatllm.store import Exchange, Store, StoredConversation, Summary
 from chatllm.tasks.transcripts import conversation_json, read_conversation_file, transcript_markdown
+
+if TYPE_CHECKING:
+    from chatllm.runtime.kv_cache import KVCache
 
 
 def require_chat_template(engine: Engine) -> Engine:
@@ -88,6 +91,7 @@ class Conversation:
         model: str | None = None,
         notice: Callable[[str], None] | None = None,
         open_engine: Callable[[str], Engine] | None = None,
+        kv_cache: "KVCache | None" = None,
     ):
         self.engine = engine
         self.sampling = sampling
@@ -104,6 +108,8 @@ class Conversation:
         self._start = 0  # the first exchange still inside the model's context window
         # (start, end, text, tokens): what the KV cache holds after exchanges[start:end], as text and as tokens
         self._cache: tuple[int, int, str, list[int]] | None = None
+        self.kv_cache = kv_cache  # the engine's state saved on disk after each reply, restored by a fresh process
+        self._warm = False  # the engine's KV cache already holds this conversation (or a restore was tried)
 
     # -- state --------------------------------------------------------------------------------------
 
@@ -171,6 +177,7 @@ class Conversation:
             start = self._trim(start, seq, text, n_ctx, reserve)
             full, prompt, tokens = self._render(start, seq, text)
         self._start = start
+        self._restore(tokens)
         return Turn(self, text, tokens, full, prompt, seq)
 
     def _render(self, start: int, end: int, text: str) -> tuple[str, str, list[int]]:
@@ -248,6 +255,8 @@ class Conversation:
         self.context_tokens = (ex.prompt_tokens or 0) + (ex.completion_tokens or 0)
         self._remember_prompt(t)
         self._persist(t.seq, ex)
+        if self.kv_cache is not None and self.id is not None:
+            self.kv_cache.save(self.engine, slot=f"chat:{self.id}", background=True)
 
     def _remember_prompt(self, t: Turn) -> None:
         msgs = self.messages(t.window, t.seq + 1)
@@ -260,6 +269,25 @@ class Conversation:
             return
         tail = after[len(t.full):]  # the reply and the end-of-turn markup, as the template writes them
         self._cache = (t.window, t.seq + 1, t.prompt + tail, t.tokens + self.engine.tokenize(tail, special=True))
+
+    # -- the KV cache on disk ------------------------------------------------------------------------
+
+    def warm_up(self) -> int:
+        """Restore the saved state of this conversation's history (once, before the first turn); tokens restored."""
+        if self._warm or self.kv_cache is None or not self.exchanges:
+            return 0
+        try:
+            history = self.engine.render_chat(self.messages(self._start), add_generation_prompt=False)
+        except ChatllmError:
+            return 0
+        return self._restore(self.engine.prompt_tokens(history))
+
+    def _restore(self, tokens: Sequence[int]) -> int:
+        if self._warm or self.kv_cache is None:
+            return 0
+        self._warm = True  # after the first turn the engine's own cache is better than any file
+        entry = self.kv_cache.restore(self.engine, tokens)
+        return len(entry.tokens) if entry is not None else 0
 
     # -- editing ------------------------------------------------------------------------------------
 
@@ -295,6 +323,7 @@ class Conversation:
         self.engine = engine
         self.model = model or engine.name
         self._start = 0
+        self._warm = False
         self._reset_cache()
 
     def switch_model(self, model: str) -> Engine:

@@ -7,15 +7,20 @@ removed by contextual calibration (the label probabilities given a content-free 
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import re
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from chatllm.errors import ContextOverflowError, UsageError
 from chatllm.runtime.contract import Engine
 from chatllm.tasks.fewshot import Example, Preset, preset
 from chatllm.tasks.text import detect_language
+
+if TYPE_CHECKING:
+    from chatllm.runtime.kv_cache import KVCache
 
 SENTIMENT_LABELS = ("positive", "negative")
 NEUTRAL = "neutral"
@@ -126,6 +131,7 @@ class Classifier:
         examples: Sequence[Example] | None = None,
         calibrate: bool | None = None,
         lang: str = "auto",
+        kv_cache: "KVCache | None" = None,
     ):
         if task not in ("sentiment", "classify"):
             raise ValueError(f"unknown task {task!r}")
@@ -135,6 +141,7 @@ class Classifier:
         self.calibrate = calibrate
         self.lang = lang
         self._prompts: dict[str, _Prompt] = {}
+        self.kv_cache = kv_cache  # the shared prefix's state and the calibration, saved for the next process
 
     # -- prompt building --------------------------------------------------------------------------
 
@@ -183,8 +190,23 @@ class Classifier:
             raise ContextOverflowError(len(prefix) + longest, e.n_ctx, what="the instruction and examples")
         room = min(e.n_ctx - len(prefix) - longest - 1, preset(self.task, lang).item_tokens + len(suffix))
         prompt = _Prompt(prefix, suffix, suffix_text, conts, room)
+        entry = self.kv_cache.restore(e, prefix) if self.kv_cache is not None else None
+        saved = dict(entry.extra.get("calibration") or {}) if entry is not None and entry.tokens == prefix else None
         if self._uses_calibration(lang):
-            prompt.bias = _mean_logprobs([self._raw_scores(prompt, cf)[0] for cf in CONTENT_FREE])
+            # The bias depends on exactly these tokens (and the model, which the cache entry's identity covers).
+            calib = hashlib.sha256(json.dumps([prefix, suffix, conts, room, CONTENT_FREE]).encode()).hexdigest()
+            bias = (saved or {}).get(calib)
+            if isinstance(bias, list) and len(bias) == len(conts) and all(isinstance(b, float) for b in bias):
+                prompt.bias = bias
+            else:
+                prompt.bias = _mean_logprobs([self._raw_scores(prompt, cf)[0] for cf in CONTENT_FREE])
+                saved = None if saved is None else {**saved, calib: prompt.bias}
+                if self.kv_cache is not None:
+                    self.kv_cache.save(e, n_tokens=len(prefix), extra={"calibration": saved or {calib: prompt.bias}},
+                                       background=True)
+        elif saved is None and self.kv_cache is not None:
+            e.score_continuations(prefix, [])  # evaluates the prefix, so there is a state to save
+            self.kv_cache.save(e, n_tokens=len(prefix), background=True)
         self._prompts[lang] = prompt
         return prompt
 
