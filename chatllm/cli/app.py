@@ -40,13 +40,14 @@ def root(
 
 def _register() -> None:
     """Every command, in the order `chatllm --help` lists them."""
-    from chatllm.cli import cache, chat, classify, models, oneshot, summarize, templates
+    from chatllm.cli import cache, chat, classify, models, oneshot, summarize, templates, translate
 
     commands: list[tuple[str, Callable, dict]] = [
         ("chat", chat.chat, {}),
         ("ask", oneshot.ask, {"cls": oneshot.PairedParams}),
         ("generate", oneshot.generate, {}),
         ("summarize", summarize.summarize, {}),
+        ("translate", translate.translate, {}),
         ("sentiment", classify.sentiment, {}),
         ("classify", classify.classify, {}),
         ("pull", models.pull, {}),
