@@ -93,3 +93,18 @@ def test_hot_sampling_still_validates_every_time(smollm_path, schema):
             sampling = Sampling(max_tokens=300, temperature=1.5, top_k=0, top_p=1.0, min_p=0.0, seed=seed)
             answer = oneshot.ask(engine, "Describe someone from Beijing.", sampling, spec=spec)
             jsonschema.validate(answer.data, spec.schema)
+
+
+def test_the_grammar_forbids_raw_control_characters_inside_strings(smollm_path):
+    # JSON forbids a raw newline inside a string; the converter's own rule admitted it and json.loads then failed.
+    # Here the prompt begs for a multi-line poem inside a string: the answer must still parse strictly.
+    from chatllm.runtime.llamacpp import LlamaCppEngine
+    from chatllm.runtime.llamacpp_grammar import json_schema_grammar
+
+    schema = json_spec("poem: four lines; one per line")
+    assert r"\x00-\x1F" in json_schema_grammar(schema.wire_text)
+    with LlamaCppEngine(smollm_path, n_ctx=1024) as engine:
+        for seed in range(3):
+            sampling = Sampling(max_tokens=200, temperature=1.2, seed=seed)
+            answer = oneshot.ask(engine, "Write a poem of four lines, each on its own line.", sampling, spec=schema)
+            assert "\n" not in answer.text.strip() or json.loads(answer.text)  # strict json.loads inside decode passed

@@ -22,10 +22,17 @@ def json_schema_grammar(schema: str) -> str:
     from llama_cpp.llama_grammar import json_schema_to_gbnf
 
     try:
-        return json_schema_to_gbnf(schema)
+        grammar = json_schema_to_gbnf(schema)
     except (ValueError, AssertionError, KeyError, TypeError, RecursionError) as exc:
         raise UsageError(f"the schema cannot be turned into a decoding grammar: {str(exc)[:200]}",
                          "simplify the schema (patterns and $refs are the usual cause)") from None
+    # The port's string characters admit raw control characters, which JSON forbids inside strings (a raw newline
+    # there makes json.loads fail): exclude them as llama.cpp's own json.gbnf does.
+    return grammar.replace(_LOOSE_CHAR, _STRICT_CHAR)
+
+
+_LOOSE_CHAR = r'char ::= [^"\\] |'
+_STRICT_CHAR = r'char ::= [^"\\\x7F\x00-\x1F] |'
 
 
 class GrammarSampler:
