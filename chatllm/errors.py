@@ -53,6 +53,10 @@ class NoChatTemplateError(ChatllmError):
         )
 
 
+class EngineUnavailable(ChatllmError):
+    """The engine itself is out of reach (its server refused, vanished or went silent): every further call fails alike."""
+
+
 class PipeClosed(Exception):
     """stdout's reader went away (`| head -1`): end quietly."""
 

@@ -148,6 +148,68 @@ def gather_prompt(words: list[str] | None, file: Path | None, warn: Callable[[st
     return "\n\n".join(parts)
 
 
+# -- ask -f FILE|DIR...: the files behind a question ------------------------------------------------
+
+HUGE_FILE_BYTES = 32 << 20  # past this a "text" file is a log or a dump, not something to ask about
+MAX_WALKED_FILES = 5000
+SNIFF_BYTES = 8192
+
+
+def _sniff(path: Path) -> str | None:
+    """Why a walked file is skipped (binary, empty, unreadable), or None when it looks like text."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(SNIFF_BYTES)
+    except OSError as exc:
+        return f"unreadable ({exc.strerror})"
+    if b"\x00" in head:
+        return "binary"
+    if not head.strip():
+        return "empty"
+    if head.decode("utf-8", errors="replace").count("\ufffd") > len(head) // 10:
+        return "binary"
+    return None
+
+
+def gather_files(paths: Sequence[Path], warn: Callable[[str], None] | None = None) -> list[Path]:
+    """The text files behind -f: each FILE checked (missing, binary, empty refused), each DIR walked for text files.
+
+    In a directory, hidden entries are passed over and binary, empty and huge files skipped with a note.
+    """
+    found: list[Path] = []
+    for path in paths:
+        if str(path) == "-":
+            raise UsageError("-f - cannot be searched by name", "pipe the text in instead: cat notes.txt | chatllm ask -f DIR ...")
+        if not path.is_dir():
+            probe_source(str(path))  # missing, unreadable, binary and empty files are refused by name
+            if path.stat().st_size > HUGE_FILE_BYTES:
+                raise UsageError(f"{path} is too big to search ({path.stat().st_size / 2**20:,.0f} MiB; "
+                                 f"the limit is {HUGE_FILE_BYTES >> 20} MiB)", "give a part of it, or use chatllm summarize")
+            found.append(path)
+            continue
+        skipped: list[str] = []
+        before = len(found)
+        for root, dirs, names in os.walk(path):
+            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+            for name in sorted(n for n in names if not n.startswith(".")):
+                file = Path(root) / name
+                if not file.is_file():
+                    continue
+                why = "huge" if file.stat().st_size > HUGE_FILE_BYTES else _sniff(file)
+                if why:
+                    skipped.append(f"{file} ({why})")
+                    continue
+                found.append(file)
+                if len(found) > MAX_WALKED_FILES:
+                    raise UsageError(f"{path} holds over {MAX_WALKED_FILES:,} text files", "point -f at a smaller folder")
+        if warn and skipped:
+            shown = ", ".join(skipped[:5]) + (f" and {len(skipped) - 5} more" if len(skipped) > 5 else "")
+            warn(f"skipped {len(skipped)} file{'s' if len(skipped) > 1 else ''} in {path}: {shown}")
+        if len(found) == before:
+            raise UsageError(f"{path} has no text files", "give a folder with text files in it, or name the files")
+    return list(dict.fromkeys(found))
+
+
 # -- summarize: sources probed before the model loads ---------------------------------------------
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import math
 import re
 from array import array
 from typing import Callable, ClassVar, Generator, Mapping, Sequence
@@ -36,6 +38,8 @@ class FakeEngine:
       (the prefix after its last "Text:") holds one of the label's cues, -0.5 a token otherwise, plus bias.
     - on_piece(i) runs before the i-th generated piece (tests press Ctrl-C there); fail_after=i raises a
       ChatllmError at that piece.
+    - pooling, dim: an embedding model ("mean", ...): embed gives each text the normalised sum of a fixed random
+      +-1 vector per lowercase word, so texts sharing words are near; pooling=None refuses embed like a chat model.
 
     What the tests read: streamed (each streamed prompt's ids), prompts (the same as word/piece strings),
     streamed_texts (the same as text), max_tokens (each stream's), prompt_texts (texts given to
@@ -62,6 +66,9 @@ class FakeEngine:
         unstable: bool = False,
         on_piece: Callable[[int], None] | None = None,
         fail_after: int | None = None,
+        family: str | None = None,
+        pooling: str | None = None,
+        dim: int = 16,
     ):
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, not {split!r}")
@@ -71,6 +78,7 @@ class FakeEngine:
         self.bos = bos
         self.template = template
         self.has_chat_template = template is not None  # a plain attribute: tests turn it off
+        self.family = family  # what a GGUF's metadata would say; None: unknown
         self.n_ctx = n_ctx
         self.name = name
         self.replies = list(replies)
@@ -92,6 +100,8 @@ class FakeEngine:
         self.cache: list[int] = []
         self.saved_states = 0
         self.loaded_states = 0
+        self.pooling, self.dim = pooling, dim  # plain attributes, like has_chat_template
+        self.embedded: list[list[str]] = []  # the texts of each embed call
 
     # -- tokens -----------------------------------------------------------------------------------
 
@@ -209,6 +219,24 @@ class FakeEngine:
             # a log-prob per token, so a multi-token label is scored as a whole sequence
             scores.append(per_token * len(cont) + self.bias.get(label, 0.0))
         return scores
+
+    # -- embeddings -------------------------------------------------------------------------------
+
+    def embed(self, texts: Sequence[str]) -> list[list[float]]:
+        if self.closed:
+            raise AssertionError("the engine was used after close()")
+        if self.pooling is None:
+            raise ChatllmError(f"{self.name} makes no sentence vectors", "use an embedding model")
+        self.embedded.append(list(texts))
+        vectors = []
+        for text in texts:
+            total = [0.0] * self.dim
+            for word in re.findall(r"\w+", text.lower()):
+                bits = int.from_bytes(hashlib.sha256(word.encode()).digest(), "little")  # dim <= 256
+                total = [t + (1.0 if bits >> i & 1 else -1.0) for i, t in enumerate(total)]
+            norm = math.sqrt(sum(t * t for t in total)) or 1.0
+            vectors.append([t / norm for t in total])
+        return vectors
 
     # -- shared -----------------------------------------------------------------------------------
 

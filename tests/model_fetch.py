@@ -76,3 +76,7 @@ def fetch(model: dict) -> Path:
 if __name__ == "__main__":
     for spec in (SMOLLM, GEMMA, QWEN) if "--qwen" in sys.argv else (SMOLLM, GEMMA):
         print(fetch(spec))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: make `tests` importable
+    from tests.embedding_model import fetch as fetch_embedding_model
+
+    print(fetch_embedding_model())  # all-MiniLM-L6-v2, converted to GGUF once and cached

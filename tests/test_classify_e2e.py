@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -74,3 +75,36 @@ def test_usage_errors_exit_2(chatllm, args, stdin, message):
 def test_binary_input_is_refused(chatllm):
     r = chatllm("sentiment", "--lines", input=b"abc\x00\x01def\n")
     assert r.returncode == 2 and b"binary" in r.stderr
+
+
+QWEN = Path.home() / ".cache" / "chatllm-test" / "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"
+
+
+def test_explain_names_the_preset_each_language_got(chatllm):
+    r = chatllm("sentiment", "--lines", "--explain", input="a wonderful, moving film\n房间很脏，服务员态度很差，不会再来了。\n")
+    assert r.returncode == 0, r.stderr
+    assert "preset sentiment/en/" in r.stderr and "preset sentiment/zh/" in r.stderr and "family smollm" in r.stderr
+    assert len(r.stdout.splitlines()) == 2 and r.stdout.startswith("positive\t")
+    r = chatllm("sentiment", "--json", "--explain", "房间很脏，服务员态度很差，不会再来了。")
+    data = json.loads(r.stdout)  # the 135M model's Chinese labels are measured in bench/eval_classify.py, not here
+    assert data["preset"]["lang"] == "zh" and data["preset"]["family"] == "smollm" and data["preset"]["name"].startswith("sentiment/zh/")
+    assert "preset" not in json.loads(chatllm("sentiment", "--json", "fine").stdout)
+
+
+def test_examples_file_overrides_the_built_in_preset(chatllm, tmp_path):
+    shots = tmp_path / "shots.tsv"
+    shots.write_text("the soup was delicious\tyum\nthe soup was cold and bland\tyuck\n", encoding="utf-8")
+    r = chatllm("classify", "--examples", str(shots), "--json", "--explain", "what a delicious soup")
+    assert r.returncode == 0, r.stderr
+    data = json.loads(r.stdout)
+    assert set(data["scores"]) == {"yum", "yuck"} and data["preset"]["examples"] == "--examples"
+
+
+@pytest.mark.skipif(not QWEN.is_file(), reason="the Qwen2.5-Coder-0.5B GGUF is not in ~/.cache/chatllm-test")
+def test_a_chinese_line_through_qwen_gets_the_qwen_preset(chatllm):
+    r = chatllm("sentiment", "-m", str(QWEN), "--json", "--explain", "--lines",
+                input="房间干净整洁，早餐丰富，前台服务很热情。\n设施陈旧，卫生间有霉味，隔音太差了。\n", timeout=300)
+    assert r.returncode == 0, r.stderr
+    rows = [json.loads(line) for line in r.stdout.splitlines()]
+    assert [row["label"] for row in rows] == ["positive", "negative"]
+    assert rows[0]["preset"]["family"] == "qwen2" and rows[0]["preset"]["lang"] == "zh"

@@ -10,6 +10,7 @@ import pytest
 from chatllm.errors import ContextOverflowError, UsageError
 from chatllm.tasks.classify import Classifier, Result, clean, parse_labels, sentiment_labels
 from chatllm.tasks.fewshot import Example, load_examples
+from chatllm.tasks.presets import CANDIDATES, DEFAULT, SENTIMENT, Preset, choose
 from chatllm.tasks.text import detect_language
 from tests.fakes import FakeEngine
 
@@ -146,9 +147,7 @@ def test_long_text_is_cut_in_the_middle_to_fit_the_context():
 
 
 def test_sentiment_items_keep_their_first_and_last_tokens_within_the_presets_cap():
-    from chatllm.tasks.fewshot import preset
-
-    cap = preset("sentiment", "zh").item_tokens
+    cap = choose("sentiment", "zh").item_tokens
     eng = classify_engine()
     clf = Classifier(eng, ["positive", "negative"], calibrate=False)
     r = clf.classify("房间" + "很" * 400 + "差")
@@ -158,7 +157,7 @@ def test_sentiment_items_keep_their_first_and_last_tokens_within_the_presets_cap
     short = clf.classify("好" * (cap - 10))
     assert not short.truncated
     doc = Classifier(classify_engine(), ["news", "ad"], task="classify").classify("report " * 40)  # 280 tokens
-    assert not doc.truncated and preset("classify", "en").item_tokens >= 280
+    assert not doc.truncated and choose("classify", "en").item_tokens >= 280
 
 
 def test_examples_too_long_for_the_context_are_refused():
@@ -195,3 +194,72 @@ def test_load_examples_errors(tmp_path, content, message):
     bad.write_bytes(content)
     with pytest.raises(UsageError, match=message):
         load_examples(bad)
+
+
+# -- presets: chosen by the model family the GGUF names, per language ------------------------------
+
+
+def test_the_preset_follows_the_model_family_and_unknown_families_get_the_default():
+    for lang, by_family in SENTIMENT.items():
+        for family, want in by_family.items():
+            clf = Classifier(FakeEngine(split="chars", template=None, family=None if family == DEFAULT else family),
+                             ["positive", "negative"])
+            assert clf.preset_for(lang) is want
+        unknown = Classifier(FakeEngine(family="some-new-arch"), ["positive", "negative"])
+        assert unknown.preset_for(lang) is by_family[DEFAULT]
+    assert choose("sentiment", "fr", "qwen2") is choose("sentiment", "en", "qwen2")  # other languages: English
+
+
+def test_each_line_gets_its_languages_preset_and_explain_names_it():
+    eng = FakeEngine(split="chars", bos=True, template=None, cues=CUES, family="qwen2")
+    clf = Classifier(eng, ["positive", "negative"])
+    en, zh = clf.classify("a good film"), clf.classify("房间很干净，服务很好")
+    assert en.preset is not None and zh.preset is not None
+    assert en.preset["name"] == choose("sentiment", "en", "qwen2").name and en.preset["lang"] == "en"
+    assert zh.preset["name"] == choose("sentiment", "zh", "qwen2").name and zh.preset["family"] == "qwen2"
+    row = zh.to_json(explain=True)
+    assert row["preset"]["name"] == zh.preset["name"] and "preset" not in zh.to_json()
+    assert set(row["preset"]["verbalizers"]) == {"positive", "negative"}
+
+
+def test_verbalizers_are_what_the_model_is_scored_on_while_labels_stay_the_users():
+    native = CANDIDATES["sentiment/zh/native-fewshot"]
+    eng = FakeEngine(split="chars", bos=True, template=None)
+    clf = Classifier(eng, ["positive", "negative"], preset=native)
+    prefix, suffix = clf.prompt_text("zh")
+    assert prefix.startswith("判断每条评论的情感是正面还是负面。") and prefix.endswith("\n\n评论：")
+    assert "情感：负面\n\n" in prefix and suffix == "\n情感："
+    assert clf._prompt("zh").continuations == [eng.tokenize("正面"), eng.tokenize("负面")]
+    r = clf.classify("房间很干净")
+    assert set(r.scores) == {"positive", "negative"}
+    assert eng.detokenize(eng.calls[-1]).endswith("评论：房间很干净\n情感：")  # no space after a full-width colon
+
+
+def test_user_examples_override_the_family_preset():
+    shots = [Example("buy two, pay one", "ad"), Example("the mayor resigned", "news")]
+    clf = Classifier(FakeEngine(split="chars", template=None, family="qwen2"), ["news", "ad"], task="classify",
+                     examples=shots)
+    prefix, _ = clf.prompt_text("en")
+    assert "buy two, pay one" in prefix and clf.explain("en")["examples"] == "--examples"
+    zh = Classifier(FakeEngine(split="chars", template=None, family="qwen2"), ["positive", "negative"],
+                    examples=[Example("好", "positive"), Example("差", "negative")])
+    zh_prefix, _ = zh.prompt_text("zh")
+    assert all(ex.text not in zh_prefix for ex in zh.preset_for("zh").examples)
+    assert zh.explain("zh")["calibrate"] is True  # the user's examples are always calibrated
+
+
+def test_calibration_saved_for_one_preset_is_not_reused_by_another(tmp_path):
+    from chatllm.runtime.kv_cache import KVCache
+
+    kv = KVCache(tmp_path / "kv")
+    a = Preset("test/a", instruction="Sentiment of each text: {labels}.", always_instruct=True)
+    b = Preset("test/b", instruction="Sentiment of each text: {labels}.", always_instruct=True, content_free=("", "N/A"))
+    first = Classifier(FakeEngine(cues=CUES), ["positive", "negative"], kv_cache=kv, preset=a)
+    first.classify("a good film")
+    kv.flush()
+    again = FakeEngine(cues=CUES)
+    Classifier(again, ["positive", "negative"], kv_cache=kv, preset=a).classify("a good film")
+    assert len(again.calls) == 1  # same preset: prefix and calibration from the cache
+    other = FakeEngine(cues=CUES)
+    Classifier(other, ["positive", "negative"], kv_cache=kv, preset=b).classify("a good film")
+    assert len(other.calls) == 1 + 2  # same prefix tokens, other content-free inputs: calibrated afresh

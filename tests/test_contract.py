@@ -10,7 +10,7 @@ from chatllm.runtime.contract import Engine, GenerationStats
 from tests.fakes import SPLITS, FakeEngine
 
 METHODS = ["tokenize", "count_tokens", "detokenize", "prompt_tokens", "render_chat", "stream", "complete",
-           "score_continuations", "state_key", "save_state", "load_state", "close"]
+           "score_continuations", "embed", "state_key", "save_state", "load_state", "close"]
 
 
 def test_the_list_of_methods_is_the_contracts():

@@ -116,15 +116,19 @@ def test_over_the_cap_the_least_recently_used_entries_go(tmp_path):
     kv = KVCache(tmp_path / "kv", int(size * 2.5))
     texts = [" ".join(f"{p}{i}" for i in range(50)) for p in "abcd"]
     saved = []
+    base = time.time() - 100  # last-use times set by hand, one apart: no two entries tie, however slow the machine
     for n, text in enumerate(texts):
+        before = set(files(kv))
         tokens = warm(FakeEngine(), text)
         kv.save(_engine_with(tokens))
         saved.append(tokens)
-        for path in files(kv):  # distinct, increasing last-use times
-            if path.stat().st_mtime > time.time() - 5:
-                os.utime(path, (time.time() - 100 + n, time.time() - 100 + n))
+        for path in set(files(kv)) - before:
+            os.utime(path, (base + n, base + n))
         if n == 1:
-            assert kv.restore(FakeEngine(), saved[0]) is not None  # a use makes "a" the most recent
+            first = next(p for p in files(kv) if p in before)
+            assert kv.restore(FakeEngine(), saved[0]) is not None
+            assert first.stat().st_mtime > base + 50  # a use makes "a" the most recent...
+            os.utime(first, (base + 10, base + 10))  # ...kept that way on the hand-set clock
     assert kv.total_bytes() <= kv.max_bytes
     left = {tuple(e.tokens) for e in kv.entries()}
     assert tuple(saved[3]) in left and tuple(saved[0]) in left and tuple(saved[1]) not in left

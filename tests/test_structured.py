@@ -66,7 +66,7 @@ def test_invalid_json_says_where(tmp_path):
     ({"type": "object", "properties": {"n": {"type": "integer", "minimum": 0}}}, "'minimum'"),
     ({"type": "array", "items": {"type": "string"}, "uniqueItems": True}, "'uniqueItems'"),
     ({"type": "object", "patternProperties": {"^x": {}}}, "'patternProperties'"),
-    ({"type": "strin"}, "unknown type 'strin'"),
+    ({"type": "object", "properties": {"n": {"type": "strin"}}}, "at properties/n/type: 'strin'"),
     ({"type": "string", "format": "email"}, "format 'email'"),
     ({"type": "string", "pattern": "[a-z]+"}, "anchored"),
     ({"$ref": "https://example.com/s.json"}, "not a local reference"),

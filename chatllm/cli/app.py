@@ -40,7 +40,7 @@ def root(
 
 def _register() -> None:
     """Every command, in the order `chatllm --help` lists them."""
-    from chatllm.cli import cache, chat, classify, models, oneshot, summarize, templates, translate
+    from chatllm.cli import cache, chat, classify, embed, models, oneshot, serve, summarize, templates, translate
 
     commands: list[tuple[str, Callable, dict]] = [
         ("chat", chat.chat, {}),
@@ -50,16 +50,20 @@ def _register() -> None:
         ("translate", translate.translate, {}),
         ("sentiment", classify.sentiment, {}),
         ("classify", classify.classify, {}),
+        ("embed", embed.embed, {}),
+        ("similar", embed.similar, {}),
         ("pull", models.pull, {}),
         ("models", models.list_models, {}),
         ("ls", models.list_models, {"help": "Alias of `models`.", "hidden": True}),
         ("show", models.show, {}),
         ("rm", models.rm, {}),
         ("info", models.info, {}),
+        ("serve", serve.serve, {}),
     ]
     for name, func, extra in commands:
         app.command(name, **extra)(func)
     app.add_typer(chat.history_app, name="history")
+    app.add_typer(embed.collections_app, name="collections")
     app.add_typer(cache.cache_app, name="cache")
     app.add_typer(templates.templates_app, name="templates")
 

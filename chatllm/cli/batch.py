@@ -1,4 +1,5 @@
-"""`chatllm ask --lines`: many prompts on one model load, one output line per row, in input order, each written as it ends."""
+"""`chatllm ask --lines`: many prompts on one model load (or --parallel connections to a server), one output line per
+row, in input order, each written as soon as it and every row before it are done."""
 
 from __future__ import annotations
 
@@ -21,7 +22,8 @@ SYNC_SECONDS = 1.0  # fsync OUT at most this often: a flush per row already surv
 
 
 def run_batch(settings: Settings, out: Output, *, compose: Callable[[str], str], system: Optional[str],
-              spec: "Optional[JsonSpec]", file: Optional[Path], output: Optional[Path], resume: bool) -> None:
+              spec: "Optional[JsonSpec]", file: Optional[Path], output: Optional[Path], resume: bool,
+              parallel: Optional[int] = None) -> None:
     """Check the input and OUT, load the model once, answer every row in order, write each as it finishes."""
     from chatllm.inputs import input_lines, stdin_is_piped
     from chatllm.tasks import batch
@@ -39,16 +41,16 @@ def run_batch(settings: Settings, out: Output, *, compose: Callable[[str], str],
     done = batch.finished_ids(output) if resume and output is not None and output.exists() else set()
     sink = RowSink(out, output, structured=spec is not None, append=resume)
     try:
-        from chatllm.runtime.loader import load_engine
+        from chatllm.runtime.loader import load_engines
 
-        engine = load_engine(settings, out)
-        _answer_all(engine, rows, done, sink, out, settings=settings, compose=compose, system=system, spec=spec,
+        engines = load_engines(settings, out, parallel)
+        _answer_all(engines, rows, done, sink, out, settings=settings, compose=compose, system=system, spec=spec,
                     total=_count_rows(file) if _shows_bar(out, output) else None)
     finally:
         sink.close()
 
 
-def _answer_all(engine, rows: "Iterator[Row]", done: set[str], sink: "RowSink", out: Output, *, settings: Settings,
+def _answer_all(engines: list, rows: "Iterator[Row]", done: set[str], sink: "RowSink", out: Output, *, settings: Settings,
                 compose: Callable[[str], str], system: Optional[str], spec: "Optional[JsonSpec]", total: Optional[int]) -> None:
     from chatllm.tasks import batch
 
@@ -66,7 +68,8 @@ def _answer_all(engine, rows: "Iterator[Row]", done: set[str], sink: "RowSink", 
         total = max(total - len(done), 0)
     try:
         with _bar(out, sink.path, total) as bar:
-            for result in batch.run_rows(engine, unfinished(), settings.sampling, compose=compose, system=system, spec=spec):
+            for result in batch.run_rows(engines[0], unfinished(), settings.sampling, compose=compose, system=system, spec=spec,
+                                         workers=engines):
                 sink.write(result)
                 count += 1
                 if result.error is not None:
@@ -74,9 +77,9 @@ def _answer_all(engine, rows: "Iterator[Row]", done: set[str], sink: "RowSink", 
                     out.warn(f"row {result.row.id}: {result.error}")
                 seconds = time.perf_counter() - start
                 bar.advance(1, info=f"{count / seconds:.2f} rows/s" + (f", {failed} failed" if failed else ""))
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, ChatllmError) as exc:
         where = f"; they are in {sink.path}: rerun with --resume to go on" if sink.path is not None else ""
-        out.warn(f"interrupted after {count} rows{where}")
+        out.warn(f"{'interrupted' if isinstance(exc, KeyboardInterrupt) else 'stopped'} after {count} rows{where}")
         raise
     if skipped[0]:
         out.status(f"skipped {skipped[0]} rows already in {sink.path}")

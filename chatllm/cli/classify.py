@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Annotated, Iterator, List, Optional
 import typer
 
 from chatllm.cli.cache import NoCache, open_kv_cache
-from chatllm.cli.options import ChatFormat, Ctx, Device, GpuLayers, Model, Offline, Threads, model_settings
+from chatllm.cli.options import ChatFormat, Ctx, Device, GpuLayers, Model, Offline, Parallel, Threads, model_settings
 from chatllm.errors import UsageError
 from chatllm.output import Output
 from chatllm.settings import Settings
@@ -26,8 +26,11 @@ ExamplesOpt = Annotated[Optional[Path], typer.Option(
     "--examples", help="Few-shot examples instead of the built-in ones: `text<TAB>label` lines, CSV, or JSON Lines.")]
 LangOpt = Annotated[str, typer.Option("--lang", help="Prompt language: auto (by each text's CJK share), en or zh.")]
 CalibrateOpt = Annotated[Optional[bool], typer.Option(
-    "--calibrate/--no-calibrate", help="Correct the model's bias toward some labels [default: on, except built-in Chinese sentiment].",
+    "--calibrate/--no-calibrate", help="Correct the model's bias toward some labels [default: on].",
     show_default=False)]
+ExplainOpt = Annotated[bool, typer.Option(
+    "--explain", help="Say which built-in preset (prompt, examples, label words, calibration) each language got: "
+                      "on stderr, or a \"preset\" field in each --json row.")]
 
 ERROR_LABEL = "error"
 
@@ -43,8 +46,9 @@ def sentiment(
     examples: ExamplesOpt = None,
     lang: LangOpt = "auto",
     calibrate: CalibrateOpt = None,
+    explain: ExplainOpt = False,
     model: Model = None, device: Device = None, gpu_layers: GpuLayers = None, ctx: Ctx = None, threads: Threads = None,
-    chat_format: ChatFormat = None, offline: Offline = False, no_cache: NoCache = False,
+    chat_format: ChatFormat = None, offline: Offline = False, no_cache: NoCache = False, parallel: Parallel = None,
 ) -> None:
     """Sentiment label and its probability, scored by the model itself; one text or thousands of lines.
 
@@ -58,7 +62,7 @@ def sentiment(
     if neutral and NEUTRAL not in chosen:
         chosen.append(NEUTRAL)
     _run("sentiment", chosen, {}, examples, text=text, file=file, lines=lines, column=column, as_json=as_json, lang=lang,
-         calibrate=calibrate, settings=settings, no_cache=no_cache)
+         calibrate=calibrate, settings=settings, no_cache=no_cache, parallel=parallel, explain=explain)
 
 
 def classify(
@@ -73,8 +77,9 @@ def classify(
     examples: ExamplesOpt = None,
     lang: LangOpt = "auto",
     calibrate: CalibrateOpt = None,
+    explain: ExplainOpt = False,
     model: Model = None, device: Device = None, gpu_layers: GpuLayers = None, ctx: Ctx = None, threads: Threads = None,
-    chat_format: ChatFormat = None, offline: Offline = False, no_cache: NoCache = False,
+    chat_format: ChatFormat = None, offline: Offline = False, no_cache: NoCache = False, parallel: Parallel = None,
 ) -> None:
     """Zero-shot (or few-shot) classification into your labels, with a probability for each.
 
@@ -86,7 +91,8 @@ def classify(
 
     chosen = parse_labels(labels) if labels else None
     _run("classify", chosen, _descriptions(describe), examples, text=text, file=file, lines=lines, column=column,
-         as_json=as_json, lang=lang, calibrate=calibrate, settings=settings, no_cache=no_cache)
+         as_json=as_json, lang=lang, calibrate=calibrate, settings=settings, no_cache=no_cache, parallel=parallel,
+         explain=explain)
 
 
 def _descriptions(pairs: Optional[List[str]]) -> dict[str, str]:
@@ -101,7 +107,8 @@ def _descriptions(pairs: Optional[List[str]]) -> dict[str, str]:
 
 def _run(task: str, labels: Optional[List[str]], descriptions: dict, examples_path: Optional[Path], *,
          text: Optional[List[str]], file: Optional[Path], lines: bool, column: Optional[str], as_json: bool, lang: str,
-         calibrate: Optional[bool], settings: Settings, no_cache: bool = False) -> None:
+         calibrate: Optional[bool], settings: Settings, no_cache: bool = False, parallel: Optional[int] = None,
+         explain: bool = False) -> None:
     """Check everything the user gave, then load the model once and classify one text or every line."""
     from chatllm.inputs import line_items, nonempty_items, whole_text
     from chatllm.tasks.classify import Classifier, check_setup
@@ -117,37 +124,59 @@ def _run(task: str, labels: Optional[List[str]], descriptions: dict, examples_pa
             raise UsageError("classify needs at least two labels", "give them comma-separated: --labels news,blog,ad")
     labels, descriptions, shots = check_setup(labels, descriptions, shots)  # bad labels fail before the model loads
 
-    def build() -> "Classifier":
-        """Load the model, once every input has been checked, and the classifier around it."""
-        from chatllm.runtime.loader import load_engine
+    def build(workers: Optional[int] = 1) -> "list[Classifier]":
+        """Load the model, once every input has been checked, and a classifier per worker around it."""
+        from chatllm.runtime.loader import load_engines
 
-        return Classifier(load_engine(settings, out), labels, task=task, descriptions=descriptions, examples=shots,
-                          calibrate=calibrate, lang=lang, kv_cache=open_kv_cache(settings, out, no_cache))
+        engines = load_engines(settings, out, workers)
+        first = Classifier(engines[0], labels, task=task, descriptions=descriptions, examples=shots,
+                           calibrate=calibrate, lang=lang, kv_cache=open_kv_cache(settings, out, no_cache))
+        return [first] + [first.on_engine(e) for e in engines[1:]]
 
     if column is not None or lines:
         items = nonempty_items(line_items(text, file, column, out.warn))
-        _run_lines(build(), items, out)
+        _run_lines(build(parallel), items, out, explain)
     else:
         one = whole_text(text, file, out.warn)
-        _run_one(build(), one, out)
+        _run_one(build()[0], one, out, explain)
 
 
-def _run_one(classifier: "Classifier", text: str, out: Output) -> None:
+def _run_one(classifier: "Classifier", text: str, out: Output, explain: bool = False) -> None:
     result = classifier.classify(text)
     if result.truncated:
         out.warn("the text is long: its start and end were classified, its middle left out")
-    out.result(result.to_json(), lambda: out.line(f"{result.label}\t{result.probability:.4f}"))
+    if explain and not out.as_json:
+        _explain(out, result, set())
+    out.result(result.to_json(explain), lambda: out.line(f"{result.label}\t{result.probability:.4f}"))
 
 
-def _run_lines(classifier: "Classifier", items: "Iterator[tuple[str, str | None]]", out: Output) -> None:
+def _explain(out: Output, result: "Result", shown: set) -> None:
+    """The preset an item got, on stderr, the first time each one is used."""
+    p = result.preset
+    if p is None or (p["name"], p["lang"]) in shown:
+        return
+    shown.add((p["name"], p["lang"]))
+    examples = "examples from --examples" if p["examples"] == "--examples" else f"{p['examples']} built-in examples"
+    words = ", ".join(f"{lab}={word}" for lab, word in p["verbalizers"].items())
+    out.status(f"preset {p['name']} (lang {p['lang']}, model family {p['family'] or 'unknown'}): {examples}, "
+               f"{'calibrated' if p['calibrate'] else 'not calibrated'}, label words {words}")
+
+
+def _run_lines(classifiers: "list[Classifier]", items: "Iterator[tuple[str, str | None]]", out: Output,
+               explain: bool = False) -> None:
+    from chatllm.tasks.parallel import ordered_map
+
+    shown: set = set()
     start, done, failed, cut = time.perf_counter(), 0, 0, 0
     with out.progress("classifying", total=None) as bar:
-        for number, (text, error) in enumerate(items, 1):
-            result = _classify_row(classifier, text, error)
+        results = ordered_map(lambda c, item: _classify_row(c, *item), items, classifiers)
+        for number, result in enumerate(results, 1):
             if result.error:
                 failed += 1
             cut += result.truncated
-            _print_row(out, result, number)
+            if explain and not out.as_json:
+                _explain(out, result, shown)
+            _print_row(out, result, number, explain)
             done += 1
             bar.advance(1)
     seconds = time.perf_counter() - start
@@ -170,8 +199,8 @@ def _classify_row(classifier: "Classifier", text: str, error: Optional[str]) -> 
     return result
 
 
-def _print_row(out: Output, result: "Result", number: int) -> None:
-    row = result.to_json()
+def _print_row(out: Output, result: "Result", number: int, explain: bool = False) -> None:
+    row = result.to_json(explain)
 
     def human() -> None:
         if result.error:

@@ -57,9 +57,12 @@ def list_models(
     rows += [{"name": alias, "remote": True, "url": s.url, "model": s.remote_model, "params": s.params, "quant": "",
               "size": None, "downloaded": False, "path": None, "default": s.default, "description": s.description}
              for alias, s in registry.items() if s.is_remote]
+    for row in rows:
+        row["kind"] = registry[row["name"]].kind or "chat" if row["name"] in registry else "chat"
     out.result(rows, lambda: out.table(
         ["model", "params", "quant", "size", "downloaded", "path"],
-        [[r["name"] + (" (default)" if r.get("default") else ""), r["params"], r["quant"], _human(r["size"]),
+        [[r["name"] + (" (default)" if r.get("default") else "") + (" (embedding)" if r["kind"] == "embedding" else ""),
+          r["params"], r["quant"], _human(r["size"]),
           "remote" if r.get("remote") else "yes" if r["downloaded"] else "no",
           (f"{r['url']}#{r['model']}" if r.get("model") else r["url"]) if r.get("remote") else r["path"] or ""] for r in rows],
     ))

@@ -14,6 +14,7 @@ from chatllm.cli.options import (
     MaxTokens,
     Model,
     Offline,
+    Parallel,
     Seed,
     Stop,
     Temperature,
@@ -29,7 +30,10 @@ PANEL_STRUCTURED = "Structured output"
 PANEL_BATCH = "Batches and templates"
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON record (text, data, token counts); without --schema "
                                                       "the answer is held to any JSON object.")]
-FileOpt = Annotated[Optional[Path], typer.Option("--file", "-f", help="Read more input from FILE.")]
+FileOpt = Annotated[Optional[List[Path]], typer.Option(
+    "--file", "-f", metavar="FILE|DIR", help="Read more input from FILE (repeatable; a folder gives its text files). Past the "
+                                            "window, the question is answered from the passages that match it, with citations.")]
+SourcesOpt = Annotated[bool, typer.Option("--sources", help="With -f and a question: print the passages used (on stderr).")]
 SchemaOpt = Annotated[Optional[str], typer.Option(
     "--schema", metavar="SCHEMA", help="The answer must match this JSON Schema: a file, inline JSON, or 'name, age int, tags str[], bio: "
                      "a short bio'. Stdout is exactly the JSON.", rich_help_panel=PANEL_STRUCTURED, show_default=False)]
@@ -85,6 +89,7 @@ def ask(
     prompt: Annotated[Optional[List[str]], typer.Argument(help="The instruction; piped stdin is appended.", show_default=False)] = None,
     system: Annotated[Optional[str], typer.Option("--system", "-s", help="System prompt.")] = None,
     file: FileOpt = None,
+    sources: SourcesOpt = False,
     as_json: JsonOpt = False,
     schema: SchemaOpt = None,
     schema_multi: SchemaMultiOpt = None,
@@ -95,13 +100,13 @@ def ask(
     param: ParamOpt = None,
     save: SaveOpt = None,
     model: Model = None, device: Device = None, gpu_layers: GpuLayers = None, ctx: Ctx = None, threads: Threads = None,
-    chat_format: ChatFormat = None, offline: Offline = False,
+    chat_format: ChatFormat = None, offline: Offline = False, parallel: Parallel = None,
     max_tokens: MaxTokens = None, temperature: Temperature = None, top_p: TopP = None, top_k: TopK = None,
     seed: Seed = None, stop: Stop = None,
 ) -> None:
     """Ask one question through the model's chat template; the answer streams to stdout.
 
-    Examples: cat notes.txt | chatllm ask "what are the action items?"
+    Examples: cat notes.txt | chatllm ask "what are the action items?"; chatllm ask -f docs/ "how do I log in?"
     chatllm ask --schema 'name, age int' "Invent a person"; chatllm ask --lines "Translate to French:" < phrases.txt
     """
     sampling: dict[str, Any] = {"max_tokens": max_tokens, "temperature": temperature, "top_p": top_p, "top_k": top_k,
@@ -128,17 +133,40 @@ def ask(
                               chat_format=chat_format, offline=offline, **sampling)
     spec = _spec(schema, schema_multi, any_object=as_json and not lines)
     out = Output(as_json=as_json)
+    one_file = _one_file(file, lines, bool(prompt))
     if lines:
         from chatllm.cli.batch import run_batch
 
-        run_batch(settings, out, compose=compose, system=system, spec=spec, file=file, output=output, resume=resume)
+        run_batch(settings, out, compose=compose, system=system, spec=spec, file=one_file, output=output, resume=resume,
+                  parallel=parallel)
         return
-    if output is not None or resume:
+    if output is not None or resume or parallel is not None:
         from chatllm.errors import UsageError
 
-        raise UsageError("-o/--output and --resume go with --lines", "chatllm ask --lines -o out.jsonl < prompts.txt")
-    _one_shot("ask", prompt, file, settings, out, system=system, spec=spec,
+        raise UsageError("-o/--output, --resume and --parallel go with --lines", "chatllm ask --lines -o out.jsonl < prompts.txt")
+    if file and prompt:  # a question over files: the whole text when it fits, else retrieval with citations
+        from chatllm.cli.ask_files import ask_files
+
+        ask_files(prompt, file, settings, out, system=system, spec=spec, text_spec=_spec(schema, schema_multi, any_object=False),
+                  compose=compose if template else None, show_sources=sources)
+        return
+    if sources:
+        from chatllm.errors import UsageError
+
+        raise UsageError("--sources goes with -f FILE and a question", 'chatllm ask -f notes.txt --sources "who signed it?"')
+    _one_shot("ask", prompt, one_file, settings, out, system=system, spec=spec,
               compose=compose if template else None)
+
+
+def _one_file(files: Optional[List[Path]], lines: bool, question: bool) -> Optional[Path]:
+    """The one -f file of --lines, or of a prompt with no question words; several need a question."""
+    if not files or len(files) == 1 or question and not lines:
+        return files[0] if files else None
+    from chatllm.errors import UsageError
+
+    if lines:
+        raise UsageError("--lines reads one -f FILE", "join the files first: cat a.txt b.txt | chatllm ask --lines ...")
+    raise UsageError("several -f files need a question to search them with", 'chatllm ask -f a.txt -f b.txt "what changed?"')
 
 
 def generate(
@@ -234,13 +262,19 @@ def _one_shot(kind: str, words: Optional[List[str]], file: Optional[Path], setti
               system: Optional[str] = None, spec=None, compose: Optional[Callable[[str], str]] = None) -> None:
     from chatllm.inputs import gather_prompt
     from chatllm.runtime.loader import load_engine
-    from chatllm.tasks import oneshot
 
     # read before the model loads: bad input fails fast
     text = gather_prompt(words, file, out.warn, settings.n_ctx, allow_empty=compose is not None)
     if compose is not None:
         text = compose(text)
-    engine = load_engine(settings, out)
+    answer_text(kind, text, load_engine(settings, out), out, system=system, spec=spec, settings=settings)
+
+
+def answer_text(kind: str, text: str, engine, out: Output, system: Optional[str] = None, spec=None, *,
+                settings: Settings) -> None:
+    """Run ask or generate on the prompt text with a loaded engine and print the answer (or its --json record)."""
+    from chatllm.tasks import oneshot
+
     on_text = None if out.as_json or spec is not None else out.write
     if kind == "ask":
         answer = oneshot.ask(engine, text, settings.sampling, system=system, on_text=on_text, spec=spec)

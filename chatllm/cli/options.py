@@ -37,6 +37,9 @@ Threads = Annotated[Optional[int], _model_opt(
 ChatFormat = Annotated[Optional[str], _model_opt(
     "--chat-format", help="Use a built-in chat format (chatml, llama-3, gemma, ...) instead of the GGUF's template")]
 Offline = Annotated[bool, _model_opt("--offline", help="Use only downloaded models [env HF_HUB_OFFLINE=1]")]
+Parallel = Annotated[Optional[int], _model_opt(
+    "--parallel", help="Requests at once to a server model (rows, lines, summary parts); a local model runs one "
+                       "[default: the entry's `parallel`, else 1]")]
 
 MaxTokens = Annotated[Optional[int], _sampling_opt("--max-tokens", "-n", help="Longest reply in tokens [default: 512]")]
 Temperature = Annotated[Optional[float], _sampling_opt("--temperature", "-t", help="0 is deterministic [default: 0.7]")]

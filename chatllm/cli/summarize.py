@@ -12,6 +12,7 @@ from chatllm.cli.options import (
     MaxTokens,
     Model,
     Offline,
+    Parallel,
     Seed,
     Stop,
     Temperature,
@@ -86,7 +87,7 @@ def _options(length: str, words: Optional[int], style: str, lang: Optional[str],
                           max_tokens=cap, **({} if chunk_tokens is None else {"chunk_tokens": chunk_tokens or None}))
 
 
-def _run(engine, source_blocks, size_hint, label: str, settings: Settings, options, out: Output):
+def _run(engine, source_blocks, size_hint, label: str, settings: Settings, options, out: Output, workers=()):
     """Summarize one stream: progress on stderr, the final pass streamed to stdout (or returned for --json)."""
     from chatllm.tasks.summarize import Summarizer
 
@@ -103,7 +104,7 @@ def _run(engine, source_blocks, size_hint, label: str, settings: Settings, optio
         out.write(piece)
 
     try:
-        summarizer = Summarizer(engine, settings.sampling, options, on_progress=view.update)
+        summarizer = Summarizer(engine, settings.sampling, options, on_progress=view.update, workers=workers)
         result = summarizer.summarize(source_blocks, on_text=on_text, size_hint=size_hint)
     finally:
         view.stop()
@@ -146,7 +147,7 @@ def summarize(
         show_default=False)] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON (one object per summary) with token counts.")] = False,
     model: Model = None, device: Device = None, gpu_layers: GpuLayers = None, ctx: Ctx = None, threads: Threads = None,
-    chat_format: ChatFormat = None, offline: Offline = False,
+    chat_format: ChatFormat = None, offline: Offline = False, parallel: Parallel = None,
     max_tokens: MaxTokens = None, temperature: Temperature = None, top_p: TopP = None, top_k: TopK = None,
     seed: Seed = None, stop: Stop = None,
 ) -> None:
@@ -163,9 +164,9 @@ def summarize(
     options = _options(length, words, style, lang, focus, chunk_tokens, settings)
     sources = gather_sources(files, out.warn)  # every input is checked before the model loads
 
-    from chatllm.runtime.loader import load_engine
+    from chatllm.runtime.loader import load_engines
 
-    engine = load_engine(settings, out)
+    engine, *workers = load_engines(settings, out, parallel, spare=True)  # with --parallel: workers for the map calls
     if combine and len(sources) > 1:
         groups = [("all files", sources)]
     else:
@@ -175,7 +176,7 @@ def summarize(
         if many and not out.as_json:
             out.line(("\n" if i else "") + f"## {label}\n")
         size = sum(s.size_hint or 0 for s in group) or None
-        result = _run(engine, _joined(group, out), size, label, settings, options, out)
+        result = _run(engine, _joined(group, out), size, label, settings, options, out, workers)
         record: dict[str, object] = {"file": label} if not (combine and len(sources) > 1) else {"files": [s.name for s in group]}
         record.update(model=engine.name, **result.as_dict())
         out.result(record, lambda: out.status(_stats_line(result)) if out.err_tty else None)

@@ -44,6 +44,11 @@ class Engine(Protocol):
         """True when render_chat can work (the model's own template or a chat-format override)."""
         ...
 
+    @property
+    def family(self) -> str | None:
+        """The model family as its file says (e.g. "qwen2", "smollm"), for choosing task presets; None if unknown."""
+        ...
+
     def tokenize(self, text: str, *, add_bos: bool = False, special: bool = False) -> list[int]:
         """Text to token ids (special=True parses template markers like <|im_start|>)."""
         ...
@@ -74,6 +79,15 @@ class Engine(Protocol):
 
     def score_continuations(self, prefix: str | Sequence[int], continuations: Sequence[Sequence[int]]) -> list[float]:
         """Log-probability of each token sequence following the prefix."""
+        ...
+
+    @property
+    def pooling(self) -> str | None:
+        """The sentence pooling the model declares (mean, cls, last), None when it has none or the engine cannot tell."""
+        ...
+
+    def embed(self, texts: Sequence[str]) -> list[list[float]]:
+        """L2-normalised sentence vectors of the texts, in input order (an embedding model, loaded for embeddings)."""
         ...
 
     def state_key(self) -> dict | None:

@@ -21,6 +21,7 @@ from chatllm.errors import ChatllmError, NoChatTemplateError
 from chatllm.runtime.contract import GenerationStats
 from chatllm.runtime.cpu_buffers import drop_amx_buffer
 from chatllm.runtime.devices import choose_gpu_layers, extra_buffers_safe
+from chatllm.runtime.llamacpp_embed import EmbeddingMixin, embedding_params
 from chatllm.runtime.llamacpp_grammar import GrammarSampler, json_schema_grammar
 from chatllm.runtime.stops import StopFilter
 from chatllm.runtime.templates import ChatTemplate, check_fits
@@ -71,7 +72,7 @@ def backend_name(system_info: str, gpu_offload: bool) -> str:
     return "CPU"
 
 
-class LlamaCppEngine:
+class LlamaCppEngine(EmbeddingMixin):
     """The engine contract on llama.cpp: one loaded model and its context, whose KV cache is kept across calls."""
 
     def __init__(
@@ -88,6 +89,7 @@ class LlamaCppEngine:
         chat_format: str | None = None,
         verbose: bool = False,
         name: str | None = None,
+        embedding: bool = False,
     ):
         global _BACKEND_READY, _LOG_ECHO
         _LOG_ECHO = verbose
@@ -130,6 +132,7 @@ class LlamaCppEngine:
             llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED if flash_attn else llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
         )
         ctx_params.no_perf = True
+        embedding_params(ctx_params, wanted_ctx, embedding)  # with embedding: pooled vectors, not logits
         try:
             self._ctx = internals.LlamaContext(model=self._model, params=ctx_params, verbose=True)
         except ValueError:
@@ -146,6 +149,7 @@ class LlamaCppEngine:
         self._tokens: list[int] = []  # what the KV cache holds, position by position
         self._piece = ctypes.create_string_buffer(256)
         self.metadata = self._model.metadata()
+        self.embedding = embedding
         self.chat_template = self.metadata.get("tokenizer.chat_template") or None
         self.chat_format = chat_format
         self._template: ChatTemplate | None = None
@@ -190,6 +194,12 @@ class LlamaCppEngine:
     def has_chat_template(self) -> bool:
         """True when the model can be used for chat (own template or a chat_format override)."""
         return bool(self.chat_format or self.chat_template)
+
+    @property
+    def family(self) -> str | None:
+        """The GGUF's pre-tokenizer name (it tells fine-tunes of one architecture apart), else its architecture."""
+        pre = str(self.metadata.get("tokenizer.ggml.pre") or "")
+        return pre if pre and pre != "default" else (str(self.metadata.get("general.architecture") or "") or None)
 
     def render_chat(self, messages: list[dict], add_generation_prompt: bool = True) -> str:
         """Render messages with the GGUF's template (sandboxed Jinja) or the chat_format override."""

@@ -32,16 +32,18 @@ class ModelSpec:
     license: str = ""
     params: str = ""
     default: bool = False
+    kind: str = ""  # "embedding" (vectors: `chatllm embed`), "chat", or "" (unsaid: the GGUF's pooling decides)
     local_path: Path | None = None
     source: str = "builtin"
     # A remote (OpenAI-compatible) server instead of a GGUF: its base url, the model id it serves, the environment
     # variable that holds its API key (the key itself is read at call time and never stored), TLS verification and
-    # the read timeout in seconds.
+    # the read timeout in seconds; `parallel`: how many requests at once the work that splits sends it (--parallel).
     url: str | None = None
     remote_model: str | None = None
     api_key_env: str | None = None
     tls_verify: bool = True
     timeout: float | None = None
+    parallel: int | None = None
 
     def require(self, key: str) -> str:
         """A field a Hub download cannot do without (repo, file, quant); an error naming the model if unset."""
@@ -73,10 +75,11 @@ class ModelSpec:
         return found[-1].upper() if found else (self.quant or "").upper()
 
 
-REMOTE_FIELDS = {"url", "remote_model", "api_key_env", "tls_verify", "timeout"}
+REMOTE_FIELDS = {"url", "remote_model", "api_key_env", "tls_verify", "timeout", "parallel"}
 TABLE_KEYS = {f.name for f in fields(ModelSpec)} - {"alias", "quant", "local_path", "source"} - REMOTE_FIELDS
 # A remote entry: `url` marks it; `model` in the file is the server's model id (ModelSpec.remote_model).
-REMOTE_KEYS = {"url", "model", "api_key_env", "tls_verify", "timeout", "context", "description", "license", "params", "default"}
+REMOTE_KEYS = {"url", "model", "api_key_env", "tls_verify", "timeout", "parallel", "context", "description", "license", "params",
+               "default", "kind"}
 ONE_OFF_KEY_ENV = "CHATLLM_API_KEY"  # the key variable of a one-off openai:URL#MODEL reference
 _TEXT = ((str,), "a string", 'description = "..."')
 SPEC_TYPES = {
@@ -90,6 +93,8 @@ SPEC_TYPES = {
     "api_key_env": ((str,), "a string", 'api_key_env = "MY_SERVER_KEY"'),
     "tls_verify": ((bool,), "true or false", "tls_verify = false"),
     "timeout": ((int, float), "a number of seconds", "timeout = 300"),
+    "kind": ((str,), '"chat" or "embedding"', 'kind = "embedding"'),
+    "parallel": ((int,), "a whole number of requests at once", "parallel = 4"),
 }
 URL_RE = re.compile(r"^https?://[^\s/#?]+(/[^\s#?]*)?$", re.IGNORECASE)
 ENV_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -125,6 +130,7 @@ def _load_table(path: Path, source: str) -> dict[str, ModelSpec]:
             continue
         _check_keys(path, alias, table, TABLE_KEYS)
         check_types(path, table, SPEC_TYPES, f"[{alias}] ")
+        _check_kind(path, alias, table)
         if not isinstance(table.get("repo"), str) or table["repo"].count("/") != 1:
             raise ChatllmError(f"{path}: [{alias}] needs `repo = \"owner/name\"`", "give the Hub repository")
         values = dict(table, file=_validate_file(path, alias, table.get("file")))
@@ -143,9 +149,16 @@ def _check_keys(path: Path, alias: str, table: dict, known: set[str], what: str 
                            f"known keys: {', '.join(sorted(known))}")
 
 
+def _check_kind(path: Path, alias: str, table: dict) -> None:
+    if table.get("kind", "chat") not in ("chat", "embedding"):
+        raise ChatllmError(f"{path}: [{alias}] kind must be \"chat\" or \"embedding\", not {table['kind']!r}",
+                           'for example kind = "embedding" for a model `chatllm embed` uses')
+
+
 def _remote_entry(path: Path, alias: str, table: dict, source: str) -> ModelSpec:
     _check_keys(path, alias, table, REMOTE_KEYS, " for a remote model (it has a `url`)")
     check_types(path, table, SPEC_TYPES, f"[{alias}] ")
+    _check_kind(path, alias, table)
     url = _check_url(table["url"], lambda msg: ChatllmError(f"{path}: [{alias}] {msg}", 'for example url = "http://127.0.0.1:8080/v1"'))
     key_env = table.get("api_key_env")
     if key_env is not None and not ENV_RE.match(key_env):
@@ -154,6 +167,8 @@ def _remote_entry(path: Path, alias: str, table: dict, source: str) -> ModelSpec
     timeout = table.get("timeout")
     if timeout is not None and timeout <= 0:
         raise ChatllmError(f"{path}: [{alias}] timeout must be above 0 seconds", "for example timeout = 300")
+    if not 1 <= table.get("parallel", 1) <= 256:
+        raise ChatllmError(f"{path}: [{alias}] parallel must be 1 to 256", "for example parallel = 4 (the server's slots)")
     values = {k: v for k, v in table.items() if k not in ("url", "model")}
     return ModelSpec(alias=alias, source=source, url=url, remote_model=table.get("model") or None, **values)
 

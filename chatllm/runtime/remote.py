@@ -153,6 +153,11 @@ class RemoteEngine:
         """True when the server reports a chat template (or can apply one)."""
         return bool(self.chat_template or self._apply_template)
 
+    @property
+    def family(self) -> str | None:
+        """Unknown: the server does not report the GGUF's metadata, so tasks use their default presets."""
+        return None
+
     def render_chat(self, messages: list[dict], add_generation_prompt: bool = True) -> str:
         """Render messages with the server's template, in the same sandboxed Jinja as the local engine."""
         if not self.has_chat_template:
@@ -228,6 +233,26 @@ class RemoteEngine:
     def complete(self, prompt: str | Sequence[int], sampling: Sampling) -> str:
         """The whole generated text at once."""
         return "".join(self.stream(prompt, sampling))
+
+    # -- embeddings -----------------------------------------------------------------------------
+
+    @property
+    def pooling(self) -> str | None:
+        """Unknown here: the server pools as it was started (llama-server --embeddings --pooling ...)."""
+        return None
+
+    def embed(self, texts: Sequence[str]) -> list[list[float]]:
+        """L2-normalised vectors from the server's /v1/embeddings, in input order."""
+        answer = self.server.post("/embeddings", {"model": self.model, "input": list(texts)}, api=True) if texts else {}
+        rows = sorted((answer or {}).get("data") or [], key=lambda row: row.get("index", 0))
+        if len(rows) != len(texts) or not all(isinstance(r.get("embedding"), list) and r["embedding"] for r in rows):
+            raise ChatllmError(f"{self.name}: the server gave {len(rows)} vectors for {len(texts)} texts",
+                               "start llama-server with --embeddings (and an embedding model)")
+        vectors = []
+        for row in rows:
+            norm = math.sqrt(sum(x * x for x in row["embedding"])) or 1.0
+            vectors.append([x / norm for x in row["embedding"]])
+        return vectors
 
     # -- scoring --------------------------------------------------------------------------------
 

@@ -21,7 +21,7 @@ from typing import Any, Iterator
 
 import httpx
 
-from chatllm.errors import ChatllmError, ContextOverflowError, redact
+from chatllm.errors import ChatllmError, ContextOverflowError, EngineUnavailable, redact
 
 CONNECT_TIMEOUT = 10.0
 READ_TIMEOUT = 120.0
@@ -161,6 +161,10 @@ class Server:
 
     def transport_error(self, exc: httpx.HTTPError, streaming: bool = False) -> ChatllmError:
         """The one-line error for a failure below HTTP: refused, DNS, TLS, timeouts, a cut connection."""
+        err = self._transport_error(exc, streaming)
+        return EngineUnavailable(err.message, err.hint)  # a batch stops on it: the next rows would fail alike
+
+    def _transport_error(self, exc: httpx.HTTPError, streaming: bool) -> ChatllmError:
         text = " ".join(str(e) for e in _chain(exc)).lower()
         host = httpx.URL(self.api).host
         where = self.where

@@ -1,8 +1,9 @@
-"""Batches of prompts: rows from plain lines or JSON Lines, answered in input order on one engine, and the ids an
-earlier run already wrote (for --resume).
+"""Batches of prompts: rows from plain lines or JSON Lines, answered in input order on one engine (or concurrently on
+several connections to one server), and the ids an earlier run already wrote (for --resume).
 
 The engine's KV cache keeps the longest common token prefix of consecutive prompts, so a shared system prompt and
-an instruction composed before each row's text are evaluated once: each row costs only its own tokens.
+an instruction composed before each row's text are evaluated once: each row costs only its own tokens (a server
+does the same per slot, with cache_prompt).
 """
 
 from __future__ import annotations
@@ -11,12 +12,13 @@ import itertools
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
-from chatllm.errors import ChatllmError, NoChatTemplateError, UsageError
+from chatllm.errors import ChatllmError, EngineUnavailable, NoChatTemplateError, UsageError
 from chatllm.runtime.contract import Engine, GenerationStats
 from chatllm.settings import Sampling
 from chatllm.tasks.oneshot import Answer, ask
+from chatllm.tasks.parallel import ordered_map
 from chatllm.tasks.structured import JsonSpec
 
 
@@ -123,12 +125,16 @@ def _json_row(line: str, number: int) -> Row:
 
 
 def run_rows(engine: Engine, rows: Iterable[Row], sampling: Sampling, *, compose: Callable[[str], str],
-             system: str | None = None, spec: JsonSpec | None = None) -> Iterator[RowResult]:
-    """Answer each row in order on one engine; a failed row carries its error and the batch goes on."""
+             system: str | None = None, spec: JsonSpec | None = None, workers: Sequence[Engine] = ()) -> Iterator[RowResult]:
+    """Answer the rows in input order, on `engine` or concurrently on `workers` (one thread each); a failed row
+    carries its error and the batch goes on, but an unreachable engine stops it (rows before it are all yielded)."""
     if not engine.has_chat_template:  # would fail every row alike: once, up front
         raise NoChatTemplateError(engine.name)
-    for row in rows:
-        yield answer_row(engine, row, sampling, compose=compose, system=system, spec=spec)
+
+    def one(worker: Engine, row: Row) -> RowResult:
+        return answer_row(worker, row, sampling, compose=compose, system=system, spec=spec)
+
+    yield from ordered_map(one, rows, list(workers) or [engine])
 
 
 def answer_row(engine: Engine, row: Row, sampling: Sampling, *, compose: Callable[[str], str],
@@ -139,8 +145,8 @@ def answer_row(engine: Engine, row: Row, sampling: Sampling, *, compose: Callabl
     before = engine.last_stats
     try:
         answer = ask(engine, compose(row.prompt), sampling, system=row.system if row.system is not None else system, spec=spec)
-    except UsageError:
-        raise  # the flags' fault (a schema the grammar cannot take), not the row's: every row would fail alike
+    except (UsageError, EngineUnavailable):
+        raise  # the flags' fault (a schema the grammar cannot take) or a server gone, not the row's: all would fail alike
     except ChatllmError as err:
         # a fresh stats object means the row got as far as generating; otherwise the counts are the last row's
         stats = engine.last_stats if engine.last_stats is not before else None

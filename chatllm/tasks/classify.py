@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING, Sequence
 
 from chatllm.errors import ContextOverflowError, UsageError
 from chatllm.runtime.contract import Engine
-from chatllm.tasks.fewshot import Example, Preset, preset
+from chatllm.tasks.fewshot import Example
+from chatllm.tasks.presets import Preset, choose
 from chatllm.tasks.text import detect_language
 
 if TYPE_CHECKING:
@@ -24,7 +25,6 @@ if TYPE_CHECKING:
 
 SENTIMENT_LABELS = ("positive", "negative")
 NEUTRAL = "neutral"
-CONTENT_FREE = ("",)  # tuned on sst2_tune.tsv: the empty text beat "N/A", "[MASK]" and their mix
 _SPACE = re.compile(r"\s+")
 _MIN_ITEM_TOKENS = 16
 
@@ -38,19 +38,22 @@ class Result:
     scores: dict[str, float] = field(default_factory=dict)
     error: str | None = None
     truncated: bool = False
+    preset: dict | None = None  # what Classifier.explain() says about the prompt this item got
 
     @property
     def probability(self) -> float:
         """The probability of the chosen label."""
         return self.scores.get(self.label, 0.0) if self.label else 0.0
 
-    def to_json(self) -> dict:
-        """The --json row: {"label", "scores", "text"} (or {"error", "text"})."""
+    def to_json(self, explain: bool = False) -> dict:
+        """The --json row: {"label", "scores", "text"} (or {"error", "text"}); explain adds the "preset" used."""
         if self.error:
             return {"label": None, "error": self.error, "text": self.text}
         row: dict[str, object] = {"label": self.label, "scores": {k: round(v, 6) for k, v in self.scores.items()}, "text": self.text}
         if self.truncated:
             row["truncated"] = True
+        if explain and self.preset is not None:
+            row["preset"] = self.preset
         return row
 
 
@@ -115,6 +118,7 @@ class _Prompt:
     suffix_text: str
     continuations: list[list[int]]
     item_budget: int  # tokens an item and the suffix may take
+    gap: str = " "  # what goes between the text field's colon and the item
     bias: list[float] | None = None
 
 
@@ -132,6 +136,7 @@ class Classifier:
         calibrate: bool | None = None,
         lang: str = "auto",
         kv_cache: "KVCache | None" = None,
+        preset: Preset | None = None,
     ):
         if task not in ("sentiment", "classify"):
             raise ValueError(f"unknown task {task!r}")
@@ -140,25 +145,48 @@ class Classifier:
         self.labels, self.descriptions, self.examples = check_setup(labels, descriptions, examples)
         self.calibrate = calibrate
         self.lang = lang
+        self.preset = preset  # one preset for every language (the tuning's candidates); None: chosen per language
+        self.family = engine.family
         self._prompts: dict[str, _Prompt] = {}
+        self._explanations: dict[str, dict] = {}
         self.kv_cache = kv_cache  # the shared prefix's state and the calibration, saved for the next process
+
+    def on_engine(self, engine: Engine) -> "Classifier":
+        """The same classifier on another connection to the same model (a --parallel worker), sharing its prompts."""
+        import copy
+
+        twin = copy.copy(self)  # shallow: the prompt and calibration cache is shared, each engine's state is not
+        twin.engine = engine
+        return twin
 
     # -- prompt building --------------------------------------------------------------------------
 
+    def preset_for(self, lang: str) -> Preset:
+        """The preset an item in this language gets: the one given, else the built-in for the task and model family."""
+        return self.preset or choose(self.task, lang, self.family)
+
+    def explain(self, lang: str) -> dict:
+        """Which preset a language gets and what it does (for --explain): name, family, examples, calibration."""
+        p = self.preset_for(lang)
+        return {**p.describe(), "lang": lang, "family": self.family,
+                "examples": "--examples" if self.examples is not None else len(self._examples_for(p)),
+                "calibrate": self._uses_calibration(lang), "verbalizers": {lab: p.word(lab) for lab in self.labels}}
+
     def prompt_text(self, lang: str) -> tuple[str, str]:
         """The shared prefix (instruction and examples, ending at the text field) and the suffix after an item."""
-        p = preset(self.task, lang)
+        p = self.preset_for(lang)
         examples = self._examples_for(p)
         covered = {ex.label for ex in examples}
         header = []
         if p.always_instruct or self.descriptions or not set(self.labels) <= covered:
-            header.append(p.instruction.format(labels=p.separator.join(self.labels)))
+            header.append(p.instruction.format(labels=p.separator.join(p.word(lab) for lab in self.labels)))
         for lab in self.labels:
             if lab in self.descriptions:
-                header.append(f"- {lab}: {self.descriptions[lab]}")
+                header.append(f"- {p.word(lab)}: {self.descriptions[lab]}")
         head = "\n".join(header) + "\n\n" if header else ""
-        shots = "".join(f"{p.text_field}: {clean(ex.text)}\n{p.answer_field}: {ex.label}\n\n" for ex in examples)
-        return head + shots + f"{p.text_field}:", f"\n{p.answer_field}:"
+        text, answer, gap = p.marker(p.text_field), p.marker(p.answer_field), p.gap
+        shots = "".join(f"{text}{gap}{clean(ex.text)}\n{answer}{gap}{p.word(ex.label)}\n\n" for ex in examples)
+        return head + shots + text, f"\n{answer}"
 
     def _examples_for(self, p: Preset) -> list[Example]:
         if self.examples is not None:
@@ -171,35 +199,37 @@ class Classifier:
             return self.calibrate
         if self.examples is not None:
             return True
-        return preset(self.task, lang).calibrate
+        return self.preset_for(lang).calibrate
 
     def _prompt(self, lang: str) -> _Prompt:
         prompt = self._prompts.get(lang)
         if prompt is not None:
             return prompt
         e = self.engine
+        p = self.preset_for(lang)
         prefix_text, suffix_text = self.prompt_text(lang)
         prefix = e.prompt_tokens(prefix_text, special=False)
-        conts = [e.tokenize(" " + lab) for lab in self.labels]
+        conts = [e.tokenize(p.gap + p.word(lab)) for lab in self.labels]
         if _ambiguous(conts):
             # One label's tokens begin another's: score each up to the line break that ends an answer.
-            conts = [e.tokenize(f" {lab}\n") for lab in self.labels]
+            conts = [e.tokenize(f"{p.gap}{p.word(lab)}\n") for lab in self.labels]
         suffix = e.tokenize(suffix_text)
         longest = max(len(c) for c in conts)
         if len(prefix) + len(suffix) + longest + _MIN_ITEM_TOKENS > e.n_ctx:
             raise ContextOverflowError(len(prefix) + longest, e.n_ctx, what="the instruction and examples")
-        room = min(e.n_ctx - len(prefix) - longest - 1, preset(self.task, lang).item_tokens + len(suffix))
-        prompt = _Prompt(prefix, suffix, suffix_text, conts, room)
+        room = min(e.n_ctx - len(prefix) - longest - 1, p.item_tokens + len(suffix))
+        prompt = _Prompt(prefix, suffix, suffix_text, conts, room, p.gap)
         entry = self.kv_cache.restore(e, prefix) if self.kv_cache is not None else None
         saved = dict(entry.extra.get("calibration") or {}) if entry is not None and entry.tokens == prefix else None
         if self._uses_calibration(lang):
-            # The bias depends on exactly these tokens (and the model, which the cache entry's identity covers).
-            calib = hashlib.sha256(json.dumps([prefix, suffix, conts, room, CONTENT_FREE]).encode()).hexdigest()
+            # The bias depends on exactly these tokens and the preset's content-free inputs (and the model, which the
+            # cache entry's identity covers).
+            calib = hashlib.sha256(json.dumps([p.name, prefix, suffix, conts, room, p.content_free]).encode()).hexdigest()
             bias = (saved or {}).get(calib)
             if isinstance(bias, list) and len(bias) == len(conts) and all(isinstance(b, float) for b in bias):
                 prompt.bias = bias
             else:
-                prompt.bias = _mean_logprobs([self._raw_scores(prompt, cf)[0] for cf in CONTENT_FREE])
+                prompt.bias = _mean_logprobs([self._raw_scores(prompt, cf)[0] for cf in p.content_free])
                 saved = None if saved is None else {**saved, calib: prompt.bias}
                 if self.kv_cache is not None:
                     self.kv_cache.save(e, n_tokens=len(prefix), extra={"calibration": saved or {calib: prompt.bias}},
@@ -214,10 +244,10 @@ class Classifier:
 
     def _item_tokens(self, prompt: _Prompt, text: str) -> tuple[list[int], bool]:
         e = self.engine
-        tokens = e.tokenize(" " + text + prompt.suffix_text)
+        tokens = e.tokenize(prompt.gap + text + prompt.suffix_text)
         if len(tokens) <= prompt.item_budget:
             return tokens, False
-        body = e.tokenize(" " + text)
+        body = e.tokenize(prompt.gap + text)
         marker = e.tokenize(" ...")
         room = prompt.item_budget - len(prompt.suffix) - len(marker)
         head = room // 2
@@ -241,7 +271,12 @@ class Classifier:
         probs = _softmax(logps)
         scores = dict(zip(self.labels, probs))
         best = max(self.labels, key=scores.__getitem__)
-        return Result(text=text, label=best, scores=scores, truncated=truncated)
+        return Result(text=text, label=best, scores=scores, truncated=truncated, preset=self._explained(lang))
+
+    def _explained(self, lang: str) -> dict:
+        if lang not in self._explanations:
+            self._explanations[lang] = self.explain(lang)
+        return self._explanations[lang]
 
 
 def _ambiguous(conts: list[list[int]]) -> bool:

@@ -1,4 +1,4 @@
-"""Built-in few-shot prompts per task and language, and loading the user's own examples (--examples FILE)."""
+"""Few-shot examples: the labelled text type, and loading the user's own (--examples FILE); presets.py has the built-ins."""
 
 from __future__ import annotations
 
@@ -17,80 +17,6 @@ class Example:
 
     text: str
     label: str
-
-
-@dataclass(frozen=True)
-class Preset:
-    """How one task is asked in one language: the field names, the instruction and the built-in examples."""
-
-    text_field: str
-    answer_field: str
-    instruction: str  # "{labels}" is replaced by the label list
-    separator: str  # joins labels inside the instruction
-    examples: tuple[Example, ...] = ()
-    always_instruct: bool = False  # else the instruction appears only when the examples do not cover every label
-    calibrate: bool = True
-    item_tokens: int = 384  # a longer item keeps its start and end; the middle rarely changes the label
-
-
-def _ex(*pairs: tuple[str, str]) -> tuple[Example, ...]:
-    return tuple(Example(text, label) for text, label in pairs)
-
-
-# The order matters to a small model (recency bias); this one was chosen on ../shared/data/sentiment/sst2_tune.tsv.
-# Neutral examples only join when the label set has neutral, so the two-label prompt is the tuned one.
-SENTIMENT = {
-    "en": Preset(
-        text_field="Text",
-        answer_field="Sentiment",
-        instruction="Classify the sentiment of each text as {labels}.",
-        separator=", ",
-        examples=_ex(
-            ("not as bad as I feared, and the ending is genuinely touching.", "positive"),
-            ("the jokes fall flat and the plot makes no sense.", "negative"),
-            ("the film was released in the spring and runs about two hours.", "neutral"),
-            ("a warm, funny and beautifully acted film that stays with you long after the credits.", "positive"),
-            ("a dull, lifeless mess that wastes a talented cast.", "negative"),
-            ("the hotel is next to the train station.", "neutral"),
-        ),
-        item_tokens=128,
-    ),
-    # Measured on chnsenticorp_tune.csv: zero-shot with calibration 72.5%, these six hand-written examples without
-    # calibration 63% (with it 56%: SmolLM2 then calls nearly every review positive). So no built-in Chinese examples.
-    "zh": Preset(
-        text_field="Text",
-        answer_field="Sentiment",
-        instruction="判断每条评论的情感，从以下标签中选一个：{labels}。",
-        separator="、",
-        always_instruct=True,
-        item_tokens=128,
-    ),
-}
-
-CLASSIFY = {
-    "en": Preset(
-        text_field="Text",
-        answer_field="Category",
-        instruction="Classify each text into one of these categories: {labels}.",
-        separator=", ",
-        always_instruct=True,
-    ),
-    "zh": Preset(
-        text_field="Text",
-        answer_field="Category",
-        instruction="将每段文本归入以下类别之一：{labels}。",
-        separator="、",
-        always_instruct=True,
-    ),
-}
-
-PRESETS = {"sentiment": SENTIMENT, "classify": CLASSIFY}
-
-
-def preset(task: str, lang: str) -> Preset:
-    """The built-in prompt for a task ("sentiment" or "classify") in a language ("en" or "zh")."""
-    table = PRESETS[task]
-    return table.get(lang, table["en"])
 
 
 def load_examples(path: Path | str, warn=None) -> list[Example]:

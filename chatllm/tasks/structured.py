@@ -61,13 +61,15 @@ def json_spec(schema: str | None, multi: bool = False, *, where: str = "--schema
             raise UsageError("--schema-multi needs a schema", "for example --schema-multi 'name, date, amount float'")
         return JsonSpec(dict(ANY_OBJECT))
     parsed = parse_schema(schema, where=where)
-    check_supported(parsed, where=where)
     import jsonschema  # imported here: only structured answers pay for it
 
-    try:
-        jsonschema.validators.validator_for(parsed).check_schema(parsed)
+    try:  # first against the meta-schema, so the walk below only ever sees well-formed keywords
+        jsonschema.validators.validator_for(parsed, default=jsonschema.Draft202012Validator).check_schema(parsed)
     except jsonschema.SchemaError as exc:
-        raise UsageError(f"{where}: not a valid JSON Schema: {exc.message[:200]}", "check the schema")
+        at = "/".join(str(p) for p in exc.absolute_path) or "the top"
+        raise UsageError(f"{where}: not a valid JSON Schema at {at}: {exc.message[:200]}",
+                         "check the schema (types: string, number, integer, boolean, object, array, null)")
+    check_supported(parsed, where=where)
     return JsonSpec(parsed, multi)
 
 
@@ -76,16 +78,23 @@ def parse_schema(text: str, *, where: str = "--schema") -> dict:
     stripped = text.strip()
     if stripped.startswith("{"):
         return _load_json(stripped, where)
-    if "\n" not in stripped and len(stripped) < 4096 and (stripped.endswith(".json") or Path(stripped).is_file()):
+    if "\n" not in stripped and len(stripped) < 4096 and (stripped.endswith(".json") or _is_file(stripped)):
         path = Path(stripped).expanduser()
         try:
             body = path.read_text(encoding="utf-8")
         except FileNotFoundError:
             raise UsageError(f"{where}: no such file: {path}", "give a JSON Schema file, inline JSON, or 'name, age int'")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise UsageError(f"{where}: cannot read {path}: {exc}", "give a UTF-8 JSON Schema file")
+        except (OSError, UnicodeDecodeError, ValueError) as exc:
+            raise UsageError(f"{where}: cannot read {path}: {str(exc)[:200]}", "give a UTF-8 JSON Schema file")
         return _load_json(body, str(path))
     return concise_schema(stripped, where=where)
+
+
+def _is_file(text: str) -> bool:
+    try:
+        return Path(text).expanduser().is_file()
+    except (OSError, ValueError):  # a name too long for the file system, a NUL byte: not a file, so not a path
+        return False
 
 
 def _load_json(text: str, where: str) -> dict:
@@ -160,10 +169,12 @@ def _walk(node: Any, root: dict, where: str, at: str, resolving: set[str]) -> No
             raise UsageError(f"{where}: the $ref {ref!r} (at {at}) refers back to itself", "recursive schemas cannot be decoded")
         _walk(_resolve(root, ref, where, at), root, where, ref, resolving | {ref})
     for key in _SUBSCHEMA_MAPS:
-        for name, sub in (node.get(key) or {}).items():
+        subs = node.get(key)
+        for name, sub in subs.items() if isinstance(subs, dict) else ():
             _walk(sub, root, where, f"{at}/{key}/{name}", resolving)
     for key in _SUBSCHEMA_LISTS:
-        for i, sub in enumerate(node.get(key) or []):
+        subs = node.get(key)
+        for i, sub in enumerate(subs if isinstance(subs, list) else ()):
             _walk(sub, root, where, f"{at}/{key}/{i}", resolving)
     for key in ("items", "additionalProperties"):
         if isinstance(node.get(key), dict):

@@ -1,6 +1,7 @@
 """Summaries of text of any length: one pass when it fits the window, else map-reduce sized to the real n_ctx.
 
-Pure logic over the engine contract (chatllm.runtime.contract), so tests drive it with the fake engine.
+Pure logic over the engine contract (chatllm.runtime.contract), so tests drive it with the fake engine. The map calls
+may run concurrently on worker engines (connections to one server): notes keep the chunks' order.
 """
 
 from __future__ import annotations
@@ -8,6 +9,7 @@ from __future__ import annotations
 import collections
 import itertools
 import math
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator, Sequence
@@ -16,12 +18,12 @@ from chatllm.errors import ChatllmError
 from chatllm.runtime.contract import Engine
 from chatllm.settings import Sampling
 from chatllm.tasks.chunking import (
-    Chunk,
     chunk_pieces,
     drop_gutenberg_frame,
     hard_split,
     pieces_from_blocks,
 )
+from chatllm.tasks.parallel import ordered_map
 from chatllm.tasks.text import boundary_after, guess_language, sentence_end
 
 LENGTHS = {"short": 50, "medium": 150, "long": 300}  # target words
@@ -165,8 +167,10 @@ class Summarizer:
     """Summarizes one document (a stream of text blocks) with one loaded engine."""
 
     def __init__(self, engine: Engine, sampling: Sampling, options: SummaryOptions | None = None,
-                 on_progress: Callable[[Progress], None] | None = None):
+                 on_progress: Callable[[Progress], None] | None = None, workers: Sequence[Engine] = ()):
         self.engine = engine
+        self.workers = list(workers) or [engine]  # the map calls' engines, one thread each (none of them `engine` when several)
+        self._lock = threading.Lock()
         self.options = options or SummaryOptions()
         self.on_progress = on_progress
         self.sampling = sampling
@@ -235,10 +239,10 @@ class Summarizer:
                               one_sentence=style == "tldr", soft_tokens=self.final_target, lead=lead)
 
     def _generate(self, tokens: list[int], max_tokens: int, on_text: Callable[[str], None] | None = None,
-                  one_sentence: bool = False, soft_tokens: int | None = None, lead: str = "") -> str:
-        """One model call; `lead` is the reply's start already in the prompt, and after soft_tokens the reply
-        ends at the next sentence or line end."""
-        engine = self.engine
+                  one_sentence: bool = False, soft_tokens: int | None = None, lead: str = "", engine: Engine | None = None) -> str:
+        """One model call (on `engine`, else the main one); `lead` is the reply's start already in the prompt, and after
+        soft_tokens the reply ends at the next sentence or line end."""
+        engine = engine or self.engine
         sampling = self.sampling.replace(max_tokens=max_tokens)
         parts: list[str] = []  # what went out, the lead joined to the first piece
         text = lead  # the reply so far, the lead included
@@ -271,15 +275,15 @@ class Summarizer:
                     break
         finally:
             stream.close()
-        stats = engine.last_stats
-        res = self._result
-        res.calls += 1
-        res.prompt_tokens += stats.prompt_tokens - stats.cached_tokens
-        res.completion_tokens += stats.completion_tokens
-        res.finish_reason = "stop" if cut else stats.finish_reason
-        res.calls_log.append({"prompt_tokens": stats.prompt_tokens, "cached_tokens": stats.cached_tokens,
-                              "completion_tokens": stats.completion_tokens, "seconds": stats.seconds,
-                              "first_token_seconds": stats.first_token_seconds or stats.seconds})
+        stats, res = engine.last_stats, self._result
+        with self._lock:  # map calls may end in several threads at once
+            res.calls += 1
+            res.prompt_tokens += stats.prompt_tokens - stats.cached_tokens
+            res.completion_tokens += stats.completion_tokens
+            res.finish_reason = "stop" if cut else stats.finish_reason
+            res.calls_log.append({"prompt_tokens": stats.prompt_tokens, "cached_tokens": stats.cached_tokens,
+                                  "completion_tokens": stats.completion_tokens, "seconds": stats.seconds,
+                                  "first_token_seconds": stats.first_token_seconds or stats.seconds})
         return "".join(parts).strip()
 
     def _report(self, progress: Progress) -> None:
@@ -369,8 +373,12 @@ class Summarizer:
         self._report(Progress("map", done=0, total=est_chunks, fraction=0.0))
         queue = collections.deque(held)
         del held
-        for chunk in chunk_pieces(itertools.chain(_drain(queue), pieces), count, target):
-            notes.append(self._note(chunk, instruction))
+        chunks = chunk_pieces(itertools.chain(_drain(queue), pieces), count, target)
+        jobs = ((chunk, self._prompt(chunk.text, instruction)) for chunk in chunks)  # tokenized here, on the main engine
+        for chunk, note in ordered_map(lambda e, job: (job[0], self._generate(job[1], self.note_reserve, engine=e)), jobs,
+                                       self.workers):
+            # A model that answers nothing still leaves the chunk represented: its opening, cut to size.
+            notes.append(note or _extract(chunk.text, count, self.note_reserve))
             res.chunks += 1
             res.input_tokens += chunk.tokens
             chars_done += len(chunk.text)
@@ -400,11 +408,6 @@ class Summarizer:
         res.text = self._final(join_notes(notes) if len(notes) > 1 else notes[0],
                                final_instruction(opts, whole, detected), on_text)
         return self._finish(Progress("final", done=1, total=1, fraction=1.0))
-
-    def _note(self, chunk: Chunk, instruction: str) -> str:
-        note = self._generate(self._prompt(chunk.text, instruction), self.note_reserve)
-        # A model that answers nothing still leaves the chunk represented: its opening, cut to size.
-        return note or _extract(chunk.text, self.engine.count_tokens, self.note_reserve)
 
     def _groups(self, notes: list[str], budget: int) -> Iterator[list[str]]:
         """Consecutive notes packed so each group's joined text fits the budget."""
