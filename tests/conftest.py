@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from hypothesis import settings as hypothesis_settings
 
-from tests.model_fetch import GEMMA, SMOLLM, fetch
+from tests.model_fetch import GEMMA, QWEN, SMOLLM, fetch
 
 # The same examples on every run: a CI failure can be reproduced, and CI does not go red by chance.
 hypothesis_settings.register_profile("chatllm", derandomize=True, deadline=None)
@@ -27,6 +27,12 @@ def smollm_path() -> Path:
 def gemma_path() -> Path:
     """The real base Gemma 3 270M Q4_K_M GGUF (no chat template)."""
     return fetch(GEMMA)
+
+
+@pytest.fixture(scope="session")
+def qwen_path() -> Path:
+    """The real Qwen2.5-Coder-0.5B-Instruct Q4_K_M GGUF (Chinese-capable), fetched only by the tests that ask for it."""
+    return fetch(QWEN)
 
 
 @pytest.fixture

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
@@ -77,9 +76,6 @@ def test_binary_input_is_refused(chatllm):
     assert r.returncode == 2 and b"binary" in r.stderr
 
 
-QWEN = Path.home() / ".cache" / "chatllm-test" / "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"
-
-
 def test_explain_names_the_preset_each_language_got(chatllm):
     r = chatllm("sentiment", "--lines", "--explain", input="a wonderful, moving film\n房间很脏，服务员态度很差，不会再来了。\n")
     assert r.returncode == 0, r.stderr
@@ -100,9 +96,8 @@ def test_examples_file_overrides_the_built_in_preset(chatllm, tmp_path):
     assert set(data["scores"]) == {"yum", "yuck"} and data["preset"]["examples"] == "--examples"
 
 
-@pytest.mark.skipif(not QWEN.is_file(), reason="the Qwen2.5-Coder-0.5B GGUF is not in ~/.cache/chatllm-test")
-def test_a_chinese_line_through_qwen_gets_the_qwen_preset(chatllm):
-    r = chatllm("sentiment", "-m", str(QWEN), "--json", "--explain", "--lines",
+def test_a_chinese_line_through_qwen_gets_the_qwen_preset(chatllm, qwen_path):
+    r = chatllm("sentiment", "-m", str(qwen_path), "--json", "--explain", "--lines",
                 input="房间干净整洁，早餐丰富，前台服务很热情。\n设施陈旧，卫生间有霉味，隔音太差了。\n", timeout=300)
     assert r.returncode == 0, r.stderr
     rows = [json.loads(line) for line in r.stdout.splitlines()]

@@ -17,7 +17,7 @@ def test_bash_completes_commands_and_flags(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("CHATLLM_")} | {"CHATLLM_HOME": str(tmp_path)}
     r = complete(env, _CHATLLM_COMPLETE="complete_bash", COMP_WORDS="chatllm su", COMP_CWORD="1")
     assert r.returncode == 0 and r.stdout.split() == ["summarize"], r.stderr
-    r = complete(env, _CHATLLM_COMPLETE="complete_bash", COMP_WORDS="chatllm ask --tem", COMP_CWORD="2")
+    r = complete(env, _CHATLLM_COMPLETE="complete_bash", COMP_WORDS="chatllm ask --tempe", COMP_CWORD="2")
     assert r.stdout.split() == ["--temperature"]
 
 
