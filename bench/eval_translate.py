@@ -3,6 +3,7 @@
     pip install -e '.[bench]'                                   # sacrebleu
     python bench/eval_translate.py                              # both test models, 100 sentences a direction, 2 talks
     python bench/eval_translate.py --models smollm --sentences 306 --talks 3 --json out.json
+    python bench/eval_translate.py --start 50 --sentences 50 --talks 0   # rows 50-99: held out from the prompt tuning
 
 Data (tuning split only, read in place): ../shared/data/translation/flores_en_zh_tune.tsv (306 FLORES-200 devtest
 sentence pairs) and ted_iwslt15_tst2010_en_zh_docs_tune.jsonl (3 whole TED talks, aligned segments).
@@ -52,10 +53,10 @@ class Recorder:
             self.calls.append(self._engine.last_stats)
 
 
-def flores(limit: int) -> list[tuple[str, str]]:
-    """(en, zh) pairs of the tuning split, in order."""
+def flores(limit: int, start: int = 0) -> list[tuple[str, str]]:
+    """(en, zh) pairs of the tuning split, in order, from row `start` (0-based, after the header)."""
     lines = (DATA / "flores_en_zh_tune.tsv").read_text(encoding="utf-8").splitlines()[1:]
-    return [tuple(line.split("\t")[:2]) for line in lines[:limit]]  # type: ignore[misc]
+    return [tuple(line.split("\t")[:2]) for line in lines[start:start + limit]]  # type: ignore[misc]
 
 
 def naive(engine, text: str, target: str) -> str:
@@ -92,6 +93,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", default="smollm,qwen", help="comma-separated: smollm, qwen, or .gguf paths")
     parser.add_argument("--sentences", type=int, default=100, help="FLORES sentences per direction [100]")
+    parser.add_argument("--start", type=int, default=0, help="first FLORES row (0-based); rows 0-49 tuned the prompts [0]")
     parser.add_argument("--talks", type=int, default=2, help="TED talks (of 3) [2]")
     parser.add_argument("--ctx", type=int, default=4096)
     parser.add_argument("--show", type=int, default=0, help="print the first N translations of each system")
@@ -104,14 +106,14 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit("sacrebleu is missing: pip install -e '.[bench]' (or pip install sacrebleu)")
     from chatllm.runtime.llamacpp import LlamaCppEngine
 
-    pairs = flores(args.sentences)
+    pairs = flores(args.sentences, args.start)
     talks = [json.loads(line) for line in (DATA / "ted_iwslt15_tst2010_en_zh_docs_tune.jsonl").open(encoding="utf-8")]
     talks = talks[: args.talks]
     rows, details, fig = [], {}, []
     for key in [m.strip() for m in args.models.split(",") if m.strip()]:
         label, path = MODELS.get(key, (Path(key).name, Path(key)))
         engine = Recorder(LlamaCppEngine(str(path), n_ctx=args.ctx))
-        for src, tgt, target in ((0, 1, "Chinese"), (1, 0, "English")):
+        for src, tgt, target in ((0, 1, "Chinese"), (1, 0, "English")) if pairs else ():
             direction = "en->zh" if src == 0 else "zh->en"
             refs = [p[tgt] for p in pairs]
             scores = {}
@@ -128,7 +130,8 @@ def main(argv: list[str] | None = None) -> None:
                 scores[system] = (chrf, (time.perf_counter() - start) / len(pairs))
                 details[f"{label} {direction} {system}"] = {"chrF": chrf, "hyps": hyps}
             rows.append((label, direction, scores))
-            fig.append(figures.row("7", f"translate FLORES {direction} ({len(pairs)} sentences), {label}: chrF", scores["chatllm"][0],
+            rows_label = f"rows {args.start}-{args.start + len(pairs) - 1}"
+            fig.append(figures.row("7", f"translate FLORES {direction} ({rows_label}), {label}: chrF", scores["chatllm"][0],
                                    "", reference=scores["naive"][0], reference_label="naive single prompt",
                                    target="> naive", met=scores["chatllm"][0] > scores["naive"][0]))
         for talk in talks:
@@ -154,7 +157,8 @@ def main(argv: list[str] | None = None) -> None:
                                         f"tok/s vs {raw:.0f} raw"))
         engine._engine.close()
 
-    print("FLORES-200 tuning split, greedy, chrF (higher is better), seconds per sentence")
+    print(f"FLORES-200 tuning split rows {args.start}-{args.start + len(pairs) - 1}, greedy, chrF (higher is better), "
+          "seconds per sentence")
     print(f"{'model':<26} {'direction':<10} {'naive':>7} {'chatllm':>8} {'s naive':>8} {'s ours':>7}")
     for label, what, s in rows:
         if "talk" in s:

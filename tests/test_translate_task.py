@@ -98,7 +98,7 @@ def test_markdown_structure_and_protected_spans_come_back_byte_for_byte():
         assert kept in text, kept
     assert "Last words" not in text and "译" in text
     sent = "\n".join(engine.streamed_texts)
-    for never in ("https://example.com", "bob@example.org", "`run()`", "print(", "title: Notes", "|---", "4.5"):
+    for never in ("https://example.com", "bob@example.org", "`run()`", "print(", "title: Notes", "|---"):
         assert never not in sent, never
     assert [p.index for p in parts] == list(range(1, len(parts) + 1)) and result.parts == len(parts)
 
@@ -218,9 +218,9 @@ def test_clean_reply_drops_what_small_models_add():
     assert clean_reply("```\n你好\n```", "Hello") == "你好"
 
 
-def test_spans_at_the_ends_are_never_placeholders():
-    unit = ds.make_unit([""], "12 km to https://x.org")
-    assert isinstance(unit, ds.Unit) and unit.text == "km to" and unit.lead == "12 " and unit.trail == " https://x.org"
+def test_spans_at_the_ends_are_never_placeholders_and_numbers_travel_as_text():
+    unit = ds.make_unit([""], "`x` is 12 km to https://x.org")
+    assert isinstance(unit, ds.Unit) and unit.text == "is 12 km to" and unit.lead == "`x` " and unit.trail == " https://x.org"
     assert ds.make_unit([""], "42 | 3.5%") == "42 | 3.5%"  # nothing to translate: verbatim
 
 
@@ -237,3 +237,44 @@ def translate_en(engine, doc):
     options = TranslateOptions(EN, part_tokens=60)
     result = translate(engine, [doc], SAMPLING, options, on_part=parts.append)
     return result, result.text, parts, None
+
+
+def test_a_plain_sentence_goes_as_one_plain_instruction_and_the_retry_is_different():
+    engine = Translating(script=lambda n, text: text if n == 1 else fake_zh(text))
+    result, text, parts, warnings = run(engine, "We now have 4-month-old mice, he added.\n")
+    first, retry = engine.streamed_texts
+    assert "<system>" not in first and "Translate into Chinese:\n\nWe now have 4-month-old mice" in first
+    assert "add nothing" in retry and "博物馆" in retry  # a stricter system prompt and a one-shot example
+    assert parts[0].problem == "wrong language" and parts[0].status == "ok" and "4-month-old" not in text
+    assert "4" in text and not warnings
+
+
+def test_names_and_code_may_stay_as_they_are():
+    assert problem_of("Python SDK", "Python SDK", ZH, "stop") is None
+    assert problem_of("Ring CEO Jamie Siminoff", "Ring CEO Jamie Siminoff", ZH, "stop") is None
+    assert problem_of("Hello there, my friend.", "Hello there, my friend.", ZH, "stop") == "wrong language"
+
+
+def test_numbers_are_checked_but_never_rejected():
+    from chatllm.tasks.translate_checks import numbers_missing
+
+    assert numbers_missing("In 2013 he had 4 dogs.", "2013年他有四只狗。", ZH) == []
+    assert numbers_missing("In 2013 he had 4 dogs.", "他有狗。", ZH) == ["2013", "4"]
+    assert numbers_missing("It costs 1,500 dollars.", "It costs 1500 dollars.", EN) == []
+    engine = Translating(script=lambda n, text: "他有狗。")
+    _, text, parts, warnings = run(engine, "He had 4 dogs in 2013.\n")
+    assert text == "他有狗。\n" and parts[0].retries == 0 and parts[0].numbers_missing == ("4", "2013")
+    assert parts[0].as_dict()["numbers_missing"] == ["4", "2013"] and not warnings
+
+
+def test_a_span_the_model_copied_literally_is_taken_as_its_placeholder():
+    engine = Translating(script=lambda n, text: "打开 https://example.com/docs 看看")
+    _, text, parts, _ = run(engine, "Open https://example.com/docs and look.\n")
+    assert text == "打开 https://example.com/docs 看看\n" and parts[0].retries == 0 and parts[0].status == "ok"
+
+
+def test_a_reply_copied_back_twice_gets_a_last_try_in_the_plainest_wording():
+    engine = Translating(script=lambda n, text: text if n <= 2 else fake_zh(text))
+    _, text, parts, warnings = run(engine, "The movie received nominations in all major categories.\n")
+    assert "Translate to Chinese:\n\nThe movie" in engine.streamed_texts[2] and "<system>" not in engine.streamed_texts[2]
+    assert parts[0].retries == 2 and parts[0].status == "ok" and "movie" not in text and not warnings

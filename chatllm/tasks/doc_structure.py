@@ -1,9 +1,10 @@
 """Markdown and plain text as translatable units between verbatim pieces, and the protected spans inside a unit.
 
 What is never sent to a model: front matter, fenced code, table rules, heading/list/quote markers and indents,
-horizontal rules, HTML-only lines, and within a line inline code, URLs, e-mail addresses, link targets, HTML tags,
-emphasis markers and numbers. A unit keeps one prefix per source line, so a hard-wrapped paragraph comes back with
-as many lines; a blank line is always verbatim, so the output has exactly the input's paragraphs.
+horizontal rules, HTML-only lines, and within a line inline code, URLs, e-mail addresses, link targets, HTML tags and
+emphasis markers. Numbers stay in the text: as placeholders they cost small models fluency ("[1]-month-old").
+A unit keeps one prefix per source line, so a hard-wrapped paragraph comes back with as many lines; a blank line
+is always verbatim, so the output has exactly the input's paragraphs.
 """
 
 from __future__ import annotations
@@ -33,7 +34,6 @@ _SPANS = re.compile(
     r"|www\.[A-Za-z0-9-]+\.[^\s<>()\[\]]*[^\s<>()\[\].,;:!?'\"\u3002\uff0c]"
     r"|[\w.+-]+@[\w-]+(?:\.[\w-]+)+"  # an e-mail address
     r"|\*\*|__|(?<![\w*])\*(?=\S)|(?<=\S)\*(?![\w*])"  # emphasis markers
-    r"|(?<![\w.])[-+]?\d+(?:[.,:]\d+)*%?(?![\w])"  # a number (time, decimal, thousands, percent)
     r"|\[(?=[^\]\n]*\]\()"  # a link's opening bracket
 )
 _LETTER = re.compile(r"[^\W\d_]")

@@ -1,10 +1,13 @@
 """Translation of documents of any length, structure kept: pure logic over the engine contract.
 
-The document is cut into units by chatllm.tasks.doc_structure (markup, code, URLs and numbers never reach the
-model); a unit longer than the part budget is cut at sentences by the summarizer's chunker. Each part is sent with
-the previous part and its translation as context, checked (empty, runaway, repetition, wrong language, lost
-placeholders) and, when bad, retried once greedily with a stricter prompt; a part that still fails is said on the
-warn callback and kept in its source text, so nothing wrong is printed silently.
+The document is cut into units by chatllm.tasks.doc_structure (markup, code and URLs never reach the model); a
+unit longer than the part budget is cut at sentences by the summarizer's chunker. A part without placeholders is
+sent as one plain instruction (small models translate a bare sentence best that way); a part with placeholders
+gets a system prompt about them. Each part of a long unit goes with the previous part and its translation. A part
+is checked (chatllm.tasks.translate_checks) and, when bad, retried greedily with a stricter system prompt and a
+one-shot example (a reply copied back twice gets one last try in the plainest wording); lost placeholders are put
+back into the model's own sentence. A part that still fails is said on the warn callback and kept in its source
+text, so nothing wrong is printed silently.
 """
 
 from __future__ import annotations
@@ -20,12 +23,24 @@ from chatllm.settings import Sampling
 from chatllm.tasks import doc_structure as ds
 from chatllm.tasks.chunking import units
 from chatllm.tasks.languages import LANGUAGES, Language, detect_source, parse_glossary, resolve_language
-from chatllm.tasks.text import CJK_IDEOGRAPH, SCRIPTS, letters
+from chatllm.tasks.translate_checks import (
+    CJK_SCRIPTS,
+    clean_reply,
+    has_pairs,
+    mend_spans,
+    numbers_missing,
+    pairs_kept,
+    problem_of,
+)
 
 DEFAULT_TEMPERATURE = 0.0  # greedy: a translation wants the likeliest wording, and the retries are then repeatable
 DEFAULT_PART_TOKENS = 256  # a longer paragraph is translated a few sentences at a time
 REPLY_RATIO, REPLY_EXTRA = 4, 32  # a part's reply may take this many tokens per source token, plus a few
 MARK = "\u2063CHATLLM-{}\u2063"
+PLAIN_FIRST = True  # a part without placeholders first goes as one plain instruction, no system prompt (measured)
+# The one-shot example of the strict retry, by (source, target): shows a small model what a reply in the target is.
+EXAMPLES = {("en", "zh"): ("The museum opens at nine, and children get in free.", "博物馆九点开门，儿童免费入场。"),
+            ("zh", "en"): ("博物馆九点开门，儿童免费入场。", "The museum opens at nine, and children get in free.")}
 __all__ = ["LANGUAGES", "Language", "detect_source", "parse_glossary", "resolve_language", "TranslateOptions", "Part",
            "Progress", "TranslationResult", "clean_reply", "problem_of", "pairs_kept", "Translator", "translate"]
 
@@ -38,7 +53,7 @@ class TranslateOptions:
     glossary: tuple[tuple[str, str], ...] = ()
     part_tokens: int = DEFAULT_PART_TOKENS
     max_tokens: int | None = None  # a hard cap on each part's reply
-    context: bool = True  # send the previous part and its translation along
+    context: bool = True  # send the previous part of the same unit and its translation along
 
 
 @dataclass
@@ -52,14 +67,16 @@ class Part:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     retries: int = 0
-    status: str = "ok"  # ok | repaired (placeholders fixed by translating between them) | failed (source kept)
+    status: str = "ok"  # ok | repaired (lost placeholders put back) | failed (source kept)
     problem: str | None = None
+    numbers_missing: tuple[str, ...] = ()  # reported, never rejected: numbers may change form (四, 1st)
 
     def as_dict(self) -> dict:
         """The JSON-able fields."""
         return {"part": self.index, "line": self.line, "source": self.source, "translation": self.translation,
                 "tokens": {"prompt": self.prompt_tokens, "completion": self.completion_tokens},
-                "retries": self.retries, "status": self.status, **({"problem": self.problem} if self.problem else {})}
+                "retries": self.retries, "status": self.status, **({"problem": self.problem} if self.problem else {}),
+                **({"numbers_missing": list(self.numbers_missing)} if self.numbers_missing else {})}
 
 
 @dataclass
@@ -95,77 +112,6 @@ class TranslationResult:
                 "completion_tokens": self.completion_tokens, "seconds": round(self.seconds, 3)}
 
 
-# -- checks ---------------------------------------------------------------------------------------
-
-_LABEL = re.compile(r"^\s*(?:here is[^:\n]{0,60}|(?:the )?translation[^:\n]{0,30}|(?:[A-Z][a-z]+ )?(?:chinese|english|"
-                    r"japanese|text)|翻译|译文|中文|英文)\s*[:：]\s*", re.I)
-_QUOTES = {'"': '"', "\u201c": "\u201d", "\u300c": "\u300d", "'": "'"}
-_REPEAT = re.compile(r"(.{2,40}?)\1{4,}", re.S)
-
-
-def clean_reply(reply: str, source: str) -> str:
-    """A reply without what small models add around a translation: labels, fences, quotes, extra lines."""
-    text = reply.strip().split("\n\n", 1)[0] if "```" not in reply else reply.strip()  # notes follow a blank line
-    if text.startswith("```") and not source.startswith("```"):
-        text = text.strip("`").strip()
-    m = _LABEL.match(text)
-    if m and not _LABEL.match(source) and len(text) > m.end():
-        text = text[m.end():].strip()
-    close = _QUOTES.get(text[:1])
-    if close and text.endswith(close) and len(text) > 2 and not source.startswith(text[:1]):
-        text = text[1:-1].strip()
-    return ds.rewrap(text, 1)[0] if "\n" in text else text
-
-
-def _script_share(text: str, script: str) -> float:
-    pattern = dict(SCRIPTS)[script]
-    n = letters(text)
-    if script == "Japanese":
-        hits = len(pattern.findall(text)) + len(CJK_IDEOGRAPH.findall(text))
-    else:
-        hits = len(pattern.findall(text))
-    return hits / n if n else 1.0
-
-
-def problem_of(source: str, translation: str, target: Language, finish_reason: str,
-               spans: Sequence[str] = ()) -> str | None:
-    """Why a part's translation is bad (empty, runaway, repetition, wrong language, lost placeholders), or None."""
-    plain = ds._PLACEHOLDER.sub(" ", translation)
-    if not plain.strip() and letters(ds._PLACEHOLDER.sub(" ", source)):
-        return "empty"
-    if finish_reason == "length":
-        return "runaway"
-    rep = _REPEAT.search(translation)
-    if rep and not _REPEAT.search(source) and len(rep.group(0)) >= 12:
-        return "repetition"
-    if letters(plain) >= 4:
-        if target.script is not None and _script_share(plain, target.script) < 0.3:
-            return "wrong language"
-        if target.script is None:
-            foreign = [s for s, _ in SCRIPTS if _script_share(plain, s) > 0.3]
-            if foreign:
-                return "wrong language"
-            if letters(source) >= 24 and " ".join(translation.split()) == " ".join(source.split()) \
-                    and detect_source(source) is not None:
-                return "not translated"
-    if sorted(ds.placeholders_in(translation)) != sorted(ds.placeholders_in(source)) or not pairs_kept(translation, spans):
-        return "placeholders"
-    return None
-
-
-def pairs_kept(translation: str, spans: Sequence[str]) -> bool:
-    """True when every opening span ([ of a link, ** of emphasis) still comes before its closer, with text between."""
-    where = {k: m for m in ds._PLACEHOLDER.finditer(translation) if (k := int(m.group(1)) - 1) < len(spans)}
-    for i, span in enumerate(spans[:-1]):
-        closer = spans[i + 1]
-        paired = span == "[" and closer.startswith("](") or span in ("**", "__", "*", "_") and closer == span
-        if paired and i in where and i + 1 in where:
-            between = translation[where[i].end():where[i + 1].start()]
-            if not letters(between):
-                return False
-    return True
-
-
 # -- the translator ------------------------------------------------------------------------------
 
 
@@ -184,6 +130,7 @@ class Translator:
         self._tokens = [0, 0]
         self._spans: list[str] = []
         self._context: tuple[str, str] | None = None
+        self._verb = "into"
         overhead = len(self._prompt("x", None, strict=True, glossary=list(options.glossary))) + 16
         room = engine.n_ctx - overhead
         self.part_budget = min(options.part_tokens, room // (2 + REPLY_RATIO))
@@ -193,20 +140,24 @@ class Translator:
 
     # prompts ----------------------------------------------------------------------------------
 
-    def _system(self, strict: bool) -> str:
+    def _system(self, strict: bool, placeholders: bool) -> str:
         opts = self.options
         src = f" from {self.source.name}" if self.source else ""
         text = (f"You are a professional translator. Translate the user's text{src} into {opts.target.name}. "
-                f"Reply with the {opts.target.name} translation only, no notes. Keep every [number] "
-                "placeholder exactly as it is.")
+                f"Reply with the {opts.target.name} translation only, no notes.")
+        if placeholders:
+            text += " Keep every [number] placeholder exactly as it is."
         if strict:
             text += f" Translate every sentence once, completely, in {opts.target.name}; add nothing."
         return text
 
     def _user(self, text: str, glossary: list[tuple[str, str]]) -> str:
-        head = f"Translate into {self.options.target.name}:\n\n"
+        head = f"Translate {self._verb} {self.options.target.name}:\n\n"
         terms = "".join(f"\n{a} = {b}" for a, b in glossary)
         return head + text + (f"\n\n(Use these terms:{terms})" if terms else "")
+
+    def _example(self) -> tuple[str, str] | None:
+        return EXAMPLES.get((self.source.code if self.source else "en", self.options.target.code))
 
     def _prompt(self, text: str, context: tuple[str, str] | None, strict: bool,
                 glossary: list[tuple[str, str]]) -> list[int]:
@@ -222,7 +173,11 @@ class Translator:
                            for i in range(0, len(texts) - 1, 2))
             rendered = body + f"{label}: {MARK.format(len(texts) - 1)}\n{self.options.target.name}:"
         else:
-            messages = [{"role": "system", "content": self._system(strict)}]
+            placeholders = bool(ds.placeholders_in(text))
+            plain = PLAIN_FIRST and not (strict or placeholders)
+            messages = [] if plain else [{"role": "system", "content": self._system(strict, placeholders)}]
+            if strict and context is None and (example := self._example()):
+                context = example
             if context:
                 texts += [self._user(context[0], []), context[1]]
                 messages += [{"role": "user", "content": MARK.format(0)}, {"role": "assistant", "content": MARK.format(1)}]
@@ -278,26 +233,52 @@ class Translator:
         if not self.engine.has_chat_template:  # a base model goes on with the next "Source: ..." line
             reply = reply.strip().split("\n", 1)[0]
         translation = clean_reply(reply, text)
+        if sorted(ds.placeholders_in(translation)) != sorted(ds.placeholders_in(text)):
+            cjk = self.options.target.script in CJK_SCRIPTS
+            translation = mend_spans(text, translation, self._spans, cjk, literal_only=True)
         return translation, problem_of(text, translation, self.options.target, finish, self._spans)
 
     def translate_piece(self, text: str) -> tuple[str, int, str, str | None]:
         """(translation, retries, status, problem) of one part's text (placeholders in, placeholders out)."""
         context = self._context if self.options.context else None
+        cjk = self.options.target.script in CJK_SCRIPTS
         translation, problem = self._attempt(text, context, strict=False)
         if problem is None:
             self._context = (text, translation)
             return translation, 0, "ok", None
-        first = problem
+        first, lost, retries = problem, translation if problem == "placeholders" else None, 1
         translation, problem = self._attempt(text, None, strict=True)
         if problem is None:
             self._context = (text, translation)
             return translation, 1, "ok", first
-        if problem == "placeholders":
+        if problem in ("wrong language", "not translated"):
+            # Copied back twice: the last resort is the plainest wording there is ("Translate to X:"), which small
+            # models sometimes follow where the others failed; it costs a call only on such parts.
+            self._verb = "to"
+            try:
+                third, again = self._attempt(text, None, strict=False)
+            finally:
+                self._verb = "into"
+            retries = 2
+            if again is None:
+                self._context = (text, third)
+                return third, retries, "ok", first
+        if problem == "placeholders" or lost is not None:
+            candidate = translation if problem == "placeholders" else lost
+            assert candidate is not None
+            if not has_pairs(self._spans) or pairs_kept(candidate, self._spans):
+                mended, still = self._recheck(text, mend_spans(text, candidate, self._spans, cjk))
+                if still is None:
+                    self._context = (text, mended)
+                    return mended, retries, "repaired", first
             repaired = self._between_placeholders(text)
             if repaired is not None:
-                return repaired, 1, "repaired", first
+                return repaired, retries, "repaired", first
         self._context = None
-        return text, 1, "failed", problem
+        return text, retries, "failed", problem
+
+    def _recheck(self, text: str, translation: str) -> tuple[str, str | None]:
+        return translation, problem_of(text, translation, self.options.target, "stop", self._spans)
 
     def _between_placeholders(self, text: str) -> str | None:
         """The text translated piece by piece between its placeholders, which then all come back in order."""
@@ -314,7 +295,7 @@ class Translator:
             left, right = piece[: len(piece) - len(piece.lstrip())], piece[len(piece.rstrip()):]
             out.append(left + translation + right)
         joined = "".join(out)
-        if self.options.target.script in ("Chinese", "Japanese"):
+        if self.options.target.script in CJK_SCRIPTS:
             joined = re.sub(r"(?<=[\u3000-\u9fff\uff00-\uffef]) +| +(?=[\u3000-\u9fff\uff00-\uffef])", "", joined)
         return joined
 
@@ -356,11 +337,15 @@ class Translator:
                 continue
             pieces = [p for p, _ in units(item.text, self.engine.count_tokens, self.part_budget)]
             self._spans = item.spans
+            # Context only within a unit (a long paragraph's sentence parts): across paragraphs it did not help on TED
+            # talks (chrF 26.6 with, 26.7 without, 40% slower, one more failed part; docs/BENCHMARKS.md).
+            self._context = None
             done = []
             for piece in pieces:
                 core = piece.strip()
                 self._tokens = [0, 0]
                 translation, retries, status, problem = self.translate_piece(core)
+                missing = tuple(numbers_missing(core, translation, opts.target)) if status != "failed" else ()
                 res.parts += 1
                 res.retries += retries
                 if status == "failed":
@@ -371,7 +356,7 @@ class Translator:
                 done.append(translation)
                 if on_part is not None:
                     on_part(Part(res.parts, line, ds.restore(core, item.spans), ds.restore(translation, item.spans),
-                                 self._tokens[0], self._tokens[1], retries, status, problem))
+                                 self._tokens[0], self._tokens[1], retries, status, problem, missing))
             emit(ds.render(item, self._join(done)))
             line += len(item.prefixes) - 1
             chars += len(item.source)
@@ -381,7 +366,7 @@ class Translator:
         return res
 
     def _join(self, pieces: Sequence[str]) -> str:
-        sep = "" if self.options.target.script in ("Chinese", "Japanese") else " "
+        sep = "" if self.options.target.script in CJK_SCRIPTS else " "
         return sep.join(p.strip() for p in pieces)
 
     def _report(self, done: int, chars: int, size_hint: int | None) -> None:
