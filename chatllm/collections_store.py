@@ -5,12 +5,12 @@ from __future__ import annotations
 import hashlib
 import sqlite3
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, ContextManager, Sequence
 
 from chatllm.errors import ChatllmError, UsageError
+from chatllm.store import immediate_transaction
 
 SCHEMA_VERSION = 1
 SCHEMA = """
@@ -86,18 +86,8 @@ class CollectionStore:
         return ChatllmError(f"the collections file {self.path} is corrupt: {text}",
                             f"move {self.path} aside (chatllm starts a new one) and embed the texts again")
 
-    @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        try:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
-        except sqlite3.DatabaseError as exc:
-            raise self._error(exc) from None
+    def _transaction(self) -> ContextManager[sqlite3.Connection]:
+        return immediate_transaction(self._db, self._error)
 
     def _query(self, sql: str, params: tuple = ()) -> list[tuple]:
         try:

@@ -7,7 +7,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
+from typing import Callable, ContextManager, Iterable, Iterator, Sequence
 
 from chatllm.errors import ChatllmError, UsageError
 
@@ -94,6 +94,21 @@ def _iso(ts: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(ts))
 
 
+@contextmanager
+def immediate_transaction(db: sqlite3.Connection, error: Callable[[Exception], ChatllmError]) -> Iterator[sqlite3.Connection]:
+    """BEGIN IMMEDIATE ... COMMIT on db, rolled back on any exception; SQLite's own errors become error(exc)."""
+    try:
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            yield db
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+    except sqlite3.DatabaseError as exc:
+        raise error(exc) from None
+
+
 def first_line(text: str, width: int = 60) -> str:
     """The first non-empty line of text, cut to width characters."""
     line = next((ln.strip() for ln in text.splitlines() if ln.strip()), "")
@@ -152,18 +167,8 @@ class Store:
         """The PRAGMA user_version of the file."""
         return self._db.execute("PRAGMA user_version").fetchone()[0]
 
-    @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        try:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
-        except sqlite3.DatabaseError as exc:
-            raise self._error(exc) from None
+    def _transaction(self) -> ContextManager[sqlite3.Connection]:
+        return immediate_transaction(self._db, self._error)
 
     def close(self) -> None:
         """Close the database."""
