@@ -2,8 +2,13 @@
 
 Ctrl-C while a reply streams stops it at the next token: the partial reply is kept in the conversation (and the
 store) marked as interrupted, so what the user saw is what the model remembers; /retry regenerates it and /undo
-drops it. Ctrl-C before the first token (while the prompt is evaluated) abandons the turn and keeps nothing, as
-does a second Ctrl-C. Either way the model, the conversation and its store stay valid.
+drops it. Ctrl-C before the first token (while the prompt is evaluated) abandons the turn and keeps nothing; a
+second Ctrl-C while the engine is still busy stops at once and keeps what came so far. Either way the model, the
+conversation and its store stay valid.
+
+A Ctrl-C never cuts into drawing or saving: KeyboardInterrupt is raised only while the engine computes (or outside
+a reply), once per burst of presses, and the terminal keeps NOFLSH so the kernel does not throw away output the
+terminal has not drawn yet. After an interrupt the screen shows exactly the partial reply that was saved.
 """
 
 from __future__ import annotations
@@ -40,6 +45,9 @@ class Repl:
         self.interactive = interactive
         self.errors = 0
         self._stop = False
+        self._sigint = _RAISE  # what a Ctrl-C does now (see _on_sigint)
+        self._waiting = False  # inside the engine, between two pieces: the one safe place to raise mid-reply
+        self._turn: Turn | None = None
 
     # -- running ----------------------------------------------------------------------------------------
 
@@ -50,15 +58,19 @@ class Repl:
         self.banner()
         if self.conv.exchanges:
             self.show_transcript()
-        while True:
-            try:
-                text = self.session.prompt()
-            except KeyboardInterrupt:
-                continue
-            except EOFError:
-                break
-            if not self.handle(text):
-                break
+        with _quiet_tty(True), self._sigint_handled():
+            while True:
+                # Presses left over from a burst that stopped a reply must not cut in: until prompt_toolkit's raw
+                # mode reads Ctrl-C as a key (which clears the line), SIGINT stays with _on_sigint, which ignores it.
+                self._sigint = _QUIET
+                try:
+                    text = self.session.prompt(handle_sigint=False)
+                except KeyboardInterrupt:
+                    continue
+                except EOFError:
+                    break
+                if not self.handle(text):
+                    break
 
     def run_piped(self, lines: Iterable[str]) -> None:
         """One message (or slash command) per line; plain replies on stdout."""
@@ -96,6 +108,7 @@ class Repl:
         if not text.strip():
             return True
         try:
+            self._sigint = _RAISE
             if text.startswith("/") and not text.startswith("//"):
                 return self.command(text.strip())
             self.send(text[1:] if text.startswith("//") else text)
@@ -116,28 +129,39 @@ class Repl:
 
     def _reply(self, turn_manager: AbstractContextManager[Turn]) -> None:
         turn = None
-        try:
-            with turn_manager as turn:
-                self.stream(turn)
-        except KeyboardInterrupt:
-            if not self.interactive or turn is None:
-                raise
-        if turn is not None:
-            self.after_reply(turn)
+        with _quiet_tty(self.interactive), self._sigint_handled():
+            try:
+                with turn_manager as turn:
+                    self.stream(turn)
+            except KeyboardInterrupt:
+                if not self.interactive or turn is None:
+                    raise
+            if turn is not None:
+                self.after_reply(turn)
 
     def stream(self, turn: Turn) -> None:
         """Show the reply as it streams; Ctrl-C stops it at the next token."""
         view: ReplyView = (LiveMarkdownView(self.out.console) if self.out.rich and self.interactive
                            else PlainView(self.out))
-        with self._interruptible(turn), _no_echo(self.interactive):
+        self._stop, self._turn, self._sigint = False, turn, _STREAM
+        pieces = iter(turn)
+        try:
             view.start()
-            try:
-                for piece in turn:
-                    view.update(turn.text, piece)
-                    if self._stop:
-                        break
-            finally:
-                view.finish(turn.text)
+            while not self._stop:
+                self._waiting = True
+                try:
+                    piece = next(pieces, None)
+                finally:
+                    self._waiting = False
+                if piece is None:
+                    break
+                view.update(turn.text, piece)
+            if self._stop and not turn.text:
+                raise KeyboardInterrupt  # pressed before the first token, while the waiting mark was drawn
+        finally:
+            # From here on a Ctrl-C changes nothing: the view draws, and the conversation saves, this same text.
+            self._sigint = _QUIET
+            view.finish(turn.text)
 
     def request_stop(self) -> None:
         """Stop the streaming reply at the next token (what Ctrl-C does)."""
@@ -154,21 +178,25 @@ class Repl:
         elif turn.interrupted:
             self.out.status("[interrupted]")
 
+    def _on_sigint(self, signum: int, frame: FrameType | None) -> None:
+        if self._sigint == _QUIET:
+            return  # a reply is being drawn and saved, or the prompt is starting: nothing is left to stop
+        if self._sigint == _STREAM and not (self._waiting and (self._stop or not (self._turn and self._turn.text))):
+            # Stop cleanly at the next token. Raising here could cut a half-written frame or save; only inside
+            # the engine, before the first token or at a second press, is giving up at once safe.
+            self.request_stop()
+            return
+        self._sigint = _QUIET  # one KeyboardInterrupt per burst: the next presses find nothing more to stop
+        raise KeyboardInterrupt
+
     @contextmanager
-    def _interruptible(self, turn: Turn) -> Iterator[None]:
-        self._stop = False
-        if threading.current_thread() is not threading.main_thread() or not self.interactive:
+    def _sigint_handled(self) -> Iterator[None]:
+        """Ctrl-C goes through _on_sigint in the block (interactive, main thread); the old handler comes back after."""
+        if (not self.interactive or threading.current_thread() is not threading.main_thread()
+                or signal.getsignal(signal.SIGINT) == self._on_sigint):
             yield
             return
-
-        def on_sigint(signum: int, frame: FrameType | None) -> None:
-            # Before the first token (the prompt is still being evaluated) there is nothing to keep: give up
-            # at once. After it, stop cleanly at the next token. A second Ctrl-C always gives up at once.
-            if self._stop or not turn.text:
-                raise KeyboardInterrupt
-            self.request_stop()
-
-        previous = signal.signal(signal.SIGINT, on_sigint)
+        previous = signal.signal(signal.SIGINT, self._on_sigint)
         try:
             yield
         finally:
@@ -299,9 +327,15 @@ def _plural(n: int, word: str) -> str:
     return f"{n} {word}" + ("" if n == 1 else "s")
 
 
+# What a Ctrl-C does: raise KeyboardInterrupt (a command runs), stop the reply (it streams), or nothing.
+_RAISE, _STREAM, _QUIET = "raise", "stream", "quiet"
+
+
 @contextmanager
-def _no_echo(enabled: bool) -> Iterator[None]:
-    """While a reply streams, keystrokes typed ahead (and ^C) are not echoed into it; they wait for the prompt."""
+def _quiet_tty(enabled: bool) -> Iterator[None]:
+    """Outside the prompt's own raw mode: no echo of keys typed ahead or ^C, and no flush of the tty's queues on ^C."""
+    # By default a ^C makes the kernel drop the output the terminal has not read yet (a lagging terminal may hold
+    # a whole reply there): the reply just printed, or the cursor moves the live view relies on, would vanish.
     fd = None
     try:
         if enabled and sys.stdin is not None and sys.stdin.isatty():
@@ -310,7 +344,7 @@ def _no_echo(enabled: bool) -> Iterator[None]:
             fd = sys.stdin.fileno()
             saved = termios.tcgetattr(fd)
             quiet = list(saved)
-            quiet[3] &= ~(termios.ECHO | getattr(termios, "ECHOCTL", 0))
+            quiet[3] = (quiet[3] & ~(termios.ECHO | getattr(termios, "ECHOCTL", 0))) | termios.NOFLSH
             termios.tcsetattr(fd, termios.TCSANOW, quiet)
     except (ImportError, OSError, ValueError, AttributeError):
         fd = None

@@ -53,8 +53,14 @@ def make_session(history_path: Path | None, *, input: Input | None = None, outpu
 
 
 def _key_bindings() -> KeyBindings:
-    """Alt-Enter adds a line; Enter does too after a trailing backslash or inside a \"\"\" block, else sends."""
+    """Alt-Enter adds a line, as Enter does after a trailing backslash or inside a \"\"\" block; Enter sends; Ctrl-C clears."""
     kb = KeyBindings()
+
+    @kb.add("c-c")
+    def _clear(event: KeyPressEvent) -> None:
+        # In place, not by leaving the line above a fresh prompt: the rest of a burst of Ctrl-C that stopped a
+        # reply lands here, and must leave no trace on the screen.
+        event.current_buffer.reset()
 
     @kb.add("escape", "enter")
     def _newline(event: KeyPressEvent) -> None:

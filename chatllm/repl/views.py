@@ -32,18 +32,25 @@ class PlainView:
 
     def __init__(self, out: Output):
         self.out = out
+        self._shown = 0  # characters of the reply written so far
 
     def start(self) -> None:
         """Nothing to set up."""
 
     def update(self, text: str, piece: str) -> None:
-        """Write the new piece."""
-        self.out.write(piece)
+        """Write what the screen does not show yet (the new piece)."""
+        self._show(text)
 
     def finish(self, text: str) -> None:
-        """End the reply with a newline."""
+        """Write whatever came without being shown (a piece the reply got as it was stopped), then a newline."""
+        self._show(text)
         if text and not text.endswith("\n"):
             self.out.write("\n")
+
+    def _show(self, text: str) -> None:
+        if len(text) > self._shown:
+            self.out.write(text[self._shown:])
+            self._shown = len(text)
 
     def stop(self) -> None:
         """Nothing to tear down."""
