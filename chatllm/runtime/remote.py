@@ -15,7 +15,9 @@ Each contract method and what it asks the server (HTTP in chatllm.runtime.remote
   stop strings, max_tokens, temperature, top_p, top_k, min_p, repeat_penalty and seed go to the server, which samples.
   last_stats: prompt_tokens is the list's length, cached_tokens the server's timings.cache_n (or usage's
   cached_tokens), completion_tokens counts streamed pieces (about one a token) and is set from usage at the end.
-  Closing the generator closes the HTTP response, which makes llama-server stop generating.
+  Closing the generator closes the HTTP response, which makes llama-server stop generating. A server that streams
+  text past max_tokens is cut off there: the reply ends as "length" and the connection closes (events without text
+  and without end are refused by Server.events).
 - score_continuations: POST /completion (llama-server's own) with n_predict=1 and n_probs, one request per
   continuation token (shared prefixes asked once; the server's prompt cache keeps the prefix evaluated, after a first
   n_predict=0 request so that the last prefix token is always decoded alone, cached or not, as locally). Each request
@@ -207,6 +209,9 @@ class RemoteEngine:
                     choice = choices[0] if isinstance(choices[0], dict) else {}
                     text = choice.get("text") or ""
                     if text and finish is None:
+                        if stats.completion_tokens >= body["max_tokens"]:
+                            finish = "length"  # the server ignores max_tokens: stop reading, which closes the connection
+                            break
                         stats.completion_tokens += 1
                         if stats.completion_tokens == 1:
                             stats.first_token_seconds = time.perf_counter() - start
