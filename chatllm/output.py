@@ -236,7 +236,8 @@ def short_model(name: str) -> str:
 
 def format_stats(stats) -> str:
     """`12 tokens, 85.3 tok/s, first token 0.21 s` for a GenerationStats."""
-    parts = [f"{stats.completion_tokens} tokens"]
+    estimated = getattr(stats, "estimated", False)  # a server without a tokenizer: chatllm's own estimate
+    parts = [f"~{stats.completion_tokens} tokens (estimated)" if estimated else f"{stats.completion_tokens} tokens"]
     if stats.tokens_per_second:
         parts.append(f"{stats.tokens_per_second:.1f} tok/s")
     parts.append(f"first token {stats.first_token_seconds:.2f} s")

@@ -35,6 +35,22 @@ def test_each_contract_method_exists_with_the_contracts_signature(split, method)
     assert parameters(getattr(FakeEngine, method)) == parameters(getattr(Engine, method))
 
 
+@pytest.mark.parametrize("method", METHODS)
+def test_both_remote_engines_keep_the_contracts_signatures(method):
+    from chatllm.runtime.remote import RemoteEngine
+    from chatllm.runtime.remote_chat import ChatRemoteEngine
+
+    for cls in (RemoteEngine, ChatRemoteEngine):
+        assert parameters(getattr(cls, method)) == parameters(getattr(Engine, method)), (cls.__name__, method)
+    for prop in ("has_chat_template", "family", "pooling"):
+        assert isinstance(getattr(ChatRemoteEngine, prop), property)
+
+
+def test_stats_say_whether_their_counts_are_estimates():
+    assert GenerationStats().estimated is False  # the local engine and llama-server count with the model's tokenizer
+    assert FakeEngine().last_stats.estimated is False
+
+
 def parameters(method) -> list[tuple]:
     """Names, kinds (positional, keyword-only...) and defaults: what a caller relies on."""
     return [(p.name, p.kind, p.default) for p in inspect.signature(method).parameters.values()]

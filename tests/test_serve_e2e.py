@@ -3,6 +3,7 @@ second chatllm process through -m openai:URL#ALIAS, stopped with SIGTERM; and wh
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -83,15 +84,60 @@ def test_a_port_in_use_is_one_line(cli_env, binary, smollm_path):
                                      "hint: stop what listens there, or pick another with --port"], r.stderr
 
 
+# Installed at startup from PYTHONPATH: a Python where llama-cpp-python's server and its extras cannot be found, as on a
+# machine without `pip install 'chatllm[server]'` (the test extra installs them here).
+HIDE_PYTHON_SERVER = f"""import sys
+class _Hidden:
+    def find_spec(self, name, path=None, target=None):
+        if name in {serve.PYTHON_SERVER_NEEDS!r}:
+            raise ModuleNotFoundError(name)
+        return None
+sys.meta_path.insert(0, _Hidden())
+"""
+
+
 def test_no_server_to_run_names_both_ways_to_get_one(cli_env, smollm_path, tmp_path):
-    env = dict(cli_env, PATH=str(tmp_path))  # no llama-server on PATH; and llama-cpp-python's server lacks its extras here
-    if all(serve._importable(m) for m in serve.PYTHON_SERVER_NEEDS):
-        pytest.skip("llama-cpp-python's server is installed here")
+    hide = tmp_path / "hide"
+    hide.mkdir()
+    (hide / "sitecustomize.py").write_text(HIDE_PYTHON_SERVER)
+    env = dict(cli_env, PATH=str(tmp_path), PYTHONPATH=str(hide))  # no llama-server on PATH, no python server either
+    probe = subprocess.run([sys.executable, "-c", "import importlib.util as u; u.find_spec('uvicorn')"], env=env,
+                           capture_output=True, text=True)
+    assert probe.returncode != 0 and "ModuleNotFoundError" in probe.stderr  # the hiding works
     r = run_chatllm(["serve", "-m", str(smollm_path), "--port", str(free_port())], env, timeout=30)
     assert r.returncode == 1, r.stderr
     assert "no OpenAI-compatible server to run" in r.stderr and "pip install 'chatllm[server]'" in r.stderr
     r = run_chatllm(["serve", "-m", str(smollm_path)], dict(env, CHATLLM_LLAMA_SERVER=str(tmp_path / "nope")), timeout=30)
     assert r.returncode == 1 and "is not an executable file" in r.stderr, r.stderr
+
+
+@pytest.mark.model
+@pytest.mark.slow
+def test_serve_runs_llama_cpp_pythons_server_without_llama_server_on_path(cli_env, smollm_path, tmp_path):
+    port = free_port()
+    env = dict(cli_env, PATH=str(tmp_path) + os.pathsep + os.path.dirname(sys.executable))  # python, and no llama-server
+    env.pop("CHATLLM_LLAMA_SERVER", None)
+    proc = subprocess.Popen([sys.executable, "-m", "chatllm", "serve", "-m", str(smollm_path), "--port", str(port),
+                             "--ctx", "1024"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        url = proc.stdout.readline().strip()
+        ref = proc.stdout.readline().strip()
+        assert url == f"http://127.0.0.1:{port}/v1", (url, proc.poll())
+        assert ref == f"-m openai:{url}#{ALIAS}"
+        # That server has no llama-server endpoints: the client takes the chat path, and the model really answers.
+        r = run_chatllm(["generate", *ref.split(" ", 1), "-t", "0", "-n", "4", "--json", "The capital of France is"], cli_env,
+                        timeout=60)
+        assert r.returncode == 0 and "Paris" in json.loads(r.stdout)["text"], r.stderr
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 143 and "llama-cpp-python" in err, err
+    assert "Traceback" not in err, err
+    assert port_is_free(port)
 
 
 def test_plans_for_both_servers_keep_the_key_out_of_argv(tmp_path):

@@ -120,7 +120,7 @@ def show(
 
 def _show_remote(spec, out: Output) -> None:
     from chatllm.runtime.gguf import format_params
-    from chatllm.runtime.remote import describe
+    from chatllm.runtime.remote_chat import describe_remote as describe
 
     data = describe(spec)
 

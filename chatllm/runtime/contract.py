@@ -2,6 +2,11 @@
 
 A task never asks which engine it has. Tokens are ints, prompts are either text (tokenized with the model's
 special markers parsed) or token lists, and every generation leaves its counts in `last_stats`.
+
+A prompt is opaque outside its engine: what render_chat returns (and the tokens of it) is only ever given back to the
+same engine, cut, counted and joined as tokens. The chat-completions engine (runtime/remote_chat.py) relies on it:
+its render_chat writes a transcript whose turn markers are token ids of its own, so stream() reads the messages back
+out of the tokens, and a task never needs to know whether a server wants text or messages.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ class GenerationStats:
     first_token_seconds: float = 0.0
     seconds: float = 0.0
     finish_reason: str = "stop"  # stop | length | interrupted
+    estimated: bool = False  # the token counts are chatllm's estimate, not the model's tokenizer's (a server without one)
 
     @property
     def tokens_per_second(self) -> float:

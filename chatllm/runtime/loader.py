@@ -39,9 +39,9 @@ def load_engine(settings: Settings, out: Output, ref: str | None = None, *, embe
     spec = resolve_spec(settings, ref)
     if spec.is_remote:  # a server runs the model: nothing to download or check here
         check_model_kind(spec.name, spec.kind, None, embedding, header=False)
-        from chatllm.runtime.remote import RemoteEngine
+        from chatllm.runtime.remote_chat import connect_remote  # llama-server's engine, or the chat-completions one
 
-        return RemoteEngine.connect(spec, n_ctx=settings.n_ctx, chat_format=settings.chat_format)
+        return connect_remote(spec, n_ctx=settings.n_ctx, chat_format=settings.chat_format)
     from chatllm.runtime.gguf import read_header
 
     path = model_path(spec, settings, out)
@@ -57,6 +57,8 @@ def load_engine(settings: Settings, out: Output, ref: str | None = None, *, embe
         n_batch=settings.n_batch,
         device=settings.device,
         gpu_layers=settings.gpu_layers,
+        flash_attn=settings.flash_attn,
+        depth_hint=settings.context_hint,
         chat_format=settings.chat_format or spec.chat_format,
         verbose=settings.verbose,
         name=spec.name,

@@ -37,13 +37,15 @@ class ModelSpec:
     source: str = "builtin"
     # A remote (OpenAI-compatible) server instead of a GGUF: its base url, the model id it serves, the environment
     # variable that holds its API key (the key itself is read at call time and never stored), TLS verification and
-    # the read timeout in seconds; `parallel`: how many requests at once the work that splits sends it (--parallel).
+    # the timeout in seconds (for a whole reply, or between two streamed events); `parallel`: how many requests at
+    # once the work that splits sends it (--parallel).
     url: str | None = None
     remote_model: str | None = None
     api_key_env: str | None = None
     tls_verify: bool = True
     timeout: float | None = None
     parallel: int | None = None
+    api: str = "auto"  # which remote engine: "auto" (probed at connect), "llama-server" or "chat" (see REMOTE_APIS)
 
     def require(self, key: str) -> str:
         """A field a Hub download cannot do without (repo, file, quant); an error naming the model if unset."""
@@ -75,11 +77,13 @@ class ModelSpec:
         return found[-1].upper() if found else (self.quant or "").upper()
 
 
-REMOTE_FIELDS = {"url", "remote_model", "api_key_env", "tls_verify", "timeout", "parallel"}
+REMOTE_FIELDS = {"url", "remote_model", "api_key_env", "tls_verify", "timeout", "parallel", "api"}
+# "llama-server": its token endpoints (RemoteEngine, exact); "chat": any OpenAI-compatible server (ChatRemoteEngine).
+REMOTE_APIS = ("auto", "llama-server", "chat")
 TABLE_KEYS = {f.name for f in fields(ModelSpec)} - {"alias", "quant", "local_path", "source"} - REMOTE_FIELDS
 # A remote entry: `url` marks it; `model` in the file is the server's model id (ModelSpec.remote_model).
 REMOTE_KEYS = {"url", "model", "api_key_env", "tls_verify", "timeout", "parallel", "context", "description", "license", "params",
-               "default", "kind"}
+               "default", "kind", "api"}
 ONE_OFF_KEY_ENV = "CHATLLM_API_KEY"  # the key variable of a one-off openai:URL#MODEL reference
 _TEXT = ((str,), "a string", 'description = "..."')
 SPEC_TYPES = {
@@ -95,6 +99,7 @@ SPEC_TYPES = {
     "timeout": ((int, float), "a number of seconds", "timeout = 300"),
     "kind": ((str,), '"chat" or "embedding"', 'kind = "embedding"'),
     "parallel": ((int,), "a whole number of requests at once", "parallel = 4"),
+    "api": ((str,), '"auto", "llama-server" or "chat"', 'api = "chat"'),
 }
 URL_RE = re.compile(r"^https?://[^\s/#?]+(/[^\s#?]*)?$", re.IGNORECASE)
 ENV_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -169,6 +174,9 @@ def _remote_entry(path: Path, alias: str, table: dict, source: str) -> ModelSpec
         raise ChatllmError(f"{path}: [{alias}] timeout must be above 0 seconds", "for example timeout = 300")
     if not 1 <= table.get("parallel", 1) <= 256:
         raise ChatllmError(f"{path}: [{alias}] parallel must be 1 to 256", "for example parallel = 4 (the server's slots)")
+    if table.get("api", "auto") not in REMOTE_APIS:
+        raise ChatllmError(f"{path}: [{alias}] api must be \"auto\", \"llama-server\" or \"chat\", not {table['api']!r}",
+                           'api = "chat" for any OpenAI-compatible server (vLLM, ollama, a hosted API); "auto" probes it')
     values = {k: v for k, v in table.items() if k not in ("url", "model")}
     return ModelSpec(alias=alias, source=source, url=url, remote_model=table.get("model") or None, **values)
 

@@ -32,6 +32,10 @@ PYTHON_SERVER = "llama-cpp-python"
 PYTHON_SERVER_NEEDS = ("llama_cpp.server", "uvicorn", "fastapi", "sse_starlette", "starlette_context", "pydantic_settings")
 READY_TIMEOUT = 300.0  # seconds for the server to load the model and answer
 STOP_GRACE = 10.0
+# llama-cpp-python's server has no switch for llama.cpp's AMX kernels, which crash on AMX CPUs (runtime/devices.py): its
+# process takes them out of the CPU buffer types before it loads the model, as chatllm's own engine does.
+PYTHON_SERVER_NO_AMX = ("import runpy, sys, llama_cpp\nfrom chatllm.runtime.cpu_buffers import drop_amx_buffer\n"
+                        "drop_amx_buffer()\nrunpy.run_module('llama_cpp.server', run_name='__main__', alter_sys=True)\n")
 INSTALL_HINT = (f"put llama.cpp's llama-server on PATH (or set {SERVER_ENV}=/path/to/llama-server), "
                 "or install llama-cpp-python's server: pip install 'chatllm[server]'")
 
@@ -102,6 +106,8 @@ def plan_server(kind: str, command: list[str], model: Path, alias: str, *, host:
     if parallel > 1:
         warn(f"llama-cpp-python's server answers one request at a time: --parallel {parallel} has no effect "
              "(llama.cpp's llama-server has parallel slots)")
+    if not repack and command[1:] == ["-m", "llama_cpp.server"]:
+        command = [command[0], "-c", PYTHON_SERVER_NO_AMX]
     argv = [*command, "--model", str(model), "--model_alias", alias, "--host", host, "--port", str(port),
             "--n_ctx", str(ctx), "--n_threads", str(threads), "--verbose", "false"]
     return ServerPlan(kind, argv, host, port, alias, "/v1/models", {"API_KEY": api_key} if api_key else {})

@@ -29,6 +29,7 @@ class Answer:
             **({"data": self.data} if self.structured else {}),
             "prompt_tokens": s.prompt_tokens,
             "completion_tokens": s.completion_tokens,
+            "token_counts": "estimated" if s.estimated else "exact",
             "seconds": round(s.seconds, 3),
             "tokens_per_second": round(s.tokens_per_second, 2),
             "first_token_seconds": round(s.first_token_seconds, 3),
