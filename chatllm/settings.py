@@ -13,6 +13,7 @@ from chatllm.errors import ChatllmError, UsageError
 DEFAULT_MODEL = "qwen2.5-1.5b"
 DEFAULT_CTX = 8192  # the context a model gets when neither --ctx nor the registry says otherwise (at most its own)
 DEVICES = ("auto", "cpu", "cuda", "metal")
+FLASH_ATTN = ("auto", "on", "off")
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,9 @@ class Settings:
     n_threads: int | None = None
     n_batch: int = 512
     chat_format: str | None = None
+    flash_attn: bool | None = None  # None: chosen per run (runtime/flash_attn.py); True/False: the user's explicit choice
+    context_hint: int | None = None  # the most tokens this run's context will hold, when the command knows it up front
+    embed_model: str | None = None  # `ask -f` past the window: hybrid retrieval with this embedding model
     verbose: bool = False
     debug: bool = False
     sampling: Sampling = Sampling()
@@ -70,7 +74,7 @@ class Settings:
         return dataclasses.replace(self, **changes)
 
 
-CONFIG_KEYS = {"model", "device", "gpu_layers", "ctx", "threads", "batch", "sampling"}
+CONFIG_KEYS = {"model", "embed_model", "device", "gpu_layers", "ctx", "threads", "batch", "flash_attn", "sampling"}
 SAMPLING_KEYS = {f.name for f in dataclasses.fields(Sampling)} - {"json_schema"}  # a schema is per command, not a setting
 # key: (lowest, highest, whether the lowest itself is refused). The one home of these bounds: flags, config.toml
 # and the REPL's /set all check through check_sampling.
@@ -188,11 +192,13 @@ def load_config(path: Path) -> dict:
 # What each config key holds: (accepted types, how to say it, an example).
 CONFIG_TYPES = {
     "model": ((str,), "a string", 'model = "qwen2.5-1.5b"'),
+    "embed_model": ((str,), "a string", 'embed_model = "bge-small-en-v1.5"'),
     "device": ((str,), "a string", 'device = "cpu"'),
     "gpu_layers": ((int, str), "a number or \"all\"", 'gpu_layers = "all"'),
     "ctx": ((int,), "a whole number", "ctx = 4096"),
     "threads": ((int,), "a whole number", "threads = 4"),
     "batch": ((int,), "a whole number", "batch = 512"),
+    "flash_attn": ((str, bool), '"auto", "on" or "off"', 'flash_attn = "auto"'),
 }
 SAMPLING_TYPES = {
     "max_tokens": ((int,), "a whole number", "max_tokens = 256"),
@@ -217,6 +223,16 @@ def check_types(path: Path, table: dict, types: dict, prefix: str = "") -> None:
             ok = all(isinstance(v, str) for v in value)
         if not ok:
             raise ChatllmError(f"{path}: {prefix}{key} must be {what}, not {value!r}", f"for example: {example}")
+
+
+def parse_flash_attn(value: str | bool | None, where: str = "--flash-attn") -> bool | None:
+    """'on' -> True, 'off' -> False, 'auto' or None -> None (chosen per run)."""
+    if value is None or isinstance(value, bool):
+        return value
+    word = value.strip().lower()
+    if word not in FLASH_ATTN:
+        raise UsageError(f"{where} must be auto, on or off, not {value!r}", "use auto (chosen per run), on or off")
+    return None if word == "auto" else word == "on"
 
 
 def parse_gpu_layers(value: str | int | None) -> int | None:
@@ -244,6 +260,7 @@ def load_settings(
     ctx: int | None = None,
     threads: int | None = None,
     offline: bool | None = None,
+    flash_attn: str | bool | None = None,
     verbose: bool = False,
     debug: bool = False,
     **sampling: object,
@@ -256,6 +273,12 @@ def load_settings(
     if device not in DEVICES:
         raise UsageError(f"unknown device {device!r}", f"use one of: {', '.join(DEVICES)}")
     layers = parse_gpu_layers(gpu_layers if gpu_layers is not None else cfg.get("gpu_layers"))
+    if flash_attn is not None:  # the flag, else the environment, else config.toml ("auto" given anywhere wins too)
+        fa = parse_flash_attn(flash_attn)
+    elif os.environ.get("CHATLLM_FLASH_ATTN"):
+        fa = parse_flash_attn(os.environ["CHATLLM_FLASH_ATTN"], "CHATLLM_FLASH_ATTN")
+    else:
+        fa = parse_flash_attn(cfg.get("flash_attn"), "config.toml: flash_attn")
     cfg_sampling: dict = dict(cfg.get("sampling", {}))
     if "stop" in cfg_sampling:
         cfg_sampling["stop"] = tuple(cfg_sampling["stop"])
@@ -279,8 +302,10 @@ def load_settings(
         hf_token=os.environ.get("HF_TOKEN") or os.environ.get("HUGGING_FACE_HUB_TOKEN") or None,
         offline=bool(offline) or _truthy(os.environ.get("HF_HUB_OFFLINE")),
         model=model,
+        embed_model=os.environ.get("CHATLLM_EMBED_MODEL") or cfg.get("embed_model") or None,
         device=device,
         gpu_layers=layers,
+        flash_attn=fa,
         n_ctx=n_ctx,
         n_threads=threads if threads is not None else cfg.get("threads"),
         n_batch=int(cfg.get("batch", 512)),

@@ -195,3 +195,74 @@ def test_ctrl_d_in_the_repl_leaves_the_state_on_disk(cli_env):
     child.close()
     assert child.exitstatus == 0
     assert [e["slot"] for e in entries(cli_env)["entries"]] == ["chat:1"]
+
+
+BATCH_SYSTEM = ("You are a careful translator. Translate each phrase into French, keep the punctuation and the names, "
+                "and answer with the translation only: no quotes, no notes.")
+PHRASES = "Good morning.\nWhere is the station?\nThank you very much.\n"
+
+
+def batch(env: dict, *args: str) -> list[dict]:
+    r = run_chatllm(["ask", "--lines", "--json", "-t", "0", "-n", "8", *args], env, input=PHRASES)
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
+    return [json.loads(line) for line in r.stdout.splitlines()]
+
+
+def test_a_batch_restores_its_shared_instruction_from_the_cache_and_answers_the_same(cli_env, tmp_path):
+    first = batch(cli_env, "--system", BATCH_SYSTEM)
+    (entry,) = entries(cli_env)["entries"]
+    assert entry["slot"] is None and entry["tokens"] > 30
+    (path,) = kv_files(cli_env)
+    saved = os.stat(path)
+    second = batch(cli_env, "--system", BATCH_SYSTEM)
+    (again,) = kv_files(cli_env)
+    now = os.stat(again)
+    assert again == path and now.st_ino == saved.st_ino and now.st_mtime_ns > saved.st_mtime_ns  # restored, not rewritten
+    # the first batch ran as without a cache (its first row evaluated everything); the second loaded the prefix
+    assert first[0]["cached_tokens"] == 0 and second[0]["cached_tokens"] == entry["tokens"]
+    assert all(r["cached_tokens"] >= entry["tokens"] and r["error"] is None and r["text"] for r in second)
+    assert len(second) == len(first) == 3
+    cold = copy_home(cli_env, tmp_path, "cold")
+    os.remove(kv_files(cold)[0])
+    assert [r["text"] for r in batch(cold, "--system", BATCH_SYSTEM, "--no-cache")] and kv_files(cold) == []
+
+
+def test_a_batch_with_nothing_shared_but_the_template_saves_nothing_and_another_instruction_its_own(cli_env):
+    batch(cli_env)
+    assert kv_files(cli_env) == []
+    batch(cli_env, "Translate into German, answer with the translation only, and keep every name as it is:")
+    batch(cli_env, "--system", BATCH_SYSTEM)
+    listed = entries(cli_env)["entries"]
+    assert len(listed) == 2 and all(e["slot"] is None for e in listed)
+
+
+def test_the_shared_prefix_is_a_prefix_of_every_rows_prompt(smollm_path):
+    from chatllm.runtime.llamacpp import LlamaCppEngine
+    from chatllm.tasks.batch import shared_prefix
+
+    def instruction_first(row: str) -> str:
+        return f"Summarize in one line:\n\n{row}"
+
+    with LlamaCppEngine(smollm_path, n_ctx=1024) as engine:
+        def prompt(row: str, system: str | None) -> list[int]:
+            msgs = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": row}]
+            return engine.prompt_tokens(engine.render_chat(msgs))
+
+        assert shared_prefix(engine, lambda row: row, None, None) == []  # the template's own header is not the batch's
+        with_system = shared_prefix(engine, lambda row: row, BATCH_SYSTEM, None)
+        with_words = shared_prefix(engine, instruction_first, None, None)
+        header = len(engine.prompt_tokens(engine.render_chat([{"role": "user", "content": ""}]))) - 8  # roughly
+        assert len(with_system) > header + 10 and header < len(with_words) < header + 15
+        for row in ("Good morning.", "¿Dónde está la estación?", "42", "«Bonjour»", "'quoted'", "(aside)", "日本語"):
+            assert prompt(row, BATCH_SYSTEM)[: len(with_system)] == with_system
+            assert prompt(instruction_first(row), None)[: len(with_words)] == with_words
+
+
+def test_history_rm_deletes_the_conversations_kv_state_and_only_its(cli_env):
+    chat(cli_env, input="Name three colours.\n")
+    chat(cli_env, input="Name three animals.\n")
+    assert sorted(e["slot"] for e in entries(cli_env)["entries"]) == ["chat:1", "chat:2"]
+    r = run_chatllm(["history", "rm", "1"], cli_env)
+    assert r.returncode == 0 and "deleted conversation 1" in r.stderr, r.stderr
+    assert [e["slot"] for e in entries(cli_env)["entries"]] == ["chat:2"]
+    assert answer_and_reuse(chat(cli_env, "--continue"))[1] > 0  # the other conversation still resumes warm

@@ -31,11 +31,16 @@ def root(
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks for errors [env CHATLLM_DEBUG=1].")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show llama.cpp's own log on stderr.")] = False,
     offline: Annotated[bool, typer.Option("--offline", help="Never touch the network [env HF_HUB_OFFLINE=1].")] = False,
+    flash_attn: Annotated[Optional[str], typer.Option(
+        "--flash-attn", metavar="auto|on|off", help="llama.cpp's flash attention; auto: on for a GPU, on the CPU only for a "
+                                                    "one-shot shallower than where it stops paying (measured: off) "
+                                                    "[env CHATLLM_FLASH_ATTN].")] = None,
 ) -> None:
     """Global flags go before the command: `chatllm --debug ask ...`."""
     GlobalFlags.debug = debug
     GlobalFlags.verbose = verbose
     GlobalFlags.offline = offline
+    GlobalFlags.flash_attn = flash_attn
 
 
 def _register() -> None:

@@ -184,12 +184,17 @@ def history_show(
 def history_rm(
     conv_ids: Annotated[list[int], typer.Argument(metavar="ID...", help="Conversation ids to delete.")],
 ) -> None:
-    """Delete saved conversations."""
+    """Delete saved conversations (and their KV states saved on disk)."""
+    from chatllm.runtime.kv_cache import KVCache, cache_dir
+
     out = Output()
+    settings = plain_settings()
     store = _store()
     try:
         for conv_id in conv_ids:
             store.delete(conv_id)
+            # its KV state holds the conversation's text too: it goes with it
+            KVCache(cache_dir(settings), settings=settings).drop_slot(f"chat:{conv_id}")
             out.status(f"deleted conversation {conv_id}")
     finally:
         store.close()

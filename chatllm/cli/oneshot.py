@@ -6,6 +6,7 @@ from typing import Annotated, Any, Callable, List, Optional
 import typer
 from typer.core import TyperCommand
 
+from chatllm.cli.cache import NoCache
 from chatllm.cli.options import (
     ChatFormat,
     Ctx,
@@ -34,6 +35,10 @@ FileOpt = Annotated[Optional[List[Path]], typer.Option(
     "--file", "-f", metavar="FILE|DIR", help="Read more input from FILE (repeatable; a folder gives its text files). Past the "
                                             "window, the question is answered from the passages that match it, with citations.")]
 SourcesOpt = Annotated[bool, typer.Option("--sources", help="With -f and a question: print the passages used (on stderr).")]
+EmbedModelOpt = Annotated[Optional[str], typer.Option(
+    "--embed-model", "-E", metavar="MODEL", help="With -f past the window: hybrid retrieval, BM25 fused with this embedding "
+                                                 "model's vectors (default: embed_model in config.toml, or BM25 alone).",
+    show_default=False)]
 SchemaOpt = Annotated[Optional[str], typer.Option(
     "--schema", metavar="SCHEMA", help="The answer must match this JSON Schema: a file, inline JSON, or 'name, age int, tags str[], bio: "
                      "a short bio'. Stdout is exactly the JSON.", rich_help_panel=PANEL_STRUCTURED, show_default=False)]
@@ -90,6 +95,7 @@ def ask(
     system: Annotated[Optional[str], typer.Option("--system", "-s", help="System prompt.")] = None,
     file: FileOpt = None,
     sources: SourcesOpt = False,
+    embed_model: EmbedModelOpt = None,
     as_json: JsonOpt = False,
     schema: SchemaOpt = None,
     schema_multi: SchemaMultiOpt = None,
@@ -99,6 +105,7 @@ def ask(
     template: TemplateOpt = None,
     param: ParamOpt = None,
     save: SaveOpt = None,
+    no_cache: NoCache = False,
     model: Model = None, device: Device = None, gpu_layers: GpuLayers = None, ctx: Ctx = None, threads: Threads = None,
     chat_format: ChatFormat = None, offline: Offline = False, parallel: Parallel = None,
     max_tokens: MaxTokens = None, temperature: Temperature = None, top_p: TopP = None, top_k: TopK = None,
@@ -131,6 +138,8 @@ def ask(
         raise UsageError("-p sets a template variable, and no --template was given", "chatllm ask --template NAME -p KEY VALUE")
     settings = model_settings(model=model, device=device, gpu_layers=gpu_layers, ctx=ctx, threads=threads,
                               chat_format=chat_format, offline=offline, **sampling)
+    if embed_model:
+        settings = settings.replace(embed_model=embed_model)
     spec = _spec(schema, schema_multi, any_object=as_json and not lines)
     out = Output(as_json=as_json)
     one_file = _one_file(file, lines, bool(prompt))
@@ -138,7 +147,7 @@ def ask(
         from chatllm.cli.batch import run_batch
 
         run_batch(settings, out, compose=compose, system=system, spec=spec, file=one_file, output=output, resume=resume,
-                  parallel=parallel)
+                  parallel=parallel, no_cache=no_cache)
         return
     if output is not None or resume or parallel is not None:
         from chatllm.errors import UsageError
@@ -150,10 +159,11 @@ def ask(
         ask_files(prompt, file, settings, out, system=system, spec=spec, text_spec=_spec(schema, schema_multi, any_object=False),
                   compose=compose if template else None, show_sources=sources)
         return
-    if sources:
+    if sources or embed_model:
         from chatllm.errors import UsageError
 
-        raise UsageError("--sources goes with -f FILE and a question", 'chatllm ask -f notes.txt --sources "who signed it?"')
+        flag = "--sources" if sources else "--embed-model"
+        raise UsageError(f"{flag} goes with -f FILE and a question", f'chatllm ask -f notes.txt {flag} ... "who signed it?"')
     _one_shot("ask", prompt, one_file, settings, out, system=system, spec=spec,
               compose=compose if template else None)
 
@@ -267,6 +277,11 @@ def _one_shot(kind: str, words: Optional[List[str]], file: Optional[Path], setti
     text = gather_prompt(words, file, out.warn, settings.n_ctx, allow_empty=compose is not None)
     if compose is not None:
         text = compose(text)
+    from chatllm.runtime.flash_attn import one_shot_depth
+
+    # how deep this context can get, known before the load: it decides flash attention on the CPU
+    depth = one_shot_depth((system, text, spec.instruction() if spec is not None else None), settings.sampling.max_tokens)
+    settings = settings.replace(context_hint=depth)
     answer_text(kind, text, load_engine(settings, out), out, system=system, spec=spec, settings=settings)
 
 

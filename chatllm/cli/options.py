@@ -16,6 +16,7 @@ class GlobalFlags:
     debug: bool = False
     verbose: bool = False
     offline: bool = False
+    flash_attn: Optional[str] = None
 
 
 def _model_opt(*decls: str, help: str):
@@ -58,6 +59,7 @@ def model_settings(
     threads: Optional[int] = None,
     chat_format: Optional[str] = None,
     offline: bool = False,
+    flash_attn: Optional[str] = None,
     max_tokens: Optional[int] = None,
     temperature: Optional[float] = None,
     top_p: Optional[float] = None,
@@ -72,7 +74,8 @@ def model_settings(
         raise UsageError(f"--threads must be 0 (auto) or more, not {threads}", "for example --threads 4, or leave it out")
     settings = load_settings(
         model=model, device=device, gpu_layers=gpu_layers, ctx=ctx, threads=threads,
-        offline=offline or GlobalFlags.offline, verbose=GlobalFlags.verbose, debug=GlobalFlags.debug,
+        offline=offline or GlobalFlags.offline, flash_attn=flash_attn or GlobalFlags.flash_attn,
+        verbose=GlobalFlags.verbose, debug=GlobalFlags.debug,
         max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k, seed=seed, stop=stop,
     )
     return settings.replace(chat_format=chat_format) if chat_format else settings

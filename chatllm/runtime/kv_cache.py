@@ -314,6 +314,15 @@ class KVCache:
             removed.append(entry.path)
         return removed
 
+    def drop_slot(self, slot: str) -> int:
+        """Delete the entries saved under a slot (a deleted conversation's state), whatever their identity; how many."""
+        count = 0
+        for entry in self.entries():
+            if entry.slot == slot:
+                entry.path.unlink(missing_ok=True)
+                count += 1
+        return count
+
     def total_bytes(self) -> int:
         """Bytes the entries take."""
         return sum(e.size for e in self.entries())

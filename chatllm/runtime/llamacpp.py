@@ -21,6 +21,7 @@ from chatllm.errors import ChatllmError, NoChatTemplateError
 from chatllm.runtime.contract import GenerationStats
 from chatllm.runtime.cpu_buffers import drop_amx_buffer
 from chatllm.runtime.devices import choose_gpu_layers, extra_buffers_safe
+from chatllm.runtime.flash_attn import choose_flash_attn
 from chatllm.runtime.llamacpp_embed import EmbeddingMixin, embedding_params
 from chatllm.runtime.llamacpp_grammar import GrammarSampler, json_schema_grammar
 from chatllm.runtime.stops import StopFilter
@@ -85,6 +86,7 @@ class LlamaCppEngine(EmbeddingMixin):
         device: str = "auto",
         gpu_layers: int | None = None,
         flash_attn: bool | None = None,
+        depth_hint: int | None = None,
         repack: bool = True,
         chat_format: str | None = None,
         verbose: bool = False,
@@ -123,11 +125,8 @@ class LlamaCppEngine(EmbeddingMixin):
         ctx_params.n_ubatch = min(n_batch, wanted_ctx)
         ctx_params.n_threads = self.n_threads
         ctx_params.n_threads_batch = self.n_threads
-        if flash_attn is None:
-            # On the CPU, llama.cpp's flash attention slows down deep into a long context (turn-20 chat
-            # latency 1.7x turn 2 with it, 1.15x without); on a GPU it saves memory and time.
-            flash_attn = self.gpu_layers != 0
-        self.flash_attn = flash_attn
+        # None: on for a GPU; on the CPU only for a run whose context stays shallow (depth_hint: its deepest, if known)
+        self.flash_attn = flash_attn = choose_flash_attn(flash_attn, self.gpu_layers, depth_hint, wanted_ctx)
         ctx_params.flash_attn_type = (
             llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED if flash_attn else llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
         )

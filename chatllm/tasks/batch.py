@@ -3,7 +3,9 @@ several connections to one server), and the ids an earlier run already wrote (fo
 
 The engine's KV cache keeps the longest common token prefix of consecutive prompts, so a shared system prompt and
 an instruction composed before each row's text are evaluated once: each row costs only its own tokens (a server
-does the same per slot, with cache_prompt).
+does the same per slot, with cache_prompt). That shared prefix is also saved on disk (runtime/kv_cache.py), so the
+next batch with the same instruction starts warm; a batch whose rows share no more than the chat template's own
+header saves nothing.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import itertools
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence
 
 from chatllm.errors import ChatllmError, EngineUnavailable, NoChatTemplateError, UsageError
 from chatllm.runtime.contract import Engine, GenerationStats
@@ -20,6 +22,14 @@ from chatllm.settings import Sampling
 from chatllm.tasks.oneshot import Answer, ask
 from chatllm.tasks.parallel import ordered_map
 from chatllm.tasks.structured import JsonSpec
+
+if TYPE_CHECKING:
+    from chatllm.runtime.kv_cache import KVCache
+
+# Row texts that begin with characters of different kinds: what their prompts share is what every row's prompt shares
+# (whitespace before a row's text tokenizes by what follows it: "\n\n" is one token before "4", two before "Good"),
+# and a token less for a kind not probed here.
+_PROBES = ("A", "b", "4", "\u00bf", '"')
 
 
 @dataclass
@@ -125,16 +135,61 @@ def _json_row(line: str, number: int) -> Row:
 
 
 def run_rows(engine: Engine, rows: Iterable[Row], sampling: Sampling, *, compose: Callable[[str], str],
-             system: str | None = None, spec: JsonSpec | None = None, workers: Sequence[Engine] = ()) -> Iterator[RowResult]:
+             system: str | None = None, spec: JsonSpec | None = None, workers: Sequence[Engine] = (),
+             kv_cache: "KVCache | None" = None) -> Iterator[RowResult]:
     """Answer the rows in input order, on `engine` or concurrently on `workers` (one thread each); a failed row
-    carries its error and the batch goes on, but an unreachable engine stops it (rows before it are all yielded)."""
+    carries its error and the batch goes on, but an unreachable engine stops it (rows before it are all yielded).
+    With a kv_cache, the rows' shared prefix is restored from disk, or saved there (for the next batch) at the end."""
     if not engine.has_chat_template:  # would fail every row alike: once, up front
         raise NoChatTemplateError(engine.name)
+    pending: list[int] | None = None
+    if kv_cache is not None and len(workers) <= 1 and kv_cache.identity(engine)[0] is not None:  # a state to save
+        try:
+            pending = warm_start(engine, kv_cache, shared_prefix(engine, compose, system, spec))
+        except ChatllmError:
+            pass  # a template that refuses these messages fails each row alike, with the row's own error
 
     def one(worker: Engine, row: Row) -> RowResult:
         return answer_row(worker, row, sampling, compose=compose, system=system, spec=spec)
 
-    yield from ordered_map(one, rows, list(workers) or [engine])
+    last = None
+    for last in ordered_map(one, rows, list(workers) or [engine]):
+        yield last
+    # Saved after the last row, not the first: cutting the engine's cache back to the prefix would cost the next row
+    # the tokens it shares with the one before. Only when that row's prompt began with the prefix.
+    if kv_cache is not None and pending and last is not None and last.row.system is None and last.stats is not None \
+            and last.stats.prompt_tokens > len(pending):
+        kv_cache.save(engine, n_tokens=len(pending), background=True)
+
+
+def shared_prefix(engine: Engine, compose: Callable[[str], str], system: str | None, spec: JsonSpec | None) -> list[int]:
+    """The prompt tokens every row shares (a row's own system prompt aside), or [] when that is only the chat
+    template's header: the batch's instruction, system prompt or schema must put something of its own there."""
+    def tokens(text: str, sys_text: str | None) -> list[int]:
+        if spec is not None:  # as ask() tells the model about the schema
+            sys_text = f"{sys_text}\n\n{spec.instruction()}" if sys_text else spec.instruction()
+        messages = ([{"role": "system", "content": sys_text}] if sys_text else []) + [{"role": "user", "content": text}]
+        return engine.prompt_tokens(engine.render_chat(messages))
+
+    from chatllm.runtime.kv_cache import common_prefix
+
+    def common(prompts: list[list[int]]) -> int:
+        return min(common_prefix(prompts[0], other) for other in prompts[1:]) - 1
+
+    rows = [tokens(compose(p), system) for p in _PROBES]
+    shared = rows[0][: max(common(rows), 0)]
+    return shared if len(shared) > common([tokens(p, None) for p in _PROBES]) else []
+
+
+def warm_start(engine: Engine, kv_cache: "KVCache", prefix: list[int]) -> list[int] | None:
+    """Load the saved state of the batch's shared prefix into the engine; the prefix when it is still to be saved
+    (once the rows have evaluated it: a batch without a saved state runs as it did without a cache), else None."""
+    from chatllm.runtime.kv_cache import MIN_TOKENS
+
+    if len(prefix) < MIN_TOKENS or len(prefix) >= engine.n_ctx - 1:
+        return None  # short: cheaper to evaluate than to load; too long: each row fails on its own
+    entry = kv_cache.restore(engine, prefix)
+    return None if entry is not None and entry.tokens == prefix else prefix
 
 
 def answer_row(engine: Engine, row: Row, sampling: Sampling, *, compose: Callable[[str], str],
