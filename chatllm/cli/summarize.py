@@ -69,7 +69,7 @@ def _duration(seconds: float) -> str:
 
 
 def _options(length: str, words: Optional[int], style: str, lang: Optional[str], focus: Optional[str],
-             chunk_tokens: Optional[int], settings: Settings):
+             chunk_tokens: Optional[int], settings: Settings, notes: bool = False):
     from chatllm.tasks.summarize import LENGTHS, STYLES, SummaryOptions
 
     length, style = length.lower(), style.lower()
@@ -84,7 +84,7 @@ def _options(length: str, words: Optional[int], style: str, lang: Optional[str],
     # --max-tokens caps each summary only when it was changed from the default; otherwise the length decides.
     cap = settings.sampling.max_tokens if settings.sampling.max_tokens != Sampling().max_tokens else None
     return SummaryOptions(length=length, words=words, style=style, lang=lang or None, focus=focus or None,
-                          max_tokens=cap, **({} if chunk_tokens is None else {"chunk_tokens": chunk_tokens or None}))
+                          max_tokens=cap, keep_notes=notes, **({} if chunk_tokens is None else {"chunk_tokens": chunk_tokens or None}))
 
 
 def _run(engine, source_blocks, size_hint, label: str, settings: Settings, options, out: Output, workers=()):
@@ -145,7 +145,8 @@ def summarize(
     chunk_tokens: Annotated[Optional[int], typer.Option(
         "--chunk-tokens", metavar="N", help="Largest part for long input, in tokens; 0: as large as --ctx allows [default: 2048].",
         show_default=False)] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON (one object per summary) with token counts.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON (one object per summary): counts, names used.")] = False,
+    notes: Annotated[bool, typer.Option("--notes", help="With --json: add every level's notes (large for a book).")] = False,
     model: Model = None, device: Device = None, gpu_layers: GpuLayers = None, ctx: Ctx = None, threads: Threads = None,
     chat_format: ChatFormat = None, offline: Offline = False, parallel: Parallel = None,
     max_tokens: MaxTokens = None, temperature: Temperature = None, top_p: TopP = None, top_k: TopK = None,
@@ -161,7 +162,9 @@ def summarize(
     from chatllm.inputs import gather_sources
 
     out = Output(as_json=as_json)
-    options = _options(length, words, style, lang, focus, chunk_tokens, settings)
+    if notes and not as_json:
+        raise UsageError("--notes goes with --json", "add --json to get each level's notes in the JSON record")
+    options = _options(length, words, style, lang, focus, chunk_tokens, settings, notes)
     sources = gather_sources(files, out.warn)  # every input is checked before the model loads
 
     from chatllm.runtime.loader import load_engines

@@ -2,6 +2,11 @@
 
 Pure logic over the engine contract (chatllm.runtime.contract), so tests drive it with the fake engine. The map calls
 may run concurrently on worker engines (connections to one server): notes keep the chunks' order.
+
+Names are carried by counting (chatllm.tasks.entities), not by the model's memory: each chunk is counted before its
+note is asked for, the note is told the names in its chunk, merges and the final pass are told the main names, and
+invented names are cut from every note and from the final summary as it streams (chatllm.tasks.summarize_guard).
+Options, results and prompts live in chatllm.tasks.summarize_prompts and are re-exported here.
 """
 
 from __future__ import annotations
@@ -11,7 +16,6 @@ import itertools
 import math
 import threading
 import time
-from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator, Sequence
 
 from chatllm.errors import ChatllmError
@@ -23,141 +27,37 @@ from chatllm.tasks.chunking import (
     hard_split,
     pieces_from_blocks,
 )
+from chatllm.tasks.entities import EntityTracker
 from chatllm.tasks.parallel import ordered_map
+from chatllm.tasks.summarize_guard import NameGuard, clean_note
+from chatllm.tasks.summarize_prompts import (  # noqa: F401  (re-exported: the summarizer's public names)
+    DEFAULT_CHUNK_TOKENS,
+    LENGTHS,
+    MAIN_ENTITIES,
+    STYLES,
+    TLDR_WORDS,
+    TOKENS_PER_WORD,
+    Progress,
+    SummaryOptions,
+    SummaryResult,
+    events_block,
+    final_instruction,
+    join_notes,
+    key_events,
+    merge_instruction,
+    notes_instruction,
+    split_sentences_stripped,
+    user_message,
+)
 from chatllm.tasks.text import boundary_after, guess_language, sentence_end
 
-LENGTHS = {"short": 50, "medium": 150, "long": 300}  # target words
-STYLES = ("paragraph", "bullets", "tldr")
-TLDR_WORDS = 30
-TOKENS_PER_WORD = 1.6  # generous for English; CJK and code run higher, hence the fixed slack below
 SLACK = 48  # room for template tokens that differ between the measured and the real prompt, and join effects
-DEFAULT_CHUNK_TOKENS = 2048  # prompt processing slows with context length; smaller chunks also summarize better
 MIN_SENTENCE_CHARS = 24  # a TL;DR sentence ends at the first full stop after this many characters
 FINAL_HEADROOM = 1.4  # the final summary may run this much past its target to finish its sentence
 BULLET_LEAD = "-"  # the reply to a bullets request starts with this, so even a tiny model writes a list
 PLACEHOLDER = "\u2063CHATLLM-DOCUMENT\u2063"
-
-
-@dataclass(frozen=True)
-class SummaryOptions:
-    """What kind of summary to write."""
-
-    length: str = "medium"
-    words: int | None = None
-    style: str = "paragraph"
-    lang: str | None = None
-    focus: str | None = None
-    max_tokens: int | None = None  # hard cap on every generated summary (partial or final)
-    chunk_tokens: int | None = DEFAULT_CHUNK_TOKENS  # cap on map chunks; None: as large as the window allows
-
-    def __post_init__(self):
-        if self.length not in LENGTHS:
-            raise ValueError(f"length must be one of {', '.join(LENGTHS)}")
-        if self.style not in STYLES:
-            raise ValueError(f"style must be one of {', '.join(STYLES)}")
-
-    @property
-    def target_words(self) -> int:
-        """How many words the final summary should have."""
-        if self.words:
-            return self.words
-        if self.style == "tldr":
-            return TLDR_WORDS
-        return LENGTHS[self.length]
-
-
-@dataclass
-class Progress:
-    """Where a summarization stands, passed to the progress callback after every model call."""
-
-    stage: str  # "read": deciding; "map": chunks; "reduce": combining notes; "final": the summary itself
-    done: int = 0  # calls finished in this stage
-    total: int | None = None  # calls expected in this stage (an estimate while the input is still being read)
-    chunks: int = 0  # map chunks finished so far
-    level: int = 0  # reduce level (1 = first combination of chunk notes)
-    prompt_tokens: int = 0  # prompt tokens evaluated so far, all calls
-    completion_tokens: int = 0  # tokens generated so far, all calls
-    seconds: float = 0.0  # wall time since the start
-    fraction: float = 0.0  # estimated share of all the work done, 0..1
-
-    @property
-    def prompt_rate(self) -> float:
-        """Prompt tokens processed per second of wall time so far."""
-        return self.prompt_tokens / self.seconds if self.seconds > 0 else 0.0
-
-
-@dataclass
-class SummaryResult:
-    """The summary and what it cost."""
-
-    text: str
-    input_tokens: int = 0  # tokens of the document itself
-    prompt_tokens: int = 0  # tokens evaluated over all calls (document + notes + instructions, minus cache hits)
-    completion_tokens: int = 0
-    chunks: int = 1
-    calls: int = 0
-    levels: int = 0  # 0: one pass; 1: chunks then the final pass; 2+: notes were combined in between
-    seconds: float = 0.0
-    finish_reason: str = "stop"
-    calls_log: list[dict] = field(default_factory=list)
-
-    def as_dict(self) -> dict:
-        """The JSON-able fields (no per-call log)."""
-        return {
-            "summary": self.text,
-            "input_tokens": self.input_tokens,
-            "prompt_tokens": self.prompt_tokens,
-            "completion_tokens": self.completion_tokens,
-            "chunks": self.chunks,
-            "calls": self.calls,
-            "levels": self.levels,
-            "seconds": round(self.seconds, 3),
-            "finish_reason": self.finish_reason,
-        }
-
-
-# -- prompts --------------------------------------------------------------------------------------
-
-def _language_clause(opts: SummaryOptions, detected: str | None) -> str:
-    lang = opts.lang or detected
-    return f" Write in {lang}." if lang else ""
-
-
-def _focus_clause(opts: SummaryOptions) -> str:
-    return f" Focus on {opts.focus.strip()}." if opts.focus and opts.focus.strip() else ""
-
-
-def final_instruction(opts: SummaryOptions, whole: str, detected: str | None = None) -> str:
-    """The instruction for the summary the user sees; `whole` names what is summarized."""
-    words = opts.target_words
-    if opts.style == "tldr":
-        text = f"Summarize {whole} in one sentence of at most {words} words: what it reports and what it concludes."
-    elif opts.style == "bullets":
-        text = (f"Summarize {whole} as a bulleted list of its key points, one '- ' bullet per line, "
-                f"about {words} words in all.")
-    else:
-        text = f"Summarize {whole} in one paragraph of about {words} words. State the main points plainly."
-    return text + _focus_clause(opts) + _language_clause(opts, detected)
-
-
-def notes_instruction(opts: SummaryOptions, words: int, detected: str | None = None) -> str:
-    """The instruction for notes on one part of a longer document (plain: tiny models echo meta-talk)."""
-    return f"Summarize the text above in about {words} words." + _focus_clause(opts) + _language_clause(opts, detected)
-
-
-def merge_instruction(opts: SummaryOptions, words: int, detected: str | None = None) -> str:
-    """The instruction for merging notes on consecutive parts into shorter notes."""
-    return f"Summarize the text above in about {words} words." + _focus_clause(opts) + _language_clause(opts, detected)
-
-
-def user_message(body: str, instruction: str) -> str:
-    """The document first, the instruction last: small models follow what they read last."""
-    return f"{body}\n\n---\n{instruction}"
-
-
-def join_notes(notes: Sequence[str]) -> str:
-    """Notes on consecutive parts, in order, as paragraphs: labels invite small models to copy them."""
-    return "\n\n".join(note.strip() for note in notes)
+ENTITY_TOKENS = 64  # room for the list of names in an instruction (at most n_ctx / 16)
+SEGMENT_CHARS = 3000  # text that fits one pass is counted in segments of this size, for the spread of its names
 
 
 # -- the map-reduce --------------------------------------------------------------------------------
@@ -174,6 +74,13 @@ class Summarizer:
         self.options = options or SummaryOptions()
         self.on_progress = on_progress
         self.sampling = sampling
+        # Notes feed every later level, so they are greedy unless asked otherwise; the repeat penalty keeps greedy
+        # decoding of a tiny model out of loops.
+        temp = self.options.note_temperature
+        self.note_sampling = sampling if temp is None else sampling.replace(
+            temperature=temp, repeat_penalty=max(1.1, sampling.repeat_penalty))
+        self.tracker = EntityTracker()
+        self._tracker_lock = threading.Lock()  # the map's feeder thread counts chunks while notes are checked
         # Past its target length the final summary stops at the next sentence (or bullet) end; the reserve is
         # the hard cap behind that, so a summary is not cut mid-sentence unless the model runs on far too long.
         self.final_target = self._cap(math.ceil(self.options.target_words * TOKENS_PER_WORD))
@@ -181,6 +88,11 @@ class Summarizer:
         n_ctx = engine.n_ctx
         self.note_reserve = self._cap(max(48, min(320, n_ctx // 10)))
         self._overheads: dict[str, int] = {}
+        # The names get what room a small window can spare, up to ENTITY_TOKENS; with none, no names are listed.
+        self.entity_reserve = 0
+        spare = n_ctx - self.final_reserve - self._overhead("final") - 16
+        self.entity_reserve = min(ENTITY_TOKENS, n_ctx // 16) if spare >= 3 * ENTITY_TOKENS else 0
+        self._overheads.clear()
         if self.final_reserve + self._overhead("final") + 16 > n_ctx:
             raise ChatllmError(
                 f"a {self.options.target_words}-word summary does not fit the {n_ctx}-token context window",
@@ -196,13 +108,14 @@ class Summarizer:
     def _overhead(self, kind: str) -> int:
         """Tokens a prompt of this kind costs around its document (measured once with a long instruction)."""
         if kind not in self._overheads:
+            one = ["X"] if self.entity_reserve else []  # the names themselves are held to entity_reserve tokens
             instruction = {
-                "final": final_instruction(self.options, "the notes on the whole document", "Chinese"),
-                "notes": notes_instruction(self.options, 99999, "Chinese"),
-                "merge": merge_instruction(self.options, 99999, "Chinese"),
+                "final": final_instruction(self.options, "the notes on the whole document", "Chinese", one),
+                "notes": notes_instruction(self.options, 99999, "Chinese", one),
+                "merge": merge_instruction(self.options, 99999, "Chinese", one),
             }[kind]
             pre, post = self._frame(instruction)
-            self._overheads[kind] = len(pre) + len(post) + SLACK
+            self._overheads[kind] = len(pre) + len(post) + SLACK + self.entity_reserve
         return self._overheads[kind]
 
     def _frame(self, instruction: str) -> tuple[list[int], list[int]]:
@@ -225,25 +138,52 @@ class Summarizer:
         tokenize = self.engine.tokenize
         return pre + tokenize(body, add_bos=False, special=False) + post + (tokenize(lead) if lead else [])
 
+    def _fit(self, names: Iterable[str]) -> list[str]:
+        """As many of the names, best first, as fit the room kept for them in an instruction."""
+        kept: list[str] = []
+        for name in names:
+            if not self.entity_reserve or self.engine.count_tokens(", ".join(kept + [name])) > self.entity_reserve:
+                break
+            kept.append(name)
+        return kept
+
     def budget(self, kind: str, reserve: int) -> int:
         """How many document tokens a prompt of this kind can hold, leaving `reserve` for the reply."""
         return self.engine.n_ctx - self._overhead(kind) - reserve
 
     # running -----------------------------------------------------------------------------------
 
-    def _final(self, body: str, instruction: str, on_text: Callable[[str], None] | None) -> str:
-        """The summary the user sees, streamed to on_text."""
+    def _final(self, body: str, whole: str, detected: str | None, on_text: Callable[[str], None] | None) -> str:
+        """The summary the user sees, streamed to on_text a checked sentence at a time (summarize_guard)."""
         style = self.options.style
         lead = BULLET_LEAD if style == "bullets" else ""
-        return self._generate(self._prompt(body, instruction, lead), self.final_reserve, on_text,
-                              one_sentence=style == "tldr", soft_tokens=self.final_target, lead=lead)
+        names = self._fit(e.name for e in self.main)
+        res = self._result
+        for strict in (False, True):
+            guard = NameGuard(self.tracker, on_text)
+            instruction = final_instruction(self.options, whole, detected, names, strict=strict)
+            self._generate(self._prompt(body, instruction, lead), self.final_reserve, guard.feed,
+                           one_sentence=style == "tldr", soft_tokens=self.final_target, lead=lead)
+            text = guard.finish()
+            res.removed += [n for n in guard.removed if n not in res.removed]
+            if text:  # something true went out; what was dropped was whole sentences of it
+                return text
+            res.regenerated = True  # nothing went out yet, so a second try is still honest
+        # Twice nothing but invented names: the first checked sentences of what the model read, cut to length.
+        fallback, _ = clean_note(body, self.tracker)
+        words = fallback.split()[: self.options.target_words]
+        text = " ".join(words)
+        if on_text is not None and text:
+            on_text(text)
+        return text
 
     def _generate(self, tokens: list[int], max_tokens: int, on_text: Callable[[str], None] | None = None,
                   one_sentence: bool = False, soft_tokens: int | None = None, lead: str = "", engine: Engine | None = None) -> str:
         """One model call (on `engine`, else the main one); `lead` is the reply's start already in the prompt, and after
         soft_tokens the reply ends at the next sentence or line end."""
         engine = engine or self.engine
-        sampling = self.sampling.replace(max_tokens=max_tokens)
+        # Only the final pass streams (on_text); every other call writes notes, with the notes' sampling.
+        sampling = (self.sampling if on_text is not None else self.note_sampling).replace(max_tokens=max_tokens)
         parts: list[str] = []  # what went out, the lead joined to the first piece
         text = lead  # the reply so far, the lead included
         stream = engine.stream(tokens, sampling)
@@ -330,9 +270,11 @@ class Summarizer:
             if tokens <= direct_budget:
                 res.input_tokens = tokens
                 res.chunks = 1
+                for start in range(0, len(text), SEGMENT_CHARS):
+                    self.tracker.observe(text[start:start + SEGMENT_CHARS])
+                self._set_main()
                 self._report(Progress("final", total=1, fraction=0.0))
-                instruction = final_instruction(opts, "the text above", detected)
-                res.text = self._final(text, instruction, on_text)
+                res.text = self._final(text, "the text above", detected, on_text)
                 return self._finish(Progress("final", done=1, total=1, fraction=1.0))
 
         # Map: notes on each chunk. Notes must be small enough that two always fit a merge and a final pass,
@@ -352,11 +294,14 @@ class Summarizer:
         if opts.chunk_tokens:
             map_budget = max(2 * self.note_reserve, min(map_budget, opts.chunk_tokens))
         merge_budget = self.budget("merge", self.note_reserve)
+        floor = 2 * (self.note_reserve + 8)
         if opts.chunk_tokens:
             # Merges and the final pass read no more at once than a chunk: small models follow long input poorly.
-            floor = 2 * (self.note_reserve + 8)
             merge_budget = min(merge_budget, max(opts.chunk_tokens, floor))
             combined_budget = min(combined_budget, max(opts.chunk_tokens, floor))
+        # The final pass reads the key events before the notes; the notes keep room for two, so merges still end.
+        events_budget = max(0, min(combined_budget // 5, combined_budget - floor))
+        notes_budget = combined_budget - events_budget
         held_chars = sum(len(p) for p in held)
         est_tokens = None
         if size_hint and held_chars:
@@ -369,16 +314,15 @@ class Summarizer:
 
         notes: list[str] = []
         chars_done = 0
-        instruction = notes_instruction(opts, note_words, detected)
         self._report(Progress("map", done=0, total=est_chunks, fraction=0.0))
         queue = collections.deque(held)
         del held
         chunks = chunk_pieces(itertools.chain(_drain(queue), pieces), count, target)
-        jobs = ((chunk, self._prompt(chunk.text, instruction)) for chunk in chunks)  # tokenized here, on the main engine
+        jobs = (self._map_job(chunk, note_words, detected) for chunk in chunks)  # tokenized here, on the main engine
         for chunk, note in ordered_map(lambda e, job: (job[0], self._generate(job[1], self.note_reserve, engine=e)), jobs,
                                        self.workers):
-            # A model that answers nothing still leaves the chunk represented: its opening, cut to size.
-            notes.append(note or _extract(chunk.text, count, self.note_reserve))
+            # A model that answers nothing (or only invents) still leaves the chunk represented: its opening, cut to size.
+            notes.append(self._clean(note) or _extract(chunk.text, count, self.note_reserve))
             res.chunks += 1
             res.input_tokens += chunk.tokens
             chars_done += len(chunk.text)
@@ -388,26 +332,53 @@ class Summarizer:
             fraction = min(0.95, chars_done / size_hint) if size_hint else 0.0
             self._report(Progress("map", done=res.chunks, total=total, fraction=fraction * 0.9))
         res.levels = 1
+        self._set_main()
+        names = self._fit(e.name for e in self.main)
+        self._keep(notes)
 
         # Reduce: merge notes until they fit one final pass.
-        while count(join_notes(notes)) > combined_budget:
+        while count(join_notes(notes)) > notes_budget:
             res.levels += 1
             groups = list(self._groups(notes, merge_budget))
             if len(groups) >= len(notes):  # cannot happen with the budgets checked above; never loop forever
                 raise ChatllmError("the notes do not shrink when merged", "raise --ctx or lower --max-tokens")
             merged = []
-            merge_text = merge_instruction(opts, note_words, detected)
+            merge_text = merge_instruction(opts, note_words, detected, names)
             for i, group in enumerate(groups, 1):
-                merged.append(self._generate(self._prompt(join_notes(group), merge_text), self.note_reserve)
-                              or _extract(join_notes(group), count, self.note_reserve))
+                note = self._generate(self._prompt(join_notes(group), merge_text), self.note_reserve)
+                merged.append(self._clean(note) or _extract(join_notes(group), count, self.note_reserve))
                 self._report(Progress("reduce", done=i, total=len(groups), level=res.levels - 1, fraction=0.92))
             notes = merged
+            self._keep(notes)
 
         self._report(Progress("final", total=1, fraction=0.95))
-        whole = "the text above"
-        res.text = self._final(join_notes(notes) if len(notes) > 1 else notes[0],
-                               final_instruction(opts, whole, detected), on_text)
+        body = join_notes(notes) if len(notes) > 1 else notes[0]
+        events = key_events(notes, names, count, events_budget) if len(notes) > 1 and events_budget else []
+        if events:
+            body = events_block(events) + "\n\n" + body
+        res.text = self._final(body, "the text above", detected, on_text)
         return self._finish(Progress("final", done=1, total=1, fraction=1.0))
+
+    def _map_job(self, chunk, note_words: int, detected: str | None) -> tuple:
+        """A chunk and its prompt, told the names that occur in it (counted first, so later checks know them)."""
+        with self._tracker_lock:
+            local = self.tracker.observe(chunk.text)
+        instruction = notes_instruction(self.options, note_words, detected, self._fit(local))
+        return chunk, self._prompt(chunk.text, instruction)
+
+    def _clean(self, note: str) -> str:
+        """A note without its sentences that name what the document never does."""
+        text, removed = clean_note(note, self.tracker, self._tracker_lock)
+        self._result.removed += [n for n in removed if n not in self._result.removed]
+        return text
+
+    def _set_main(self) -> None:
+        self.main = self.tracker.top(MAIN_ENTITIES)
+        self._result.entities = [e.as_dict() for e in self.main]
+
+    def _keep(self, notes: list[str]) -> None:
+        if self.options.keep_notes:
+            self._result.notes = (self._result.notes or []) + [list(notes)]
 
     def _groups(self, notes: list[str], budget: int) -> Iterator[list[str]]:
         """Consecutive notes packed so each group's joined text fits the budget."""

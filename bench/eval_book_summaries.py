@@ -1,0 +1,236 @@
+"""Do book summaries keep the names? Entity recall, invented names and run-to-run spread of `chatllm summarize`.
+
+    python bench/eval_book_summaries.py --max-chars 30000                       # SmolLM2, all 5 books, seeds 1,2,3
+    python bench/eval_book_summaries.py -m qwen --books ah_q,alice --max-chars 12000 --seeds 1,2,3
+    python bench/eval_book_summaries.py --methods new --seeds 1 --books hound --show
+
+Data: ../shared/data/longdocs/ (4 English books, 1 Chinese) and entities.json, each book's main names as spelled.
+Methods, each with the CLI's default sampling (temperature 0.7, ...) and --seed S:
+  new    today's summarizer (issue 13: names found by counting, greedy notes, the invented-name check)
+  old    the summarizer before issue 13 (`git show 55b0597:chatllm/tasks/summarize.py`, imported from a temp dir)
+  naive  the first window only: "Summarize:" and the text cut to fit, one call
+Per book and method: recall (share of the entities.json names in the summary, case-insensitive; "of present" counts
+only the names that occur in the prefix at all), invented (capitalised words and years of the summary that occur
+nowhere in the document, any position, so an odd sentence-initial word counts too; for Chinese the name-shaped
+n-grams of chatllm.tasks.entities), seconds, tokens in/out, calls, and for map-reduce runs the map stage's
+achieved prompt rate against the engine's raw rate on a slice of the same document of the same length (cold cache,
+measured right after the run). --max-chars takes a prefix of each book (after the Gutenberg frame), cut at a
+paragraph end; the Chinese book gets --max-cjk-chars (default a third: a CJK character costs SmolLM2 2-3 tokens).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+DATA = ROOT.parent / "shared" / "data" / "longdocs"
+CACHE = Path.home() / ".cache" / "chatllm-test"
+MODELS = {"smollm": CACHE / "SmolLM2-135M-Instruct.Q4_1.gguf", "qwen": CACHE / "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"}
+OLD_COMMIT = "55b0597"
+CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff]")
+
+
+def load_old():
+    """The summarizer module as it was before issue 13, imported from a temporary file."""
+    src = subprocess.run(["git", "show", f"{OLD_COMMIT}:chatllm/tasks/summarize.py"], cwd=ROOT, capture_output=True,
+                         text=True, check=True).stdout
+    path = Path(tempfile.mkdtemp()) / "summarize_before_issue13.py"
+    path.write_text(src, encoding="utf-8")
+    spec = importlib.util.spec_from_file_location("summarize_before_issue13", path)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def book_text(path: Path, max_chars: int | None) -> str:
+    """The book without its Gutenberg frame, cut at the last paragraph end before max_chars."""
+    from chatllm.tasks.chunking import drop_gutenberg_frame, pieces_from_blocks
+
+    text = "".join(drop_gutenberg_frame(pieces_from_blocks([path.read_text(encoding="utf-8-sig")]))).strip()
+    if max_chars and len(text) > max_chars:
+        cut = text.rfind("\n\n", 0, max_chars)
+        text = text[: cut if cut > max_chars // 2 else max_chars]
+    return text
+
+
+def recall(summary: str, names: list[str]) -> float:
+    """Share of the names that appear in the summary (case-insensitive)."""
+    low = summary.lower()
+    return sum(n.lower() in low for n in names) / len(names) if names else 0.0
+
+
+def invented(summary: str, doc: str) -> list[str]:
+    """Capitalised words and years of the summary that the document never has (CJK: name-shaped n-grams)."""
+    from chatllm.tasks.entities import EntityTracker, invented_names
+
+    doc_words = set(re.findall(r"[a-z]+", doc.lower()))
+    out = [w for w in re.findall(r"\b[A-Z][a-zA-Z]+", summary) if w.lower() not in doc_words]
+    out += [y for y in re.findall(r"(?<!\d)1[0-9]{3}|20[0-9]{2}(?!\d)", summary) if y not in doc]
+    if CJK.search(summary):
+        tracker = EntityTracker()
+        for i in range(0, len(doc), 3000):
+            tracker.observe(doc[i:i + 3000])
+        out += [n for n in invented_names(summary, tracker) if CJK.search(n)]
+    return sorted(set(out))
+
+
+def naive(engine, text: str, sampling) -> tuple[str, dict]:
+    """The first window only: 'Summarize:' and the text cut to fit."""
+    room = engine.n_ctx - sampling.max_tokens - 64
+    tokens = engine.tokenize(text)
+    cut = engine.detokenize(tokens[:room]) if len(tokens) > room else text
+    prompt = engine.render_chat([{"role": "user", "content": f"Summarize:\n{cut}"}])
+    summary = engine.complete(prompt, sampling).strip()
+    s = engine.last_stats
+    return summary, {"input_tokens": min(len(tokens), room), "prompt_tokens": s.prompt_tokens - s.cached_tokens,
+                     "completion_tokens": s.completion_tokens, "calls": 1, "chunks": 1}
+
+
+def raw_rate(engine, doc_tokens: list[int], length: int) -> float:
+    """Tokens/s of the engine alone evaluating `length` document tokens from a cold cache."""
+    from chatllm.settings import Sampling
+
+    prompt = doc_tokens[:length]
+    engine._rewind(0)
+    engine.complete(prompt, Sampling(max_tokens=1, temperature=0))
+    s = engine.last_stats
+    return (s.prompt_tokens - s.cached_tokens) / s.first_token_seconds
+
+
+def map_reduce(module, engine, text: str, sampling, **options) -> tuple[str, dict]:
+    """One summary by a summarizer module (new or old), with the map stage timed apart."""
+    marks: dict[str, float] = {}
+
+    def progress(p) -> None:
+        marks.setdefault(p.stage + "_first", time.perf_counter())
+        marks[p.stage + "_last"] = time.perf_counter()
+
+    summarizer = module.Summarizer(engine, sampling, module.SummaryOptions(**options), on_progress=progress)
+    res = summarizer.summarize([text], size_hint=len(text))
+    stats = {k: getattr(res, k) for k in ("input_tokens", "prompt_tokens", "completion_tokens", "calls", "chunks", "levels")}
+    stats["entities"] = [e["name"] for e in getattr(res, "entities", [])]
+    stats["removed"] = getattr(res, "removed", [])
+    if res.levels and "map_first" in marks:
+        maps = res.calls_log[: res.chunks]
+        evaluated = sum(c["prompt_tokens"] - c["cached_tokens"] for c in maps)
+        gen = sum(c["seconds"] - c["first_token_seconds"] for c in maps)
+        stats["map_rate"] = evaluated / (marks["map_last"] - marks["map_first"] - gen)
+        stats["map_prompt_len"] = int(statistics.median(c["prompt_tokens"] for c in maps))
+    return res.text, stats
+
+
+def table(paths: list[Path]) -> None:
+    """Print the markdown tables of docs/BENCHMARKS.md from the JSON lines of earlier runs."""
+    rows = [json.loads(line) for p in paths for line in p.read_text(encoding="utf-8").splitlines() if line.strip()]
+    print("| model | book (prefix) | method | seeds | recall (min-max) | of present | invented | s | in | evaluated | out "
+          "| calls | map rate / raw | load |")
+    print("|---|---|---|---:|---|---|---|---:|---:|---:|---:|---:|---|---|")
+    groups: dict[tuple, list[dict]] = {}
+    for row in rows:
+        groups.setdefault((row["model"], row["book"], row["method"]), []).append(row)
+    for (model, book, method), runs in groups.items():
+        rec = [r["recall"] for r in runs]
+        pres = [r["recall_present"] for r in runs]
+        inv = sorted({n for r in runs for n in r["invented"]})
+        rates = [(r["map_rate"], r["raw_rate"]) for r in runs if "raw_rate" in r]
+        mean = statistics.mean
+        rate = f"{rates[0][0]:.0f} / {rates[0][1]:.0f} = {rates[0][0] / rates[0][1]:.2f}" if rates else "-"
+        print(f"| {model.split('-')[0].split('.')[0]} | {book.split('_pg')[0]} ({runs[0]['chars']:,} ch, {runs[0]['present']} names) "
+              f"| {method} | {len(runs)} | {mean(rec):.0%} ({min(rec):.0%}-{max(rec):.0%}) | {mean(pres):.0%} "
+              f"| {sum(len(r['invented']) for r in runs) / len(runs):.1f} {', '.join(inv[:5])} | {mean(r['seconds'] for r in runs):.0f} "
+              f"| {runs[0]['input_tokens']:,} | {mean(r['prompt_tokens'] for r in runs):,.0f} "
+              f"| {mean(r['completion_tokens'] for r in runs):,.0f} | {mean(r['calls'] for r in runs):.0f} | {rate} "
+              f"| {min(r['load'] for r in runs):.1f}-{max(r['load'] for r in runs):.1f} |")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the evaluation and print one row per book, model and method."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-m", "--models", default="smollm", help="comma-separated: smollm, qwen or .gguf paths [smollm]")
+    parser.add_argument("--books", default="", help="comma-separated file-name prefixes [all]")
+    parser.add_argument("--methods", default="new,old,naive")
+    parser.add_argument("--seeds", default="1,2,3", help="seeds for the new method [1,2,3]")
+    parser.add_argument("--other-seeds", default="1", help="seeds for old and naive [1]")
+    parser.add_argument("--max-chars", type=int, default=None, help="a prefix of each English book, in characters")
+    parser.add_argument("--max-cjk-chars", type=int, default=None, help="the prefix of a Chinese book [max-chars / 3]")
+    parser.add_argument("--ctx", type=int, default=8192)
+    parser.add_argument("--temperature", type=float, default=None, help="override the CLI's default 0.7")
+    parser.add_argument("--note-temperature", type=float, default=None, help="new method: sample notes at this temperature")
+    parser.add_argument("--show", action="store_true", help="print each summary")
+    parser.add_argument("--json", type=Path, help="append one JSON line per run here")
+    parser.add_argument("--table", type=Path, nargs="+", help="only print the tables from these --json files")
+    args = parser.parse_args(argv)
+    if args.table:
+        return table(args.table)
+
+    from chatllm.runtime.llamacpp import LlamaCppEngine
+    from chatllm.settings import Sampling
+    from chatllm.tasks import summarize as new
+
+    old = load_old() if "old" in args.methods else None
+    entities = json.loads((DATA / "entities.json").read_text(encoding="utf-8"))
+    books = [b for p in args.books.split(",") for b in entities if b.startswith(p)] if args.books else list(entities)
+    print(f"load at start: {os.getloadavg()[0]:.2f}", flush=True)
+    for model in args.models.split(","):
+        path = MODELS.get(model, Path(model))
+        engine = LlamaCppEngine(str(path), n_ctx=args.ctx)
+        for book in books:
+            cjk = book.startswith("ah_q")
+            limit = (args.max_cjk_chars or (args.max_chars // 3 if args.max_chars else None)) if cjk else args.max_chars
+            text = book_text(DATA / book, limit)
+            names = entities[book]
+            present = [n for n in names if n.lower() in text.lower()]
+            doc_tokens = engine.tokenize(text)
+            for method in args.methods.split(","):
+                seeds = args.seeds if method == "new" else args.other_seeds
+                for seed in [int(s) for s in seeds.split(",") if s]:
+                    sampling = Sampling(seed=seed).replace(temperature=args.temperature)
+                    engine._rewind(0)  # a cold cache: no run reuses another's prompt
+                    start, load = time.perf_counter(), os.getloadavg()[0]
+                    if method == "naive":
+                        summary, stats = naive(engine, text, sampling.replace(max_tokens=360))
+                    else:
+                        extra = {"note_temperature": args.note_temperature} if method == "new" and args.note_temperature is not None else {}
+                        summary, stats = map_reduce(new if method == "new" else old, engine, text, sampling, **extra)
+                    seconds = time.perf_counter() - start
+                    if "map_rate" in stats and seed == int(seeds.split(",")[0]):
+                        stats["raw_rate"] = raw_rate(engine, doc_tokens, stats["map_prompt_len"])
+                    row = {"model": path.name, "book": book, "chars": len(text), "method": method, "seed": seed,
+                           "recall": recall(summary, names), "recall_present": recall(summary, present),
+                           "present": len(present), "found": [n for n in names if n.lower() in summary.lower()],
+                           "invented": invented(summary, text), "seconds": round(seconds, 1), "load": round(load, 2),
+                           "summary": summary, **stats}
+                    rate = (f" map {stats['map_rate']:.0f} tok/s" + (f" / raw {stats['raw_rate']:.0f} = "
+                            f"{stats['map_rate'] / stats['raw_rate']:.2f}" if "raw_rate" in stats else "")
+                            if "map_rate" in stats else "")
+                    print(f"{model:6} {book[:12]:12} {len(text):>7,}c {method:5} seed {seed}: recall "
+                          f"{row['recall']:.0%} (of present {row['recall_present']:.0%}, {len(present)}) invented "
+                          f"{len(row['invented'])} {row['invented'][:6]} | {seconds:.0f}s in {stats['input_tokens']:,} "
+                          f"eval {stats['prompt_tokens']:,} out {stats['completion_tokens']:,} calls {stats['calls']}"
+                          f"{rate} | load {load:.2f}", flush=True)
+                    if args.show:
+                        print("   ", summary.replace("\n", "\n    "), flush=True)
+                    if args.json:
+                        with open(args.json, "a", encoding="utf-8") as fh:
+                            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+        engine.close()
+    print(f"load at end: {os.getloadavg()[0]:.2f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,98 @@
+"""Keeping invented names out of notes and out of the summary the user sees, without lying in the stream.
+
+A small model writes names the document never contains ("Elizabeth Bennet" in a book without her). Notes are
+cleaned sentence by sentence before they reach the next level. The final summary streams one sentence (or bullet
+line) at a time: a sentence is held until it ends, checked against the document's index, and then written or
+dropped, so nothing that reaches the user is ever taken back. The user waits a sentence longer for the first
+words, which is the price of a stream that only shows text the summary keeps.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Callable
+
+from chatllm.tasks.entities import EntityTracker, invented_names
+from chatllm.tasks.summarize_prompts import split_sentences_stripped
+from chatllm.tasks.text import sentence_end
+
+CJK_STOPS = "\u3002\uff01\uff1f\uff1b\u2026\u201d\u300d"
+
+
+def clean_note(note: str, tracker: EntityTracker, lock: threading.Lock | None = None) -> tuple[str, list[str]]:
+    """The note without its sentences that name what the document never does, and those names."""
+    kept, removed = [], []
+    for sentence in split_sentences_stripped(note):
+        if lock is not None:
+            with lock:
+                bad = invented_names(sentence, tracker)
+        else:
+            bad = invented_names(sentence, tracker)
+        if bad:
+            removed += bad
+        else:
+            kept.append(sentence)
+    text = ""
+    for sentence in kept:  # Chinese and Japanese sentences join without a space
+        text += ("" if not text or text[-1] in CJK_STOPS else " ") + sentence
+    return text, removed
+
+
+class NameGuard:
+    """A stream filter: text goes out a whole sentence or line at a time, and only when it invents no name."""
+
+    def __init__(self, tracker: EntityTracker, on_text: Callable[[str], None] | None):
+        self.tracker = tracker
+        self.on_text = on_text
+        self.buffer = ""
+        self.parts: list[str] = []
+        self.removed: list[str] = []
+
+    @property
+    def text(self) -> str:
+        """What went out so far."""
+        return "".join(self.parts)
+
+    def feed(self, piece: str) -> None:
+        """Take a piece of the model's reply; write out every sentence it completes that passes the check."""
+        self.buffer += piece
+        while True:
+            cut = self._boundary()
+            if cut is None:
+                return
+            unit, self.buffer = self.buffer[:cut], self.buffer[cut:]
+            self._unit(unit)
+
+    def finish(self) -> str:
+        """Check and write out what is left; returns all the text that went out."""
+        unit, self.buffer = self.buffer.rstrip(), ""
+        if unit.strip():
+            self._unit(unit)
+        return self.text
+
+    def _boundary(self) -> int | None:
+        buf = self.buffer
+        lead = len(buf) - len(buf.lstrip())
+        ends = []
+        end = sentence_end(buf, lead, cjk_from=lead)
+        if end is not None:
+            ends.append(end)
+        newline = buf.find("\n", lead)
+        if newline > lead:
+            ends.append(newline)  # the newline starts the next unit, so a dropped bullet takes its own line with it
+        return min(ends) if ends else None
+
+    def _unit(self, unit: str) -> None:
+        if not unit.strip():
+            if self.parts:
+                self.buffer = unit + self.buffer  # whitespace between units goes out with the next one
+            return
+        bad = invented_names(unit, self.tracker)
+        if bad:
+            self.removed += [b for b in bad if b not in self.removed]
+            return
+        if not self.parts:
+            unit = unit.lstrip()
+        self.parts.append(unit)
+        if self.on_text is not None:
+            self.on_text(unit)

@@ -1,0 +1,137 @@
+"""The names a document is about, found without a model; the invented-name check; the stream filter of the final."""
+
+from __future__ import annotations
+
+from chatllm.tasks.entities import EntityTracker, capitalised_runs, cjk_ngrams, core, invented_names, name_candidates
+from chatllm.tasks.summarize_guard import NameGuard, clean_note
+
+
+def harbour_report(parts: int = 6) -> list[str]:
+    """A made-up incident report in segments: recurring people, places and an organisation, sentence-initial noise."""
+    segs = []
+    for i in range(parts):
+        segs.append(
+            f"However, on day {i + 1} the inspection went on. Dr. Mara Quill met Tomas Berg at Port Avel, where the "
+            f"Harbour Board keeps its records. The report says Quill checked the crane while Berg measured the wall. "
+            f"They wrote to the Harbour Board in March. It was cold, and the crane was old. Then Mr. Berg went home. "
+            f"Quill stayed at Port Avel with Ines Varga, and Varga logged the tides. Everyone agreed the wall held. "
+            f"When the ferry came, Tomas Berg and Mara Quill spoke to the crew. This is how it went for a week."
+        )
+    return segs
+
+
+def tracked(segments: list[str]) -> EntityTracker:
+    tracker = EntityTracker()
+    for seg in segments:
+        tracker.observe(seg)
+    return tracker
+
+
+def test_english_names_are_capitalised_runs_ranked_by_count_and_spread():
+    tracker = tracked(harbour_report())
+    names = [e.name for e in tracker.top(6)]
+    assert {"Port Avel", "Harbour Board"} <= set(names), names
+    assert any("Quill" in n for n in names) and any("Berg" in n for n in names) and any("Varga" in n for n in names)
+    # Sentence-initial common words, pronouns, months and lone titles are never entities.
+    for noise in ("However", "They", "It", "March", "Then", "Everyone", "When", "This", "Mr.", "Dr."):
+        assert noise not in names, names
+    assert all(e.spread >= 2 and e.count >= 3 for e in tracker.top(6))
+
+
+def test_title_variants_are_one_entity_shown_as_the_text_writes_it_most():
+    tracker = tracked(["Dr. Mortimer came. Later Dr. Mortimer left, and Mortimer wrote. Then Dr. Mortimer slept."] * 3)
+    (ent,) = [e for e in tracker.top(5) if "Mortimer" in e.name]
+    assert ent.name == "Dr. Mortimer" and ent.count == 12
+    assert core("Dr. Mortimer") == core("Mortimer") == "mortimer"
+
+
+def test_a_word_written_lowercase_as_often_is_not_a_name():
+    text = "The Queen spoke. The queen of the hive slept. A queen is a bee. The Rabbit ran, and the Rabbit hid."
+    tracker = tracked([text] * 3)
+    names = [e.name for e in tracker.top(5)]
+    assert "Rabbit" in names and "Queen" not in names, names
+
+
+def test_runs_keep_of_inside_and_drop_stop_words_at_the_ends():
+    runs = dict(capitalised_runs("They walked to the Palace of Green Porcelain. The Time Traveller smiled at Weena's hat."))
+    assert "Palace of Green Porcelain" in runs and "Time Traveller" in runs and "Weena" in runs
+    assert "They" not in runs and "The" not in runs
+
+
+def test_each_segment_is_told_the_names_in_it():
+    tracker = EntityTracker()
+    segs = harbour_report(3)
+    first = tracker.observe(segs[0])
+    assert any("Quill" in n for n in first) and "Port Avel" in first
+    other = tracker.observe("The tide was high. Nobody came to the quay, and the gulls sat still all day long.")
+    assert other == []
+
+
+def chinese_story(parts: int = 4) -> list[str]:
+    segs = []
+    for i in range(parts):
+        segs.append(
+            f"第{i + 1}天，王小明在北京大学门口等李老师。李老师来了以后，王小明把信交给了她。"
+            f"他们一起去了图书馆，王小明说他想学历史。李老师笑了，说北京大学的历史系很好。"
+            f"后来赵大夫也来了，赵大夫和李老师是老朋友。大家在图书馆里说了很久的话。"
+        )
+    return segs
+
+
+def test_chinese_names_are_frequent_spread_ngrams_without_function_characters():
+    tracker = tracked(chinese_story())
+    names = [e.name for e in tracker.top(6)]
+    assert {"王小明", "李老师", "北京大学", "赵大夫"} <= set(names), names
+    assert "王小" not in names and "小明" not in names  # parts of a longer name give way to it
+    assert not any(ch in name for name in names for ch in "的了是在他们说")
+    assert "他们" not in cjk_ngrams("他们他们他们")
+
+
+def test_a_letter_inside_a_chinese_name_is_kept():
+    tracker = tracked(["阿Q说，阿Q很得意。小D不服，小D打了阿Q。未庄的人都笑阿Q。"] * 3)
+    names = [e.name for e in tracker.top(5)]
+    assert "阿Q" in names and "小D" in names, names
+
+
+def test_invented_names_and_years_are_found_and_real_ones_pass():
+    tracker = tracked(harbour_report())
+    bad = invented_names("In 1836, Elizabeth Bennet wrote to Mara Quill about Port Avel.", tracker)
+    assert "Elizabeth Bennet" in bad and "1836" in bad
+    assert not any("Quill" in b or "Avel" in b for b in bad)
+    assert invented_names("Overall, the Harbour Board kept the records of Port Avel.", tracker) == []
+    assert invented_names("Summary: Quill and Berg checked the wall.", tracker) == []
+
+
+def test_invented_chinese_names_are_found():
+    tracker = tracked(chinese_story())
+    assert invented_names("王小明和李老师去了图书馆。", tracker) == []
+    assert "张伟" in invented_names("张伟说王小明去了图书馆。", tracker)
+    assert "张伟" in name_candidates("后来张伟说了话。")
+
+
+def test_the_guard_streams_whole_checked_sentences_and_never_takes_text_back():
+    tracker = tracked(harbour_report())
+    out: list[str] = []
+    guard = NameGuard(tracker, out.append)
+    reply = "Mara Quill checked the crane. Then Elizabeth Bennet arrived. Berg measured the wall. It held"
+    for ch in reply:  # one character at a time, as a model streams
+        guard.feed(ch)
+        assert "".join(out) == guard.text  # what went out is never changed afterwards
+    text = guard.finish()
+    assert text == "Mara Quill checked the crane. Berg measured the wall. It held" == "".join(out)
+    assert guard.removed == ["Elizabeth Bennet"]
+
+
+def test_the_guard_drops_a_bullet_line_with_its_newline():
+    tracker = tracked(harbour_report())
+    out: list[str] = []
+    guard = NameGuard(tracker, out.append)
+    for piece in ["- Quill checked", " the crane\n- Darcy Fitz", "william came\n- Berg left\n"]:
+        guard.feed(piece)
+    assert guard.finish() == "- Quill checked the crane\n- Berg left" == "".join(out)
+
+
+def test_clean_note_keeps_only_true_sentences():
+    tracker = tracked(chinese_story())
+    note, removed = clean_note("王小明去了图书馆。张伟说他很好。李老师笑了。", tracker)
+    assert note == "王小明去了图书馆。李老师笑了。" and removed == ["张伟"]
