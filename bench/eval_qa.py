@@ -3,6 +3,7 @@
     python bench/eval_qa.py                         # recall on every question; answers on a sample, both models
     python bench/eval_qa.py --answers 60 --unanswerable 30 --models smollm --ctx 1024 --json qa.json
     python bench/eval_qa.py --recall-only           # no model: recall@k of both tokenizer schemes
+    python bench/eval_qa.py --recall-only --embed-model PATH   # also vectors alone and hybrid (BM25 + vectors)
 
 Data: ../shared/data/qa (SQuAD v1.1 tuning split, 16 articles; CMRC 2018 tuning split, Chinese). All articles of a
 dataset are joined into one long file (title, then one paragraph per line, blank lines between) written to a temp
@@ -97,21 +98,28 @@ def open_index(path: Path, scheme: str):
     return SearchIndex(path, scheme=scheme, fingerprint=CHUNKER)
 
 
-def recall(name: str, work: Path, scheme: str, window_tokens: int) -> dict:
-    """recall@k over every question of a dataset, and the index build and search times."""
+def recall(name: str, work: Path, scheme: str, window_tokens: int, embedder=None, mode: str = "bm25") -> dict:
+    """recall@k over every question of a dataset (mode bm25, vectors or hybrid), and the index build and search times."""
     from chatllm.tasks import retrieval
 
     path, questions = build(name, work)
-    index = open_index(work / f"recall-{name}-{scheme}.db", scheme)
+    index = open_index(work / f"recall-{name}-{scheme}-{mode}.db", scheme)
     started = time.perf_counter()
     doc = retrieval.Doc(path.name, index.file_sha(path)[0])
     retrieval.ensure_indexed(index, [doc], lambda d: path.read_text(encoding="utf-8"))
+    if embedder is not None:
+        retrieval.ensure_vectors(index, embedder, [doc.sha])
     build_s = time.perf_counter() - started
     hits = dict.fromkeys(KS, 0)
     in_window = 0
     started = time.perf_counter()
+    k_max = max(max(KS), retrieval.TOP_K)
     for q in questions:
-        ranked = retrieval.search(index, [doc], q["question"], max(max(KS), retrieval.TOP_K))
+        if mode == "vectors":
+            found = index.nearest(embedder.embed([q["question"]])[0], [doc.sha], embedder.name, k_max)
+            ranked = [retrieval.Passage(doc.name, h.start_line, h.end_line, h.text, h.score) for h in found]
+        else:
+            ranked = retrieval.search(index, [doc], q["question"], k_max, embedder=embedder if mode == "hybrid" else None)
         covers = [p.start_line <= q["line"] + 1 <= p.end_line for p in ranked]
         for k in KS:
             hits[k] += any(covers[:k])
@@ -120,7 +128,7 @@ def recall(name: str, work: Path, scheme: str, window_tokens: int) -> dict:
     search_s = (time.perf_counter() - started) / len(questions)
     n_chunks = len(index.chunks(doc.sha))
     index.close()
-    return {"dataset": name, "scheme": scheme, "questions": len(questions), "chunks": n_chunks,
+    return {"dataset": name, "scheme": scheme, "mode": mode, "questions": len(questions), "chunks": n_chunks,
             **{f"recall@{k}": hits[k] / len(questions) for k in KS}, "recall@window": in_window / len(questions),
             "index_build_s": build_s, "search_s": search_s}
 
@@ -216,6 +224,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--recall-only", action="store_true")
     ap.add_argument("--no-recall", action="store_true", help="skip the recall pass")
     ap.add_argument("--json", type=Path, help="also write all results to this file")
+    ap.add_argument("--embed-model", type=Path, help="a GGUF embedding model: recall of vectors alone and of hybrid too")
     args = ap.parse_args(argv)
     results = []
     with tempfile.TemporaryDirectory(prefix="eval-qa-") as tmp:
@@ -224,6 +233,13 @@ def main(argv: list[str] | None = None) -> None:
             for scheme in ("words", "trigram"):
                 results.append(recall(name, work, scheme, args.ctx - 48 - 180))
                 print(json.dumps(results[-1]), flush=True)
+            if args.embed_model:
+                from chatllm.runtime.llamacpp import LlamaCppEngine
+
+                with LlamaCppEngine(args.embed_model, n_ctx=512, embedding=True, name=args.embed_model.name) as embedder:
+                    for mode in ("vectors", "hybrid"):
+                        results.append(recall(name, work, "words", args.ctx - 48 - 180, embedder, mode))
+                        print(json.dumps(results[-1]), flush=True)
         if not args.recall_only:
             results.append(cli_timing(work, "smollm", args.ctx))
             print(json.dumps(results[-1]), flush=True)

@@ -183,3 +183,63 @@ def test_gather_files_walks_a_folder_and_skips_binary_with_a_note(tmp_path):
         gather_files([tmp_path / "e"])
     with pytest.raises(UsageError, match="no such file"):
         gather_files([tmp_path / "missing.txt"])
+
+
+# -- hybrid retrieval: BM25 fused with vectors ----------------------------------------------------------------
+
+
+def test_fusion_ranks_by_reciprocal_rank_across_both_lists():
+    from chatllm.runtime.search_index import Hit
+
+    a, b, c = (Hit("s", i, i, i, t, 0.0) for i, t in enumerate("abc"))
+    fused = retrieval.fuse([[a, b], [b, c]], k=3)
+    assert [h.text for h in fused] == ["b", "a", "c"]  # b is in both lists; a outranks c by its better rank
+    assert fused[0].score == pytest.approx(1 / 62 + 1 / 61)
+    assert len(retrieval.fuse([[a, b], [b, c]], k=1)) == 1
+    weighted = retrieval.fuse([[a], [c, b]], k=3, weights=(1.0, 0.5))
+    assert [h.text for h in weighted] == ["a", "c", "b"] and weighted[1].score == pytest.approx(0.5 / 61)
+
+
+def test_chunk_vectors_are_embedded_once_and_the_nearest_found(index):
+    docs = [Doc(f"f{i}.txt", f"sha{i}", text_of([p] * 3)) for i, p in enumerate(PARAGRAPHS)]
+    retrieval.ensure_indexed(index, docs, read=str)
+    embedder = FakeEngine(name="emb", pooling="mean", dim=64)
+    shas = [d.sha for d in docs]
+    statuses: list[str] = []
+    assert retrieval.ensure_vectors(index, embedder, shas, statuses.append) == len(index.vector_gaps(shas, "other"))
+    assert "embedding" in statuses[0] and retrieval.ensure_vectors(index, embedder, shas) == 0  # kept in the index
+    near = index.nearest(embedder.embed(["bananas apples paper bag"])[0], shas, "emb", 2)
+    assert near[0].sha == "sha1" and near[0].score > near[1].score
+    assert index.nearest(embedder.embed(["x"])[0], shas, "another-model", 2) == []  # another model's vectors: none
+
+
+def test_hybrid_search_finds_a_paraphrase_bm25_misses(index):
+    docs = [Doc(f"f{i}.txt", f"sha{i}", text_of([p] * 3)) for i, p in enumerate(PARAGRAPHS)]
+    retrieval.ensure_indexed(index, docs, read=str)
+    embedder = FakeEngine(name="emb", pooling="mean", dim=64)
+    question = "lamp dusk"  # the fake embedder matches words, so BM25 and vectors agree here: both rank f0 first
+    assert retrieval.search(index, docs, question)[0].file == "f0.txt"
+    hybrid = retrieval.search(index, docs, question, embedder=embedder)
+    assert hybrid[0].file == "f0.txt" and hybrid[0].score == pytest.approx(1.5 / 61)
+
+
+def test_vectors_of_a_changed_file_go_with_its_chunks(index, tmp_path):
+    path = tmp_path / "a.txt"
+    path.write_text(text_of())
+    sha, _ = index.file_sha(path)
+    retrieval.ensure_indexed(index, [Doc("a.txt", sha, path.read_text())], read=str)
+    embedder = FakeEngine(name="emb", pooling="mean", dim=16)
+    assert retrieval.ensure_vectors(index, embedder, [sha]) > 0
+    path.write_text("something else entirely\n")
+    index.file_sha(path)
+    assert index.db.execute("SELECT COUNT(*) FROM vectors").fetchone()[0] == 0
+
+
+def test_hybrid_answer_says_so_in_json(index):
+    docs = [Doc(f"f{i}.txt", f"sha{i}", text_of([p] * 8)) for i, p in enumerate(PARAGRAPHS)]
+    engine = FakeEngine(n_ctx=300, reply="Utrecht [1]")
+    embedder = FakeEngine(name="emb", pooling="mean", dim=32)
+    r = retrieval.answer(engine, index, docs, "Where was the treaty signed?", Sampling(max_tokens=20), read=str,
+                         embedder=embedder)
+    assert r.passages[0].file == "f2.txt" and r.as_dict()["retrieval"] == "hybrid"
+    assert embedder.embedded[-1] == ["Where was the treaty signed?"]

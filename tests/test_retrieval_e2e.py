@@ -146,3 +146,30 @@ def test_input_errors_are_one_line_with_a_hint(cli_env, tmp_path, make, args, me
     assert r.returncode == 2, r.stderr
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 2 and lines[0].startswith("error: ") and message in lines[0] and lines[1].startswith("hint: ")
+
+
+def test_hybrid_retrieval_with_a_real_embedding_model(chatllm, tmp_path):
+    from tests.embedding_model import fetch as fetch_minilm
+
+    f = ledger(tmp_path / "ledger.txt")
+    minilm = str(fetch_minilm())
+    r = chatllm("ask", *FAST, "--json", "-f", str(f), "-E", minilm, "Which warehouse stores the sextants?")
+    data = record(r)
+    assert data["retrieval"] == "hybrid" and "sextants" in top_text(data)
+    assert "embedding" in r.stderr and "chunks with" in r.stderr  # the chunk vectors are computed once ...
+    again = chatllm("ask", *FAST, "--json", "-f", str(f), "-E", minilm, "Which warehouse stores the kayaks?")
+    assert "chunks with" not in again.stderr and "kayaks" in top_text(record(again))  # ... and kept in the index
+    plain = record(chatllm("ask", *FAST, "--json", "-f", str(f), "Which warehouse stores the kayaks?"))
+    assert plain["retrieval"] == "bm25"
+
+
+def test_a_chat_model_as_embedding_model_is_refused_with_a_hint(chatllm, smollm_path, tmp_path):
+    f = ledger(tmp_path / "ledger.txt")
+    r = chatllm("ask", *FAST, "-f", str(f), "-E", str(smollm_path), "Which warehouse stores the sextants?")
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "is not an embedding model" in r.stderr and "hint: use an embedding model, e.g. --embed-model" in r.stderr
+
+
+def test_embed_model_without_files_is_a_usage_error(chatllm):
+    r = chatllm("ask", "-E", "bge-small-en-v1.5", "hello")
+    assert r.returncode == 2 and "--embed-model goes with -f" in r.stderr

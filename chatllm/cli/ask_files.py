@@ -51,11 +51,30 @@ def ask_files(words: List[str], files: List[Path], settings: Settings, out: Outp
                 answer_text("ask", whole, engine, out, system=system, spec=spec, settings=settings)
                 return
         on_text = None if out.as_json or text_spec is not None else out.write
-        result = retrieval.answer(engine, index, docs, question, settings.sampling, read=lambda d: read_text(d.name, out.warn),
-                                  system=system, on_text=on_text, spec=text_spec, compose=compose)
+        embedder = _load_embedder(settings, out) if settings.embed_model else None
+        try:
+            result = retrieval.answer(engine, index, docs, question, settings.sampling, read=lambda d: read_text(d.name, out.warn),
+                                      system=system, on_text=on_text, spec=text_spec, compose=compose, embedder=embedder,
+                                      on_status=out.status)
+        finally:
+            if embedder is not None:
+                embedder.close()
     finally:
         index.close()
     _show(result, out, text_spec is not None, show_sources)
+
+
+def _load_embedder(settings: Settings, out: Output) -> "Engine":
+    """The embedding model of hybrid retrieval; a refusal's hint names --embed-model, the flag that chose it."""
+    from chatllm.errors import ChatllmError
+    from chatllm.runtime.loader import load_engine
+
+    try:
+        return load_engine(settings, out, settings.embed_model, embedding=True)
+    except ChatllmError as exc:
+        if exc.hint and " -m " in exc.hint:
+            exc.hint = exc.hint.replace(" -m ", " --embed-model ")
+        raise
 
 
 def _fits(engine: "Engine", text: str, system: Optional[str], settings: Settings) -> bool:

@@ -8,6 +8,9 @@ admits no new base module; tasks/retrieval.py uses it.
 Two tokenizer schemes: "words" (unicode61 + porter stemming for alphabetic text, every CJK run rewritten as its
 characters and overlapping bigrams, so 1- and 2-character Chinese queries match) and "trigram" (FTS5's own trigram
 tokenizer, which cannot match terms under 3 characters). bench/eval_qa.py measures both; "words" is the default.
+
+With an embedding model, each chunk's vector is stored beside it (float32, keyed by chunk and model), computed once,
+and the nearest chunks are found by a dot product over the stored vectors, scanned in blocks (bounded memory).
 """
 
 from __future__ import annotations
@@ -24,7 +27,8 @@ from chatllm.errors import ChatllmError
 
 SCHEMES = ("words", "trigram")
 DEFAULT_SCHEME = "words"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: chunk vectors
+VECTOR_BLOCK = 4096  # vectors scored per step of a nearest-chunk scan
 BUSY_SECONDS = 30.0
 _CJK = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uac00-\ud7af]+")
 _WORD = re.compile(r"[^\W_]+", re.UNICODE)
@@ -135,7 +139,7 @@ class SearchIndex:
                 row = db.execute("SELECT value FROM meta WHERE key = 'fingerprint'").fetchone()
                 stored = row[0] if row else None
             if version != SCHEMA_VERSION or stored != self.fingerprint:
-                for table in ("chunks_fts", "chunks", "files", "stats", "meta"):
+                for table in ("vectors", "chunks_fts", "chunks", "files", "stats", "meta"):
                     db.execute(f"DROP TABLE IF EXISTS {table}")
                 for statement in (
                     "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
@@ -146,6 +150,8 @@ class SearchIndex:
                     "start_line INTEGER NOT NULL, end_line INTEGER NOT NULL, text TEXT NOT NULL)",
                     "CREATE INDEX chunks_sha ON chunks (sha, seq)",
                     f"CREATE VIRTUAL TABLE chunks_fts USING fts5(body, tokenize = '{tokenize}')",
+                    "CREATE TABLE vectors (chunk_id INTEGER NOT NULL, model TEXT NOT NULL, vec BLOB NOT NULL, "
+                    "PRIMARY KEY (chunk_id, model)) WITHOUT ROWID",
                 ):
                     db.execute(statement)
                 db.execute("INSERT INTO meta VALUES ('fingerprint', ?)", (self.fingerprint,))
@@ -182,6 +188,7 @@ class SearchIndex:
         self.db.execute("BEGIN IMMEDIATE")
         try:
             self.db.execute("DELETE FROM chunks_fts WHERE rowid IN (SELECT id FROM chunks WHERE sha = ?)", (sha,))
+            self.db.execute("DELETE FROM vectors WHERE chunk_id IN (SELECT id FROM chunks WHERE sha = ?)", (sha,))
             self.db.execute("DELETE FROM chunks WHERE sha = ?", (sha,))
             self.db.execute("DELETE FROM files WHERE sha = ?", (sha,))
             self.db.execute("COMMIT")
@@ -249,3 +256,52 @@ class SearchIndex:
                 hits.append(Hit(sha, seq, start, end, text, score))
         hits.sort(key=lambda h: (-h.score, h.sha, h.seq))
         return hits[:k]
+
+    # -- vectors ----------------------------------------------------------------------------------
+
+    def vector_gaps(self, shas: Sequence[str], model: str) -> list[tuple[int, str]]:
+        """(chunk id, text) of the chunks of these contents with no vector from this model yet, in file order."""
+        marks = ",".join("?" * len(shas))
+        return self.db.execute(
+            f"SELECT c.id, c.text FROM chunks c WHERE c.sha IN ({marks}) AND NOT EXISTS "
+            "(SELECT 1 FROM vectors v WHERE v.chunk_id = c.id AND v.model = ?) ORDER BY c.sha, c.seq", (*shas, model)).fetchall()
+
+    def add_vectors(self, model: str, rows: Sequence[tuple[int, Sequence[float]]]) -> None:
+        """Store chunk vectors of one model in one transaction (float32); a vector already stored is kept."""
+        import numpy as np
+
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            self.db.executemany("INSERT OR IGNORE INTO vectors VALUES (?, ?, ?)",
+                                [(chunk_id, model, np.asarray(vec, dtype="<f4").tobytes()) for chunk_id, vec in rows])
+            self.db.execute("COMMIT")
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+
+    def nearest(self, query: Sequence[float], shas: Sequence[str], model: str, k: int) -> list[Hit]:
+        """The k chunks of these contents whose vectors are nearest the query (cosine of unit vectors), best first."""
+        import numpy as np
+
+        if not shas or k < 1:
+            return []
+        q = np.asarray(query, dtype=np.float32)
+        marks = ",".join("?" * len(shas))
+        cursor = self.db.execute(f"SELECT v.chunk_id, v.vec FROM vectors v JOIN chunks c ON c.id = v.chunk_id "
+                                 f"WHERE v.model = ? AND c.sha IN ({marks})", (model, *shas))
+        best: list[tuple[float, int]] = []
+        while rows := cursor.fetchmany(VECTOR_BLOCK):
+            blobs = [blob for _, blob in rows if len(blob) == q.nbytes]  # another dimension: not this model's vector
+            if not blobs:
+                continue
+            ids = [chunk_id for chunk_id, blob in rows if len(blob) == q.nbytes]
+            scores = np.frombuffer(b"".join(blobs), dtype="<f4").reshape(len(blobs), -1) @ q
+            best += [(float(s), i) for s, i in zip(scores, ids)]
+            best = sorted(best, key=lambda pair: (-pair[0], pair[1]))[:k]
+        if not best:
+            return []
+        score_of = dict((i, s) for s, i in best)
+        found = self.db.execute(f"SELECT id, sha, seq, start_line, end_line, text FROM chunks WHERE id IN "
+                                f"({','.join('?' * len(best))})", [i for _, i in best]).fetchall()
+        hits = {i: Hit(sha, seq, start, end, text, score_of[i]) for i, sha, seq, start, end, text in found}
+        return [hits[i] for _, i in best if i in hits]
