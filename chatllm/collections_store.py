@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, ContextManager, Sequence
 
 from chatllm.errors import ChatllmError, UsageError
-from chatllm.store import immediate_transaction
+from chatllm.store import enable_wal, immediate_transaction
 
 SCHEMA_VERSION = 1
 SCHEMA = """
@@ -64,7 +64,7 @@ class CollectionStore:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._db = sqlite3.connect(self.path, isolation_level=None, timeout=30)
             self._db.execute("PRAGMA foreign_keys = ON")
-            self._db.execute("PRAGMA journal_mode = WAL")
+            enable_wal(self._db, 30)
             self._db.execute("PRAGMA synchronous = NORMAL")
             version = self._db.execute("PRAGMA user_version").fetchone()[0]
             if version > SCHEMA_VERSION:

@@ -94,6 +94,21 @@ def _iso(ts: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(ts))
 
 
+def enable_wal(db: sqlite3.Connection, seconds: float) -> None:
+    """Put db in WAL mode, waiting up to `seconds` for another process that is creating or migrating the file."""
+    # SQLite answers a journal-mode change with "database is locked" at once, without its busy handler, while
+    # another connection holds the new file's lock: two processes opening a fresh database would see it.
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            db.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
+
+
 @contextmanager
 def immediate_transaction(db: sqlite3.Connection, error: Callable[[Exception], ChatllmError]) -> Iterator[sqlite3.Connection]:
     """BEGIN IMMEDIATE ... COMMIT on db, rolled back on any exception; SQLite's own errors become error(exc)."""
@@ -125,7 +140,7 @@ class Store:
             # isolation_level=None: we issue BEGIN/COMMIT ourselves, so each exchange is one transaction.
             self._db = sqlite3.connect(self.path, isolation_level=None, timeout=10)
             self._db.execute("PRAGMA foreign_keys = ON")
-            self._db.execute("PRAGMA journal_mode = WAL")
+            enable_wal(self._db, 10)
             # NORMAL in WAL mode survives a killed process (not a power cut) and keeps commits fast.
             self._db.execute("PRAGMA synchronous = NORMAL")
             self._migrate(migrations)

@@ -37,7 +37,7 @@ import math
 import os
 import time
 from collections import OrderedDict
-from typing import Any, Generator, Sequence
+from typing import Any, Generator, Sequence, TypeVar
 
 from chatllm.errors import ChatllmError, NoChatTemplateError, UsageError
 from chatllm.runtime.contract import GenerationStats
@@ -72,8 +72,61 @@ def pick_model(server: Server, wanted: str | None) -> tuple[str, list[str]]:
     return wanted, ids
 
 
-class RemoteEngine:
+_ServerEngine = TypeVar("_ServerEngine", bound="ServerEngine")
+
+
+class ServerEngine:
+    """What every engine on a server shares: the server's own embeddings, no KV state here to save, a connection."""
+
+    server: Server
+    model: str
+    name: str
+    EMBED_HINT = "serve an embedding model (with the server's embedding option on)"
+
+    @property
+    def pooling(self) -> str | None:
+        """Unknown here: the server pools as it was started."""
+        return None
+
+    def embed(self, texts: Sequence[str]) -> list[list[float]]:
+        """L2-normalised vectors from the server's /v1/embeddings, in input order."""
+        answer = self.server.post("/embeddings", {"model": self.model, "input": list(texts)}, api=True) if texts else {}
+        rows = sorted((answer or {}).get("data") or [], key=lambda row: row.get("index", 0))
+        if len(rows) != len(texts) or not all(isinstance(r.get("embedding"), list) and r["embedding"] for r in rows):
+            raise ChatllmError(f"{self.name}: the server gave {len(rows)} vectors for {len(texts)} texts", self.EMBED_HINT)
+        vectors = []
+        for row in rows:
+            norm = math.sqrt(sum(x * x for x in row["embedding"])) or 1.0
+            vectors.append([x / norm for x in row["embedding"]])
+        return vectors
+
+    def state_key(self) -> dict | None:
+        """None: the server keeps its own KV cache, there is nothing to save here."""
+        return None
+
+    def save_state(self, n_tokens: int | None = None) -> tuple[list[int], memoryview] | None:
+        """None: the server's KV cache is not ours to save."""
+        return None
+
+    def load_state(self, tokens: Sequence[int], data: memoryview) -> int:
+        """0: nothing can be restored into a server."""
+        return 0
+
+    def close(self) -> None:
+        """Close the connection to the server (the server keeps running)."""
+        self.server.close()
+
+    def __enter__(self: _ServerEngine) -> _ServerEngine:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class RemoteEngine(ServerEngine):
     """The engine contract on a server: tokens, template and scoring through llama-server's endpoints."""
+
+    EMBED_HINT = "start llama-server with --embeddings (and an embedding model)"
 
     def __init__(self, server: Server, *, name: str, model: str, n_ctx: int, props: dict):
         self.server = server
@@ -239,26 +292,6 @@ class RemoteEngine:
         """The whole generated text at once."""
         return "".join(self.stream(prompt, sampling))
 
-    # -- embeddings -----------------------------------------------------------------------------
-
-    @property
-    def pooling(self) -> str | None:
-        """Unknown here: the server pools as it was started (llama-server --embeddings --pooling ...)."""
-        return None
-
-    def embed(self, texts: Sequence[str]) -> list[list[float]]:
-        """L2-normalised vectors from the server's /v1/embeddings, in input order."""
-        answer = self.server.post("/embeddings", {"model": self.model, "input": list(texts)}, api=True) if texts else {}
-        rows = sorted((answer or {}).get("data") or [], key=lambda row: row.get("index", 0))
-        if len(rows) != len(texts) or not all(isinstance(r.get("embedding"), list) and r["embedding"] for r in rows):
-            raise ChatllmError(f"{self.name}: the server gave {len(rows)} vectors for {len(texts)} texts",
-                               "start llama-server with --embeddings (and an embedding model)")
-        vectors = []
-        for row in rows:
-            norm = math.sqrt(sum(x * x for x in row["embedding"])) or 1.0
-            vectors.append([x / norm for x in row["embedding"]])
-        return vectors
-
     # -- scoring --------------------------------------------------------------------------------
 
     def score_continuations(self, prefix: str | Sequence[int], continuations: Sequence[Sequence[int]]) -> list[float]:
@@ -304,27 +337,6 @@ class RemoteEngine:
         seen[token] = bound  # outside the top N: an upper bound
         return bound
 
-    def state_key(self) -> dict | None:
-        """None: the server keeps its own KV cache, there is nothing to save here."""
-        return None
-
-    def save_state(self, n_tokens: int | None = None) -> tuple[list[int], memoryview] | None:
-        """None: the server's KV cache is not ours to save."""
-        return None
-
-    def load_state(self, tokens: Sequence[int], data: memoryview) -> int:
-        """0: nothing can be restored into a server."""
-        return 0
-
-    def close(self) -> None:
-        """Close the connection to the server (the server keeps running)."""
-        self.server.close()
-
-    def __enter__(self) -> "RemoteEngine":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
 
 def describe(spec: ModelSpec) -> dict:

@@ -30,7 +30,7 @@ from typing import Any, Generator, Iterator, Sequence
 from chatllm.errors import ChatllmError, EngineUnavailable, UsageError
 from chatllm.runtime.contract import Engine, GenerationStats
 from chatllm.runtime.registry import ModelSpec
-from chatllm.runtime.remote import connect_server, pick_model
+from chatllm.runtime.remote import ServerEngine, connect_server, pick_model
 from chatllm.runtime.remote_chat_tokens import Codec, Tokenizer, estimate_margin, parse, probe_tokenizer, render, split_text
 from chatllm.runtime.remote_http import Server
 from chatllm.runtime.stops import StopFilter
@@ -90,7 +90,7 @@ def describe_remote(spec: ModelSpec) -> dict:
     }
 
 
-class ChatRemoteEngine:
+class ChatRemoteEngine(ServerEngine):
     """The engine contract on a server that speaks only the OpenAI API (plus, maybe, a tokenize endpoint)."""
 
     def __init__(self, server: Server, *, name: str, model: str, ctx: int, tokenizer: Tokenizer):
@@ -275,26 +275,6 @@ class ChatRemoteEngine:
                                "use `chatllm ask` (chat), or a server with /v1/completions (vLLM, llama-server, "
                                "llama-cpp-python's server)")
 
-    # -- embeddings -----------------------------------------------------------------------------
-
-    @property
-    def pooling(self) -> str | None:
-        """Unknown here: the server pools as it was started."""
-        return None
-
-    def embed(self, texts: Sequence[str]) -> list[list[float]]:
-        """L2-normalised vectors from the server's /v1/embeddings, in input order."""
-        answer = self.server.post("/embeddings", {"model": self.model, "input": list(texts)}, api=True) if texts else {}
-        rows = sorted((answer or {}).get("data") or [], key=lambda row: row.get("index", 0))
-        if len(rows) != len(texts) or not all(isinstance(r.get("embedding"), list) and r["embedding"] for r in rows):
-            raise ChatllmError(f"{self.name}: the server gave {len(rows)} vectors for {len(texts)} texts",
-                               "serve an embedding model (with the server's embedding option on)")
-        vectors = []
-        for row in rows:
-            norm = math.sqrt(sum(x * x for x in row["embedding"])) or 1.0
-            vectors.append([x / norm for x in row["embedding"]])
-        return vectors
-
     # -- scoring --------------------------------------------------------------------------------
 
     def score_continuations(self, prefix: str | Sequence[int], continuations: Sequence[Sequence[int]]) -> list[float]:
@@ -343,29 +323,6 @@ class ChatRemoteEngine:
                                "through it", "use a server that returns logprobs on /v1/completions (vLLM, llama-server, "
                                "llama-cpp-python's server)") from None
 
-    # -- state ----------------------------------------------------------------------------------
-
-    def state_key(self) -> dict | None:
-        """None: the server keeps its own KV cache, there is nothing to save here."""
-        return None
-
-    def save_state(self, n_tokens: int | None = None) -> tuple[list[int], memoryview] | None:
-        """None: the server's KV cache is not ours to save."""
-        return None
-
-    def load_state(self, tokens: Sequence[int], data: memoryview) -> int:
-        """0: nothing can be restored into a server."""
-        return 0
-
-    def close(self) -> None:
-        """Close the connection to the server (the server keeps running)."""
-        self.server.close()
-
-    def __enter__(self) -> "ChatRemoteEngine":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
 
 class _Lead:

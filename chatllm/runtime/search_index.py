@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
 from chatllm.errors import ChatllmError
+from chatllm.store import enable_wal
 
 SCHEMES = ("words", "trigram")
 DEFAULT_SCHEME = "words"
@@ -116,7 +117,7 @@ class SearchIndex:
         db = sqlite3.connect(self.path, timeout=BUSY_SECONDS, isolation_level=None)
         try:
             db.execute(f"PRAGMA busy_timeout = {int(BUSY_SECONDS * 1000)}")
-            db.execute("PRAGMA journal_mode = WAL")
+            enable_wal(db, BUSY_SECONDS)
             if db.execute("PRAGMA quick_check").fetchone()[0] != "ok":
                 raise sqlite3.DatabaseError("integrity check failed")
             self._migrate(db)
