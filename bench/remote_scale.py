@@ -65,6 +65,22 @@ def sentiment_run(url: str, texts: list[str], workers: int) -> tuple[float, list
             e.close()
 
 
+def summarize_run(url: str, path: str, workers: int) -> dict:
+    """`chatllm summarize PATH --parallel N` through the server, as a user runs it: wall seconds and summary size."""
+    import subprocess
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="remote-scale-") as home:
+        env = dict(os.environ, CHATLLM_HOME=home, NO_COLOR="1", HF_HUB_OFFLINE="1")
+        start = time.perf_counter()
+        run = subprocess.run([sys.executable, "-m", "chatllm", "summarize", path, "-m", f"openai:{url}#{ALIAS}",
+                              "--parallel", str(workers)], env=env, capture_output=True, text=True, timeout=7200)
+        seconds = time.perf_counter() - start
+    if run.returncode != 0:
+        raise RuntimeError(f"summarize --parallel {workers} failed: {run.stderr[-500:]}")
+    return {"seconds": round(seconds, 1), "summary_words": len(run.stdout.split())}
+
+
 def chat_speed(engine, runs: int, max_tokens: int) -> tuple[float, float]:
     """Best time to first token and best generation tokens/s over runs, for the same greedy chat reply."""
     prompt = engine.render_chat(CHAT)
@@ -93,6 +109,8 @@ def main() -> None:
     ap.add_argument("--max-tokens", type=int, default=128)
     ap.add_argument("--json")
     ap.add_argument("--figures")
+    ap.add_argument("--summarize", metavar="FILE", help="also `chatllm summarize FILE --parallel N` through the server")
+    ap.add_argument("--skip-sentiment", action="store_true")
     args = ap.parse_args()
     ns = [int(x) for x in args.parallel.split(",")]
     texts = sst2(args.lines)
@@ -103,7 +121,10 @@ def main() -> None:
     try:
         base_labels: list[str] | None = None
         base_seconds = 0.0
-        for n in ns:
+        for n in ns if args.summarize else []:
+            report.setdefault("summarize", {})[n] = summarize_run(srv.url, args.summarize, n)
+            print(f"summarize --parallel {n}: {report['summarize'][n]}", flush=True)
+        for n in [] if args.skip_sentiment else ns:
             seconds, labels = sentiment_run(srv.url, texts, n)
             if base_labels is None:
                 base_labels, base_seconds = labels, seconds
