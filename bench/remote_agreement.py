@@ -27,18 +27,12 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from chatllm.runtime.registry import parse_ref  # noqa: E402
+from chatllm.runtime.serve import PYTHON_SERVER, plan_server  # noqa: E402
 from chatllm.tasks.classify import Classifier, sentiment_labels  # noqa: E402
 from tests.llama_server import ALIAS, LlamaServer, free_port, repack_safe, server_binary  # noqa: E402
 
 DEFAULT_MODEL = str(Path.home() / ".cache/chatllm-test/SmolLM2-135M-Instruct.Q4_1.gguf")
 SST2 = Path("/work/shared/data/sentiment/sst2_tune.tsv")
-# llama-cpp-python's server cannot be told to avoid llama.cpp's AMX kernels (they crash on AMX CPUs): drop them first.
-SERVE = ("import runpy, sys, llama_cpp\n"
-         "if sys.argv[1] == 'drop-amx':\n"
-         "    from chatllm.runtime.cpu_buffers import drop_amx_buffer\n"
-         "    drop_amx_buffer()\n"
-         "sys.argv = ['llama_cpp.server'] + sys.argv[2:]\n"
-         "runpy.run_module('llama_cpp.server', run_name='__main__', alter_sys=True)\n")
 
 
 def sst2(n: int) -> tuple[list[str], list[str]]:
@@ -59,10 +53,10 @@ def labels_of(engine, texts: list[str]) -> tuple[list[str], float]:
 def python_server(model: str, threads: int) -> tuple[subprocess.Popen, str]:
     """llama-cpp-python's server on a free port; the process and its /v1 url once /v1/models answers."""
     port = free_port()
-    argv = [sys.executable, "-c", SERVE, "keep" if repack_safe() else "drop-amx", "--model", model, "--host", "127.0.0.1",
-            "--port", str(port), "--model_alias", ALIAS, "--n_ctx", "2048", "--n_threads", str(threads), "--verbose", "false"]
+    plan = plan_server(PYTHON_SERVER, [sys.executable, "-m", "llama_cpp.server"], Path(model), ALIAS, host="127.0.0.1",
+                       port=port, parallel=1, ctx=2048, threads=threads, repack=repack_safe())  # as `chatllm serve` runs it
     log = open(tempfile.mkstemp(prefix="llama-cpp-python-server-", suffix=".log")[1], "wb")
-    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(plan.argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/v1"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:

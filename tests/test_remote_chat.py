@@ -23,6 +23,7 @@ from chatllm.runtime.contract import Engine
 from chatllm.runtime.registry import ModelSpec
 from chatllm.runtime.remote_chat import ChatRemoteEngine, connect_remote
 from chatllm.runtime.remote_chat_tokens import END_ID, START_ID, EstimateTokenizer, parse, render, split_text
+from chatllm.runtime.serve import PYTHON_SERVER, plan_server
 from chatllm.settings import Sampling
 from tests.conftest import run_chatllm
 from tests.llama_server import free_port, repack_safe
@@ -32,26 +33,17 @@ KEY = "py-s3cret-key-41d7e0"
 KEY_ENV = "PY_SERVER_KEY"
 ALIAS = "smol-py"
 CTX = 2048
-# llama.cpp's AMX kernels crash on the first prompt on AMX CPUs (runtime/devices.py), and llama-cpp-python's server has
-# no switch for them: take them out in the server's own process before it loads the model, as chatllm's engine does.
-SERVE = ("import runpy, sys, llama_cpp\n"
-         "if sys.argv[1] == 'drop-amx':\n"
-         "    from chatllm.runtime.cpu_buffers import drop_amx_buffer\n"
-         "    drop_amx_buffer()\n"
-         "sys.argv = ['llama_cpp.server'] + sys.argv[2:]\n"
-         "runpy.run_module('llama_cpp.server', run_name='__main__', alter_sys=True)\n")
-
-
 @pytest.fixture(scope="module")
 def py_server(smollm_path):
     """llama-cpp-python's server on a free port with --api_key, for the whole module; its url."""
     port = free_port()
     log = Path(tempfile.mkstemp(prefix="llama-cpp-python-server-", suffix=".log")[1])
-    argv = [sys.executable, "-c", SERVE, "keep" if repack_safe() else "drop-amx", "--model", str(smollm_path),
-            "--host", "127.0.0.1", "--port", str(port), "--api_key", KEY, "--model_alias", ALIAS, "--n_ctx", str(CTX),
-            "--n_threads", "1", "--verbose", "false"]  # one thread: far steadier on a busy machine
+    # As `chatllm serve` runs it (without llama.cpp's AMX kernels where they crash); one thread: steadier when busy.
+    plan = plan_server(PYTHON_SERVER, [sys.executable, "-m", "llama_cpp.server"], smollm_path, ALIAS, host="127.0.0.1",
+                       port=port, parallel=1, ctx=CTX, threads=1, api_key=KEY, repack=repack_safe())
     with open(log, "wb") as out:
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(plan.argv, env={**os.environ, **plan.env}, stdin=subprocess.DEVNULL, stdout=out,
+                                stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/v1"
     try:
         deadline = time.monotonic() + 90

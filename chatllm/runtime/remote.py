@@ -37,7 +37,7 @@ import math
 import os
 import time
 from collections import OrderedDict
-from typing import Any, Generator, Sequence, TypeVar
+from typing import Any, Callable, ContextManager, Generator, Iterator, Protocol, Sequence, TypeVar
 
 from chatllm.errors import ChatllmError, NoChatTemplateError, UsageError
 from chatllm.runtime.contract import GenerationStats
@@ -73,6 +73,14 @@ def pick_model(server: Server, wanted: str | None) -> tuple[str, list[str]]:
 
 
 _ServerEngine = TypeVar("_ServerEngine", bound="ServerEngine")
+
+
+class PieceFilter(Protocol):
+    """What a reply's pieces pass through before the stop strings (remote_chat's lead): feed each, flush at the end."""
+
+    def feed(self, piece: str) -> str: ...
+
+    def flush(self) -> str: ...
 
 
 class ServerEngine:
@@ -115,6 +123,47 @@ class ServerEngine:
     def close(self) -> None:
         """Close the connection to the server (the server keeps running)."""
         self.server.close()
+
+    def _relay(self, opened: ContextManager[Iterator[dict]], stats: GenerationStats, *, max_tokens: int,
+               stop: Sequence[str], piece_of: Callable[[dict], str | None], take_usage: Callable[[GenerationStats, dict], None],
+               lead: PieceFilter | None = None) -> Generator[str, None, None]:
+        """Yield a streamed reply's text: cut at max_tokens and at the stop strings; stats and finish reason set."""
+        start = time.perf_counter()
+        stops = StopFilter(stop)
+        finish: str | None = None
+        try:
+            with opened as events:
+                for event in events:
+                    take_usage(stats, event)
+                    choices = event.get("choices") or [{}]
+                    choice = choices[0] if isinstance(choices[0], dict) else {}
+                    piece = piece_of(choice) or ""
+                    if piece and finish is None:
+                        if stats.completion_tokens >= max_tokens:
+                            finish = "length"  # the server ignores max_tokens: stop reading, which closes the connection
+                            break
+                        stats.completion_tokens += 1
+                        if stats.completion_tokens == 1:
+                            stats.first_token_seconds = time.perf_counter() - start
+                        out = stops.feed(lead.feed(piece) if lead else piece)
+                        if out:
+                            yield out
+                        if stops.stopped:
+                            finish = "stop"
+                            break  # closing the response cancels the rest on the server
+                    finish = choice.get("finish_reason") or finish
+                if finish is None:
+                    raise self.server.error(f"{self.server.where} ended its stream before the reply was complete",
+                                            "check the server's log: it may have crashed or restarted")
+            tail = "" if stops.stopped else (stops.feed(lead.flush()) if lead else "") + stops.flush()
+            if tail:
+                yield tail
+            stats.finish_reason = "length" if finish == "length" else "stop"
+        except (KeyboardInterrupt, GeneratorExit):
+            stats.finish_reason = "interrupted"
+            raise
+        finally:
+            stats.seconds = time.perf_counter() - start
 
     def __enter__(self: _ServerEngine) -> _ServerEngine:
         return self
@@ -250,43 +299,9 @@ class RemoteEngine(ServerEngine):
             raise ChatllmError("empty prompt", "give some text")
         check_fits(len(tokens), min(sampling.max_tokens, 1), self.n_ctx)
         body = self._body(tokens, sampling)
-        stats = self.last_stats = GenerationStats(prompt_tokens=len(tokens), finish_reason="length")
-        start = time.perf_counter()
-        stops = StopFilter(sampling.stop)
-        finish: str | None = None
-        try:
-            with self.server.events("/completions", body) as events:
-                for event in events:
-                    _take_usage(stats, event)
-                    choices = event.get("choices") or [{}]
-                    choice = choices[0] if isinstance(choices[0], dict) else {}
-                    text = choice.get("text") or ""
-                    if text and finish is None:
-                        if stats.completion_tokens >= body["max_tokens"]:
-                            finish = "length"  # the server ignores max_tokens: stop reading, which closes the connection
-                            break
-                        stats.completion_tokens += 1
-                        if stats.completion_tokens == 1:
-                            stats.first_token_seconds = time.perf_counter() - start
-                        out = stops.feed(text)
-                        if out:
-                            yield out
-                        if stops.stopped:
-                            finish = "stop"
-                            break  # closing the response cancels the rest on the server
-                    finish = choice.get("finish_reason") or finish
-                if finish is None:
-                    raise self.server.error(f"{self.server.where} ended its stream before the reply was complete",
-                                            "check the server's log: it may have crashed or restarted")
-            tail = "" if stops.stopped else stops.flush()
-            if tail:
-                yield tail
-            stats.finish_reason = "length" if finish == "length" else "stop"
-        except (KeyboardInterrupt, GeneratorExit):
-            stats.finish_reason = "interrupted"
-            raise
-        finally:
-            stats.seconds = time.perf_counter() - start
+        self.last_stats = GenerationStats(prompt_tokens=len(tokens), finish_reason="length")
+        yield from self._relay(self.server.events("/completions", body), self.last_stats, max_tokens=body["max_tokens"],
+                               stop=sampling.stop, piece_of=lambda choice: choice.get("text"), take_usage=_take_usage)
 
     def complete(self, prompt: str | Sequence[int], sampling: Sampling) -> str:
         """The whole generated text at once."""

@@ -23,7 +23,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import time
 from contextlib import ExitStack, contextmanager
 from typing import Any, Generator, Iterator, Sequence
 
@@ -33,7 +32,6 @@ from chatllm.runtime.registry import ModelSpec
 from chatllm.runtime.remote import ServerEngine, connect_server, pick_model
 from chatllm.runtime.remote_chat_tokens import Codec, Tokenizer, estimate_margin, parse, probe_tokenizer, render, split_text
 from chatllm.runtime.remote_http import Server
-from chatllm.runtime.stops import StopFilter
 from chatllm.runtime.templates import check_fits
 from chatllm.settings import DEFAULT_CTX, Sampling
 
@@ -182,43 +180,12 @@ class ChatRemoteEngine(ServerEngine):
             self._require_completions("generate raw text")
         stats = self.last_stats = GenerationStats(prompt_tokens=len(tokens), finish_reason="length",
                                                   estimated=chat or not self.tokenizer.exact)
-        lead = _Lead(text if chat else "")
-        start = time.perf_counter()
-        stops = StopFilter(sampling.stop)
-        finish: str | None = None
-        try:
-            with self._open("/chat/completions" if chat else "/completions", body) as events:
-                for event in events:
-                    _take_usage(stats, event, self.tokenizer.exact)
-                    choices = event.get("choices") or [{}]
-                    choice = choices[0] if isinstance(choices[0], dict) else {}
-                    piece = ((choice.get("delta") or {}).get("content") if chat else choice.get("text")) or ""
-                    if piece and finish is None:
-                        if stats.completion_tokens >= body["max_tokens"]:
-                            finish = "length"  # the server ignores max_tokens: stop reading, which closes the connection
-                            break
-                        stats.completion_tokens += 1
-                        if stats.completion_tokens == 1:
-                            stats.first_token_seconds = time.perf_counter() - start
-                        out = stops.feed(lead.feed(piece))
-                        if out:
-                            yield out
-                        if stops.stopped:
-                            finish = "stop"
-                            break  # closing the response cancels the rest on the server
-                    finish = choice.get("finish_reason") or finish
-                if finish is None:
-                    raise self.server.error(f"{self.server.where} ended its stream before the reply was complete",
-                                            "check the server's log: it may have crashed or restarted")
-            tail = "" if stops.stopped else stops.feed(lead.flush()) + stops.flush()
-            if tail:
-                yield tail
-            stats.finish_reason = "length" if finish == "length" else "stop"
-        except (KeyboardInterrupt, GeneratorExit):
-            stats.finish_reason = "interrupted"
-            raise
-        finally:
-            stats.seconds = time.perf_counter() - start
+        exact = self.tokenizer.exact
+        yield from self._relay(
+            self._open("/chat/completions" if chat else "/completions", body), stats, max_tokens=body["max_tokens"],
+            stop=sampling.stop, lead=_Lead(text if chat else ""),
+            piece_of=(lambda c: (c.get("delta") or {}).get("content")) if chat else (lambda c: c.get("text")),
+            take_usage=lambda st, event: _take_usage(st, event, exact))
 
     def complete(self, prompt: str | Sequence[int], sampling: Sampling) -> str:
         """The whole generated text at once."""
