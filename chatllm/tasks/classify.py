@@ -27,6 +27,7 @@ SENTIMENT_LABELS = ("positive", "negative")
 NEUTRAL = "neutral"
 _SPACE = re.compile(r"\s+")
 _MIN_ITEM_TOKENS = 16
+_SLOT = "\x00item\x00"  # where the item goes in a rendered chat template; no template or text contains it
 
 
 @dataclass
@@ -120,6 +121,7 @@ class _Prompt:
     item_budget: int  # tokens an item and the suffix may take
     gap: str = " "  # what goes between the text field's colon and the item
     bias: list[float] | None = None
+    chat: bool = False  # inside the model's chat template: the suffix holds its turn markers
 
 
 class Classifier:
@@ -185,8 +187,26 @@ class Classifier:
                 header.append(f"- {p.word(lab)}: {self.descriptions[lab]}")
         head = "\n".join(header) + "\n\n" if header else ""
         text, answer, gap = p.marker(p.text_field), p.marker(p.answer_field), p.gap
+        if self._chat(p):
+            return self._chat_text(p, head, examples)
         shots = "".join(f"{text}{gap}{clean(ex.text)}\n{answer}{gap}{p.word(ex.label)}\n\n" for ex in examples)
         return head + shots + text, f"\n{answer}"
+
+    def _chat(self, p: Preset) -> bool:
+        return p.chat and self.engine.has_chat_template
+
+    def _chat_text(self, p: Preset, head: str, examples: list[Example]) -> tuple[str, str]:
+        """The prompt as the model's own chat turns: examples are earlier turns, the item the last user turn."""
+        text, messages = p.marker(p.text_field), []
+        for ex in examples:
+            messages += [{"role": "user", "content": f"{head}{text}{p.gap}{clean(ex.text)}"},
+                         {"role": "assistant", "content": p.word(ex.label)}]
+            head = ""  # the instruction goes in the first turn only
+        messages.append({"role": "user", "content": f"{head}{text}{_SLOT}"})
+        prefix, slot, suffix = self.engine.render_chat(messages, add_generation_prompt=True).partition(_SLOT)
+        if not slot:
+            raise UsageError(f"the chat template of {self.engine.name} dropped the text", "use a preset without chat turns")
+        return prefix, suffix
 
     def _examples_for(self, p: Preset) -> list[Example]:
         if self.examples is not None:
@@ -208,17 +228,20 @@ class Classifier:
         e = self.engine
         p = self.preset_for(lang)
         prefix_text, suffix_text = self.prompt_text(lang)
-        prefix = e.prompt_tokens(prefix_text, special=False)
-        conts = [e.tokenize(p.gap + p.word(lab)) for lab in self.labels]
+        chat = self._chat(p)
+        # In chat turns the template's markers are special tokens and the answer follows the turn marker directly.
+        prefix = e.prompt_tokens(prefix_text, special=chat)
+        answer_gap = "" if chat else p.gap
+        conts = [e.tokenize(answer_gap + p.word(lab)) for lab in self.labels]
         if _ambiguous(conts):
             # One label's tokens begin another's: score each up to the line break that ends an answer.
-            conts = [e.tokenize(f"{p.gap}{p.word(lab)}\n") for lab in self.labels]
-        suffix = e.tokenize(suffix_text)
+            conts = [e.tokenize(f"{answer_gap}{p.word(lab)}\n") for lab in self.labels]
+        suffix = e.tokenize(suffix_text, special=chat)
         longest = max(len(c) for c in conts)
         if len(prefix) + len(suffix) + longest + _MIN_ITEM_TOKENS > e.n_ctx:
             raise ContextOverflowError(len(prefix) + longest, e.n_ctx, what="the instruction and examples")
         room = min(e.n_ctx - len(prefix) - longest - 1, p.item_tokens + len(suffix))
-        prompt = _Prompt(prefix, suffix, suffix_text, conts, room, p.gap)
+        prompt = _Prompt(prefix, suffix, suffix_text, conts, room, p.gap, chat=chat)
         entry = self.kv_cache.restore(e, prefix) if self.kv_cache is not None else None
         saved = dict(entry.extra.get("calibration") or {}) if entry is not None and entry.tokens == prefix else None
         if self._uses_calibration(lang):
@@ -244,10 +267,12 @@ class Classifier:
 
     def _item_tokens(self, prompt: _Prompt, text: str) -> tuple[list[int], bool]:
         e = self.engine
-        tokens = e.tokenize(prompt.gap + text + prompt.suffix_text)
+        # The item's own tokens never parse as markers; a plain suffix is tokenized with it, as the model saw in training.
+        body = e.tokenize(prompt.gap + text) if prompt.chat else None
+        tokens = body + prompt.suffix if body is not None else e.tokenize(prompt.gap + text + prompt.suffix_text)
         if len(tokens) <= prompt.item_budget:
             return tokens, False
-        body = e.tokenize(prompt.gap + text)
+        body = body if body is not None else e.tokenize(prompt.gap + text)
         marker = e.tokenize(" ...")
         room = prompt.item_budget - len(prompt.suffix) - len(marker)
         head = room // 2

@@ -31,6 +31,7 @@ class Preset:
     colon: str = ": "  # between a field's name and its value ("：" for Chinese field names)
     verbalizers: tuple[tuple[str, str], ...] = ()  # (label, the word the model is scored on); unlisted: the label
     content_free: tuple[str, ...] = ("",)  # calibration averages the label distributions given these texts
+    chat: bool = False  # asked in the model's chat template (examples as earlier turns); plain text without one
 
     def word(self, label: str) -> str:
         """The word shown and scored for a label."""
@@ -47,7 +48,7 @@ class Preset:
 
     def describe(self) -> dict:
         """What --explain shows: the preset's name and the choices it makes."""
-        return {"name": self.name, "examples": len(self.examples), "calibrate": self.calibrate,
+        return {"name": self.name, "examples": len(self.examples), "calibrate": self.calibrate, "chat": self.chat,
                 "verbalizers": dict(self.verbalizers), "content_free": list(self.content_free)}
 
 
@@ -88,6 +89,17 @@ ZH_NATIVE_ZERO = Preset("sentiment/zh/native-zero", text_field="评论", answer_
 ZH_NATIVE_FEWSHOT = Preset("sentiment/zh/native-fewshot", text_field="评论", answer_field="情感", colon="：",
                            instruction="判断每条评论的情感是{labels}。", separator="还是", always_instruct=True,
                            examples=ZH_EXAMPLES, item_tokens=128, verbalizers=ZH_WORDS, content_free=("", "无"))
+# An instruction-tuned model answers best in its own chat turns; the answer is the label word alone.
+EN_CHAT_ZERO = Preset("sentiment/en/chat-zero", instruction="Is the sentiment of this text {labels}? Answer with one word.",
+                      separator=" or ", always_instruct=True, item_tokens=128, chat=True)
+EN_CHAT_FEWSHOT = Preset("sentiment/en/chat-fewshot", instruction="Is the sentiment of this text {labels}? Answer with one word.",
+                         separator=" or ", always_instruct=True, examples=EN_EXAMPLES, item_tokens=128, chat=True)
+ZH_CHAT_ZERO = Preset("sentiment/zh/chat-zero", text_field="评论", colon="：", instruction="判断这条评论的情感是{labels}，只回答一个词。",
+                      separator="还是", always_instruct=True, item_tokens=128, verbalizers=ZH_WORDS, content_free=("", "无"),
+                      chat=True)
+ZH_CHAT_FEWSHOT = Preset("sentiment/zh/chat-fewshot", text_field="评论", colon="：",
+                         instruction="判断这条评论的情感是{labels}，只回答一个词。", separator="还是", always_instruct=True,
+                         examples=ZH_EXAMPLES, item_tokens=128, verbalizers=ZH_WORDS, content_free=("", "无"), chat=True)
 # sentiment: {lang: {family: preset}}; the winners of the cross-validated tuning (docs/BENCHMARKS.md, issue 19).
 # Chinese field names and label words (native-*) help Qwen (82.5 % vs 75 %) but break SmolLM2 (50 %, one label for
 # everything), so the default for unknown families stays the prompt that worked on both.
@@ -105,7 +117,8 @@ CLASSIFY: dict[str, dict[str, Preset]] = {
 
 PRESETS = {"sentiment": SENTIMENT, "classify": CLASSIFY}
 # Every preset the tuning compares, by name (bench/eval_classify.py --cv scores each one once per item).
-CANDIDATES = {p.name: p for p in (EN_FEWSHOT, EN_FEWSHOT_GREAT, ZH_ZERO, ZH_NATIVE_ZERO, ZH_NATIVE_FEWSHOT)}
+CANDIDATES = {p.name: p for p in (EN_FEWSHOT, EN_FEWSHOT_GREAT, EN_CHAT_ZERO, EN_CHAT_FEWSHOT, ZH_ZERO, ZH_NATIVE_ZERO,
+                                   ZH_NATIVE_FEWSHOT, ZH_CHAT_ZERO, ZH_CHAT_FEWSHOT)}
 
 
 def choose(task: str, lang: str, family: str | None = None) -> Preset:
