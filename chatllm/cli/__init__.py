@@ -6,6 +6,7 @@ import sys
 
 from chatllm.errors import INTERRUPTED, ChatllmError, PipeClosed, from_exception, redact
 from chatllm.output import Output
+from chatllm.stdio import keep_whole_writes
 
 __all__ = ["main"]
 
@@ -18,6 +19,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     from chatllm.cli.app import app
 
+    keep_whole_writes()
     out = Output()
     # SIGTERM takes the same careful path as Ctrl-C: a reply in flight is kept as interrupted, stores close.
     signal.signal(signal.SIGTERM, _interrupt)
