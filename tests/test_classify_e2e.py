@@ -96,10 +96,14 @@ def test_examples_file_overrides_the_built_in_preset(chatllm, tmp_path):
     assert set(data["scores"]) == {"yum", "yuck"} and data["preset"]["examples"] == "--examples"
 
 
-def test_a_chinese_line_through_qwen_gets_the_qwen_preset(chatllm, qwen_path):
+def test_lines_through_qwen_get_the_qwen_presets_chinese_and_english_in_chat_turns(chatllm, qwen_path):
     r = chatllm("sentiment", "-m", str(qwen_path), "--json", "--explain", "--lines",
-                input="房间干净整洁，早餐丰富，前台服务很热情。\n设施陈旧，卫生间有霉味，隔音太差了。\n", timeout=300)
+                input="房间干净整洁，早餐丰富，前台服务很热情。\n设施陈旧，卫生间有霉味，隔音太差了。\n"
+                      "An absolute delight from start to finish.\nDull, tedious and far too long.\n", timeout=300)
     assert r.returncode == 0, r.stderr
     rows = [json.loads(line) for line in r.stdout.splitlines()]
-    assert [row["label"] for row in rows] == ["positive", "negative"]
+    assert [row["label"] for row in rows] == ["positive", "negative", "positive", "negative"]
     assert rows[0]["preset"]["family"] == "qwen2" and rows[0]["preset"]["lang"] == "zh"
+    assert rows[0]["preset"]["name"] == "sentiment/zh/native-zero" and rows[0]["preset"]["chat"] is False
+    assert rows[2]["preset"]["name"] == "sentiment/en/chat-fewshot" and rows[2]["preset"]["chat"] is True
+    assert rows[2]["preset"]["calibrate"] is False and rows[2]["preset"]["lang"] == "en"

@@ -211,7 +211,7 @@ def test_the_preset_follows_the_model_family_and_unknown_families_get_the_defaul
 
 
 def test_each_line_gets_its_languages_preset_and_explain_names_it():
-    eng = FakeEngine(split="chars", bos=True, template=None, cues=CUES, family="qwen2")
+    eng = FakeEngine(split="chars", bos=True, template=None, cues=CUES, family="qwen2", n_ctx=4096)
     clf = Classifier(eng, ["positive", "negative"])
     en, zh = clf.classify("a good film"), clf.classify("房间很干净，服务很好")
     assert en.preset is not None and zh.preset is not None

@@ -16,7 +16,7 @@ import chatllm.tasks
 PACKAGE = Path(chatllm.__file__).parent
 # Each layer may import itself and the layers listed after it, never one before it (docs/ARCHITECTURE.md).
 LAYERS = ["__main__", "cli", "repl", "tasks", "runtime", "base"]
-BASE = {"errors", "settings", "output", "inputs", "store", "collections_store", "__init__"}
+BASE = {"errors", "settings", "output", "stdio", "inputs", "store", "collections_store", "__init__"}
 
 
 def layer_of(module: str) -> str:

@@ -26,7 +26,7 @@ ExamplesOpt = Annotated[Optional[Path], typer.Option(
     "--examples", help="Few-shot examples instead of the built-in ones: `text<TAB>label` lines, CSV, or JSON Lines.")]
 LangOpt = Annotated[str, typer.Option("--lang", help="Prompt language: auto (by each text's CJK share), en or zh.")]
 CalibrateOpt = Annotated[Optional[bool], typer.Option(
-    "--calibrate/--no-calibrate", help="Correct the model's bias toward some labels [default: on].",
+    "--calibrate/--no-calibrate", help="Correct the model's bias toward some labels [default: as the preset says; on with --examples].",
     show_default=False)]
 ExplainOpt = Annotated[bool, typer.Option(
     "--explain", help="Say which built-in preset (prompt, examples, label words, calibration) each language got: "

@@ -93,7 +93,8 @@ ZH_NATIVE_FEWSHOT = Preset("sentiment/zh/native-fewshot", text_field="评论", a
 EN_CHAT_ZERO = Preset("sentiment/en/chat-zero", instruction="Is the sentiment of this text {labels}? Answer with one word.",
                       separator=" or ", always_instruct=True, item_tokens=128, chat=True)
 EN_CHAT_FEWSHOT = Preset("sentiment/en/chat-fewshot", instruction="Is the sentiment of this text {labels}? Answer with one word.",
-                         separator=" or ", always_instruct=True, examples=EN_EXAMPLES, item_tokens=128, chat=True)
+                         separator=" or ", always_instruct=True, examples=EN_EXAMPLES, item_tokens=128, chat=True,
+                         calibrate=False)
 ZH_CHAT_ZERO = Preset("sentiment/zh/chat-zero", text_field="评论", colon="：", instruction="判断这条评论的情感是{labels}，只回答一个词。",
                       separator="还是", always_instruct=True, item_tokens=128, verbalizers=ZH_WORDS, content_free=("", "无"),
                       chat=True)
@@ -101,10 +102,11 @@ ZH_CHAT_FEWSHOT = Preset("sentiment/zh/chat-fewshot", text_field="评论", colon
                          instruction="判断这条评论的情感是{labels}，只回答一个词。", separator="还是", always_instruct=True,
                          examples=ZH_EXAMPLES, item_tokens=128, verbalizers=ZH_WORDS, content_free=("", "无"), chat=True)
 # sentiment: {lang: {family: preset}}; the winners of the cross-validated tuning (docs/BENCHMARKS.md, issue 19).
-# Chinese field names and label words (native-*) help Qwen (82.5 % vs 75 %) but break SmolLM2 (50 %, one label for
-# everything), so the default for unknown families stays the prompt that worked on both.
+# Chinese field names and label words (native-*) help Qwen (86.9 % vs 76.9 % on rows not tuned on) but break SmolLM2
+# (50 %, one label for everything), and chat turns help Qwen in English (86.3 % vs 81.7 %, every fold) but not SmolLM2
+# (55 %), so the default for unknown families stays the prompt that worked on both.
 SENTIMENT: dict[str, dict[str, Preset]] = {
-    "en": {DEFAULT: EN_FEWSHOT},
+    "en": {DEFAULT: EN_FEWSHOT, "qwen2": EN_CHAT_FEWSHOT},
     "zh": {DEFAULT: ZH_ZERO, "smollm": ZH_ZERO, "qwen2": ZH_NATIVE_ZERO},
 }
 
