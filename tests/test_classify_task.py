@@ -250,8 +250,10 @@ def test_a_chat_preset_asks_in_the_models_own_turns_with_examples_as_earlier_tur
     assert eng.detokenize(eng.calls[-1]).endswith("<user> Text: a bad film </end> <assistant> ")
     assert clf.explain("en")["chat"] is True
     plain = FakeEngine(split="chars", template=None, n_ctx=4096)  # no template: the same preset as plain text
-    prefix, suffix = Classifier(plain, ["positive", "negative"], preset=chat).prompt_text("en")
+    plain_clf = Classifier(plain, ["positive", "negative"], preset=chat)
+    prefix, suffix = plain_clf.prompt_text("en")
     assert "<user>" not in prefix and suffix == "\nSentiment:"
+    assert plain_clf.explain("en")["chat"] is False  # --explain says what was done, not what the preset asked
 
 
 def test_a_review_cannot_close_the_turn_of_a_chat_preset():

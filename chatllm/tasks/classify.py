@@ -172,7 +172,8 @@ class Classifier:
         p = self.preset_for(lang)
         return {**p.describe(), "lang": lang, "family": self.family,
                 "examples": "--examples" if self.examples is not None else len(self._examples_for(p)),
-                "calibrate": self._uses_calibration(lang), "verbalizers": {lab: p.word(lab) for lab in self.labels}}
+                "calibrate": self._uses_calibration(lang), "chat": self._chat(p),
+                "verbalizers": {lab: p.word(lab) for lab in self.labels}}
 
     def prompt_text(self, lang: str) -> tuple[str, str]:
         """The shared prefix (instruction and examples, ending at the text field) and the suffix after an item."""
@@ -188,16 +189,16 @@ class Classifier:
         head = "\n".join(header) + "\n\n" if header else ""
         text, answer, gap = p.marker(p.text_field), p.marker(p.answer_field), p.gap
         if self._chat(p):
-            return self._chat_text(p, head, examples)
+            return self._chat_text(p, head, text, examples)
         shots = "".join(f"{text}{gap}{clean(ex.text)}\n{answer}{gap}{p.word(ex.label)}\n\n" for ex in examples)
         return head + shots + text, f"\n{answer}"
 
     def _chat(self, p: Preset) -> bool:
         return p.chat and self.engine.has_chat_template
 
-    def _chat_text(self, p: Preset, head: str, examples: list[Example]) -> tuple[str, str]:
+    def _chat_text(self, p: Preset, head: str, text: str, examples: list[Example]) -> tuple[str, str]:
         """The prompt as the model's own chat turns: examples are earlier turns, the item the last user turn."""
-        text, messages = p.marker(p.text_field), []
+        messages: list[dict] = []
         for ex in examples:
             messages += [{"role": "user", "content": f"{head}{text}{p.gap}{clean(ex.text)}"},
                          {"role": "assistant", "content": p.word(ex.label)}]
@@ -267,12 +268,16 @@ class Classifier:
 
     def _item_tokens(self, prompt: _Prompt, text: str) -> tuple[list[int], bool]:
         e = self.engine
-        # The item's own tokens never parse as markers; a plain suffix is tokenized with it, as the model saw in training.
-        body = e.tokenize(prompt.gap + text) if prompt.chat else None
-        tokens = body + prompt.suffix if body is not None else e.tokenize(prompt.gap + text + prompt.suffix_text)
+        body: list[int] | None = None
+        if prompt.chat:  # the item is tokenized on its own: nothing in it parses as a turn marker
+            body = e.tokenize(prompt.gap + text)
+            tokens = body + prompt.suffix
+        else:  # a plain suffix is tokenized with the item, as the model saw such text in training
+            tokens = e.tokenize(prompt.gap + text + prompt.suffix_text)
         if len(tokens) <= prompt.item_budget:
             return tokens, False
-        body = body if body is not None else e.tokenize(prompt.gap + text)
+        if body is None:
+            body = e.tokenize(prompt.gap + text)
         marker = e.tokenize(" ...")
         room = prompt.item_budget - len(prompt.suffix) - len(marker)
         head = room // 2
