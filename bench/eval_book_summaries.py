@@ -6,9 +6,14 @@
 
 Data: ../shared/data/longdocs/ (4 English books, 1 Chinese) and entities.json, each book's main names as spelled.
 Methods, each with the CLI's default sampling (temperature 0.7, ...) and --seed S:
-  new    today's summarizer (issue 13: names found by counting, greedy notes, the invented-name check)
-  old    the summarizer before issue 13 (`git show 55b0597:chatllm/tasks/summarize.py`, imported from a temp dir)
-  naive  the first window only: "Summarize:" and the text cut to fit, one call
+  new      today's summarizer: current, and each main name the summary left out gets a sentence of its own
+  current  the summarizer of issue 13's first round (names found by counting, greedy notes, the invented-name
+           check), i.e. new with cover_names=False
+  old      the summarizer before issue 13 (`git show 55b0597:chatllm/tasks/summarize.py`, imported from a temp dir)
+  naive    the first window only: "Summarize:" and the text cut to fit, one call
+Notes and merges are greedy, so they are the same for every seed and for new and current: after the first run of
+a book they are replayed from memory (GreedyReplay) and only the sampled final pass runs again; a replayed run's
+seconds are its final pass alone (the table times only full runs). --full-seeds runs every seed in full.
 Per book and method: recall (share of the entities.json names in the summary, case-insensitive; "of present" counts
 only the names that occur in the prefix at all), invented (capitalised words and years of the summary that occur
 nowhere in the document, any position, so an odd sentence-initial word counts too; for Chinese the name-shaped
@@ -112,6 +117,43 @@ def raw_rate(engine, doc_tokens: list[int], length: int) -> float:
     return (s.prompt_tokens - s.cached_tokens) / s.first_token_seconds
 
 
+class GreedyReplay:
+    """The engine, with its greedy calls (the notes) kept and replayed: they are the same for every seed.
+
+    Only calls at temperature 0 are kept, keyed by their prompt tokens and sampling, so a later seed's run repeats
+    the map and merge stages from memory and runs only its final pass (sampled, seed-dependent) on the model.
+    `--replay-notes` turns this on; `--check-replay` runs a second seed in full and compares the notes.
+    """
+
+    def __init__(self, engine):
+        self.engine = engine
+        self.kept: dict[tuple, tuple[list[str], object]] = {}
+        self.replayed = 0
+        self.last_stats = engine.last_stats
+
+    def __getattr__(self, name):
+        return getattr(self.engine, name)
+
+    def stream(self, prompt, sampling):
+        """The engine's stream, or the kept pieces and stats of the same greedy call."""
+        key = (tuple(prompt), repr(sampling.replace(seed=0))) if sampling.temperature == 0 else None
+        if key is not None and key in self.kept:
+            pieces, stats = self.kept[key]
+            self.replayed += 1
+            self.last_stats = stats
+            yield from pieces
+            return
+        pieces = []
+        try:
+            for piece in self.engine.stream(prompt, sampling):
+                pieces.append(piece)
+                yield piece
+        finally:
+            self.last_stats = self.engine.last_stats
+        if key is not None and self.last_stats.finish_reason != "interrupted":
+            self.kept[key] = (pieces, self.last_stats)
+
+
 def map_reduce(module, engine, text: str, sampling, **options) -> tuple[str, dict]:
     """One summary by a summarizer module (new or old), with the map stage timed apart."""
     marks: dict[str, float] = {}
@@ -125,6 +167,9 @@ def map_reduce(module, engine, text: str, sampling, **options) -> tuple[str, dic
     stats = {k: getattr(res, k) for k in ("input_tokens", "prompt_tokens", "completion_tokens", "calls", "chunks", "levels")}
     stats["entities"] = [e["name"] for e in getattr(res, "entities", [])]
     stats["removed"] = getattr(res, "removed", [])
+    stats["added"] = getattr(res, "added_names", [])
+    if getattr(res, "notes", None) is not None:
+        stats["notes"] = res.notes
     if res.levels and "map_first" in marks:
         maps = res.calls_log[: res.chunks]
         evaluated = sum(c["prompt_tokens"] - c["cached_tokens"] for c in maps)
@@ -145,6 +190,7 @@ def table(paths: list[Path]) -> None:
         groups.setdefault((row["model"], row["book"], row["method"]), []).append(row)
     for (model, book, method), runs in groups.items():
         rec = [r["recall"] for r in runs]
+        full = [r for r in runs if not r.get("replayed_calls")] or runs  # replayed seeds timed only their final pass
         pres = [r["recall_present"] for r in runs]
         inv = sorted({n for r in runs for n in r["invented"]})
         rates = [(r["map_rate"], r["raw_rate"]) for r in runs if "raw_rate" in r]
@@ -152,7 +198,7 @@ def table(paths: list[Path]) -> None:
         rate = f"{rates[0][0]:.0f} / {rates[0][1]:.0f} = {rates[0][0] / rates[0][1]:.2f}" if rates else "-"
         print(f"| {model.split('-')[0].split('.')[0]} | {book.split('_pg')[0]} ({runs[0]['chars']:,} ch, {runs[0]['present']} names) "
               f"| {method} | {len(runs)} | {mean(rec):.0%} ({min(rec):.0%}-{max(rec):.0%}) | {mean(pres):.0%} "
-              f"| {sum(len(r['invented']) for r in runs) / len(runs):.1f} {', '.join(inv[:5])} | {mean(r['seconds'] for r in runs):.0f} "
+              f"| {sum(len(r['invented']) for r in runs) / len(runs):.1f} {', '.join(inv[:5])} | {mean(r['seconds'] for r in full):.0f} "
               f"| {runs[0]['input_tokens']:,} | {mean(r['prompt_tokens'] for r in runs):,.0f} "
               f"| {mean(r['completion_tokens'] for r in runs):,.0f} | {mean(r['calls'] for r in runs):.0f} | {rate} "
               f"| {min(r['load'] for r in runs):.1f}-{max(r['load'] for r in runs):.1f} |")
@@ -171,6 +217,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--ctx", type=int, default=8192)
     parser.add_argument("--temperature", type=float, default=None, help="override the CLI's default 0.7")
     parser.add_argument("--note-temperature", type=float, default=None, help="new method: sample notes at this temperature")
+    parser.add_argument("--full-seeds", action="store_true",
+                        help="new method: run every seed in full (default: later seeds replay the greedy notes)")
     parser.add_argument("--show", action="store_true", help="print each summary")
     parser.add_argument("--json", type=Path, help="append one JSON line per run here")
     parser.add_argument("--table", type=Path, nargs="+", help="only print the tables from these --json files")
@@ -196,17 +244,28 @@ def main(argv: list[str] | None = None) -> None:
             names = entities[book]
             present = [n for n in names if n.lower() in text.lower()]
             doc_tokens = engine.tokenize(text)
+            replay = GreedyReplay(engine)  # per book: the notes of the new method's first seed
             for method in args.methods.split(","):
-                seeds = args.seeds if method == "new" else args.other_seeds
+                seeds = args.seeds if method in ("new", "current") else args.other_seeds
                 for seed in [int(s) for s in seeds.split(",") if s]:
                     sampling = Sampling(seed=seed).replace(temperature=args.temperature)
                     engine._rewind(0)  # a cold cache: no run reuses another's prompt
                     start, load = time.perf_counter(), os.getloadavg()[0]
                     if method == "naive":
                         summary, stats = naive(engine, text, sampling.replace(max_tokens=360))
+                    elif method in ("new", "current"):
+                        extra = {"note_temperature": args.note_temperature} if args.note_temperature is not None else {}
+                        extra["cover_names"] = method == "new"
+                        greedy = (args.note_temperature or 0) == 0 and not args.full_seeds
+                        before = replay.replayed
+                        summary, stats = map_reduce(new, replay if greedy else engine, text, sampling, keep_notes=True,
+                                                    **extra)
+                        stats["added_names"] = stats.pop("added", [])
+                        stats["replayed_calls"] = replay.replayed - before
+                        if stats["replayed_calls"]:
+                            stats.pop("map_rate", None)  # the map stage came from memory
                     else:
-                        extra = {"note_temperature": args.note_temperature} if method == "new" and args.note_temperature is not None else {}
-                        summary, stats = map_reduce(new if method == "new" else old, engine, text, sampling, **extra)
+                        summary, stats = map_reduce(old, engine, text, sampling)
                     seconds = time.perf_counter() - start
                     if "map_rate" in stats and seed == int(seeds.split(",")[0]):
                         stats["raw_rate"] = raw_rate(engine, doc_tokens, stats["map_prompt_len"])

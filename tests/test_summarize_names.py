@@ -15,6 +15,15 @@ def engine(reply=None, replies=(), n_ctx: int = 2048) -> FakeEngine:
                       replies=list(replies))
 
 
+def final_prompt(eng: FakeEngine) -> str:
+    """The final pass's prompt: the last one that is not a question about a name the summary left out."""
+    return [p for p in eng.streamed_texts if "In one sentence: what does" not in p][-1]
+
+
+TAILS = [" mended the nets by the water.", " sold fish at the market square.", " rang the bell before the storm.",
+         " counted boats in the harbour mouth.", " wrote letters to every captain.", " painted the lighthouse door red."]
+
+
 def long_report(copies: int = 8) -> str:
     return "\n\n".join(harbour_report(6) * copies)  # ~11,000 tokens at four characters a token
 
@@ -25,7 +34,7 @@ def test_each_map_note_is_told_the_names_in_its_chunk_and_the_final_gets_the_mai
     assert result.levels >= 1 and result.chunks >= 3
     maps = eng.streamed_texts[: result.chunks]
     assert all("Say who did what:" in p and "Port Avel" in p and "Quill" in p for p in maps)
-    final = eng.streamed_texts[-1]
+    final = final_prompt(eng)
     assert "Say who did what:" in final and "Harbour Board" in final
     assert "- Quill and Berg checked the wall at Port Avel." in final  # the key events, in order, before the notes
     names = [e["name"] for e in result.entities]
@@ -35,10 +44,10 @@ def test_each_map_note_is_told_the_names_in_its_chunk_and_the_final_gets_the_mai
 def test_notes_are_greedy_with_a_repeat_penalty_and_the_final_keeps_the_users_sampling():
     eng = engine(reply="Quill checked the wall.")
     result = summarize(eng, [long_report()], SAMPLING)
-    notes, final = eng.samplings[:-1], eng.samplings[-1]
-    assert len(notes) == result.calls - 1
-    assert all(s.temperature == 0 and s.repeat_penalty >= 1.1 for s in notes)
-    assert final.temperature == 0.7 and final.seed == 3
+    sampled = [s for s in eng.samplings if s.temperature != 0]  # the final pass; notes and added sentences are greedy
+    assert len(eng.samplings) == result.calls and len(sampled) == 1
+    assert all(s.repeat_penalty >= 1.1 for s in eng.samplings if s.temperature == 0)
+    assert sampled[0].temperature == 0.7 and sampled[0].seed == 3
     eng = engine(reply="Quill checked the wall.")
     summarize(eng, [long_report()], SAMPLING, SummaryOptions(note_temperature=None))  # the behaviour before issue 13
     assert all(s.temperature == 0.7 for s in eng.samplings)
@@ -55,7 +64,8 @@ def test_an_invented_sentence_never_reaches_the_user():
 def test_a_final_of_nothing_but_invented_names_is_regenerated_once_with_a_stricter_prompt():
     eng = engine(replies=["Elizabeth Bennet wrote to Darcy."], reply="Quill and Berg checked the wall.")
     streamed: list[str] = []
-    result = summarize(eng, ["\n\n".join(harbour_report(2))], SAMPLING, on_text=streamed.append)
+    result = summarize(eng, ["\n\n".join(harbour_report(2))], SAMPLING, SummaryOptions(cover_names=False),
+                       on_text=streamed.append)
     assert result.regenerated and result.calls == 2
     assert "Use only these names:" in eng.streamed_texts[1] and "Use only these names" not in eng.streamed_texts[0]
     assert result.text == "Quill and Berg checked the wall." == "".join(streamed)
@@ -71,7 +81,7 @@ def test_when_the_model_only_invents_the_summary_falls_back_to_checked_text():
 def test_invented_names_in_notes_are_cut_before_the_next_level():
     eng = engine(reply=lambda n: f"Quill checked crane {n}. Mr. Fitzwilliam Darcy danced.")
     result = summarize(eng, [long_report()], SAMPLING, SummaryOptions(keep_notes=True))
-    assert "Darcy" not in eng.streamed_texts[-1] and "Fitzwilliam Darcy" in result.removed
+    assert "Darcy" not in final_prompt(eng) and "Fitzwilliam Darcy" in result.removed
     assert result.notes and all("Darcy" not in note for level in result.notes for note in level)
     assert len(result.notes[0]) == result.chunks and result.as_dict()["notes"] == result.notes
 
@@ -82,7 +92,7 @@ def test_chinese_names_reach_the_prompts():
     result = summarize(eng, [text], SAMPLING, SummaryOptions(length="short"))
     assert result.levels >= 1
     assert all("王小明" in p.split("---")[-1] for p in eng.streamed_texts[: result.chunks])
-    assert "李老师" in eng.streamed_texts[-1].split("---")[-1] and "王小明" in result.text
+    assert "李老师" in final_prompt(eng).split("---")[-1] and "王小明" in result.text
 
 
 def test_a_small_window_lists_no_names_but_still_works():
@@ -91,3 +101,65 @@ def test_a_small_window_lists_no_names_but_still_works():
     assert s.entity_reserve == 0
     result = s.summarize([long_report(2)])
     assert result.text == "Quill checked the wall." and "Say who did what" not in eng.streamed_texts[0]
+
+
+def test_each_main_name_the_summary_left_out_gets_one_greedy_sentence_that_starts_with_it():
+    eng = engine(replies=["Quill checked the crane."], reply=lambda n: TAILS[n % len(TAILS)])
+    streamed: list[str] = []
+    result = summarize(eng, ["\n\n".join(harbour_report(2))], SAMPLING, on_text=streamed.append)
+    assert result.text == "".join(streamed) and result.text.startswith("Quill checked the crane. ")
+    assert result.added_names and "Quill" not in " ".join(result.added_names)
+    for name in result.added_names:
+        assert any(f" {name}{tail}" in result.text for tail in TAILS)
+        assert any(p.endswith(f"what does {name} do in the text above?<|end|>\n<|assistant|>\n{name}")
+                   for p in eng.streamed_texts[1:])  # asked about the name, the reply started with it
+    assert result.calls == 1 + len(result.added_names) and result.as_dict()["added_names"] == result.added_names
+    assert all(s.temperature == 0 for s in eng.samplings[1:]) and result.finish_reason == "stop"
+
+
+def test_an_added_sentence_that_invents_a_name_says_nothing_or_repeats_is_dropped():
+    for tail in (" met Elizabeth Bennet in London.", ".", " checked the crane."):
+        eng = engine(replies=["Quill checked the crane."], reply=tail)
+        result = summarize(eng, ["\n\n".join(harbour_report(2))], SAMPLING)
+        assert result.calls > 1 and not result.added_names and result.text == "Quill checked the crane.", tail
+
+
+def test_bullets_get_a_bullet_per_name_and_tldr_or_focus_get_none():
+    eng = engine(replies=[" Quill checked the crane."], reply=" kept to the work.")
+    result = summarize(eng, ["\n\n".join(harbour_report(2))], SAMPLING, SummaryOptions(style="bullets"))
+    lines = result.text.split("\n")
+    assert lines[0] == "- Quill checked the crane." and len(lines) == 1 + len(result.added_names) >= 2
+    assert all(line.startswith("- ") and line.endswith(" kept to the work.") for line in lines[1:])
+    for options in (SummaryOptions(style="tldr"), SummaryOptions(focus="the crane"), SummaryOptions(cover_names=False)):
+        eng = engine(replies=["Quill checked the crane at the port."], reply=" kept to the work.")
+        result = summarize(eng, ["\n\n".join(harbour_report(2))], SAMPLING, options)
+        assert result.calls == 1 and not result.added_names
+
+
+def test_added_sentences_stop_where_the_reply_room_ends():
+    eng = engine(replies=["Quill checked the crane."], reply=" kept to the work at the harbour all through the week.")
+    s = Summarizer(eng, SAMPLING, SummaryOptions(words=12))
+    result = s.summarize(["\n\n".join(harbour_report(2))])
+    assert len(result.added_names) < len(result.entities) - 1
+    assert eng.count_tokens(result.text) <= s.final_reserve
+
+
+def test_chinese_sentences_for_left_out_names_join_without_a_space():
+    eng = engine(replies=["王小明在图书馆。"], reply="也在那里读书。", n_ctx=1024)
+    result = summarize(eng, ["\n\n".join(chinese_story(4))], SAMPLING, SummaryOptions(length="short"))
+    assert result.added_names == [result.added_names[0]]  # the next one would repeat what the first said
+    assert result.text == "王小明在图书馆。" + result.added_names[0] + "也在那里读书。"
+
+
+def test_a_reply_that_copies_the_prompts_separator_ends_there():
+    eng = engine(replies=["Quill checked the crane.\n\n---\nSummary: Berg said more."], reply=TAILS[0])
+    streamed: list[str] = []
+    result = summarize(eng, ["\n\n".join(harbour_report(2))], SAMPLING, SummaryOptions(cover_names=False),
+                       on_text=streamed.append)
+    assert result.text == "Quill checked the crane." == "".join(streamed) and result.finish_reason == "stop"
+
+
+def test_an_added_sentence_that_talks_about_the_question_is_dropped():
+    eng = engine(replies=["Quill checked the crane."], reply=" does not do anything in the text above.")
+    result = summarize(eng, ["\n\n".join(harbour_report(2))], SAMPLING)
+    assert result.calls > 1 and not result.added_names and result.text == "Quill checked the crane."

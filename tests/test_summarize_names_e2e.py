@@ -51,8 +51,9 @@ def test_main_names_of_a_long_text_survive_the_map_reduce(chatllm, tmp_path):
     listed = [e["name"] for e in data["entities"]]
     assert {"Orla Venn", "Ansel Ruud", "Tamsin", "Kestrel Bay"} <= set(listed), listed
     summary = data["summary"]
-    kept = [n for n in MAIN if n.split()[0] in summary]
-    assert len(kept) >= 2, (kept, summary)  # at least half the main names, by first name or whole
+    kept = [n for n in MAIN if n in summary]
+    assert len(kept) >= 3, (kept, summary)  # most main names, as written: those the model left out got a sentence each
+    assert all(n in summary and n in listed for n in data["added_names"]), data["added_names"]
     tracker = EntityTracker()
     for i in range(0, len(text), 3000):
         tracker.observe(text[i:i + 3000])

@@ -69,7 +69,7 @@ def _duration(seconds: float) -> str:
 
 
 def _options(length: str, words: Optional[int], style: str, lang: Optional[str], focus: Optional[str],
-             chunk_tokens: Optional[int], settings: Settings, notes: bool = False):
+             chunk_tokens: Optional[int], settings: Settings, notes: bool = False, cover_names: bool = True):
     from chatllm.tasks.summarize import LENGTHS, STYLES, SummaryOptions
 
     length, style = length.lower(), style.lower()
@@ -83,8 +83,9 @@ def _options(length: str, words: Optional[int], style: str, lang: Optional[str],
         raise UsageError("--chunk-tokens must be at least 64", "for example --chunk-tokens 2048, or 0 for the whole window")
     # --max-tokens caps each summary only when it was changed from the default; otherwise the length decides.
     cap = settings.sampling.max_tokens if settings.sampling.max_tokens != Sampling().max_tokens else None
+    chunks = {} if chunk_tokens is None else {"chunk_tokens": chunk_tokens or None}
     return SummaryOptions(length=length, words=words, style=style, lang=lang or None, focus=focus or None,
-                          max_tokens=cap, keep_notes=notes, **({} if chunk_tokens is None else {"chunk_tokens": chunk_tokens or None}))
+                          max_tokens=cap, keep_notes=notes, cover_names=cover_names, **chunks)
 
 
 def _run(engine, source_blocks, size_hint, label: str, settings: Settings, options, out: Output, workers=()):
@@ -147,6 +148,9 @@ def summarize(
         show_default=False)] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON (one object per summary): counts, names used.")] = False,
     notes: Annotated[bool, typer.Option("--notes", help="With --json: add every level's notes (large for a book).")] = False,
+    cover_names: Annotated[bool, typer.Option(
+        "--cover-names/--no-cover-names",
+        help="Give each main name the summary leaves out a sentence of its own (not with tldr or --focus).")] = True,
     model: Model = None, device: Device = None, gpu_layers: GpuLayers = None, ctx: Ctx = None, threads: Threads = None,
     chat_format: ChatFormat = None, offline: Offline = False, parallel: Parallel = None,
     max_tokens: MaxTokens = None, temperature: Temperature = None, top_p: TopP = None, top_k: TopK = None,
@@ -164,7 +168,7 @@ def summarize(
     out = Output(as_json=as_json)
     if notes and not as_json:
         raise UsageError("--notes goes with --json", "add --json to get each level's notes in the JSON record")
-    options = _options(length, words, style, lang, focus, chunk_tokens, settings, notes)
+    options = _options(length, words, style, lang, focus, chunk_tokens, settings, notes, cover_names)
     sources = gather_sources(files, out.warn)  # every input is checked before the model loads
 
     from chatllm.runtime.loader import load_engines

@@ -29,7 +29,7 @@ from chatllm.tasks.chunking import (
 )
 from chatllm.tasks.entities import EntityTracker
 from chatllm.tasks.parallel import ordered_map
-from chatllm.tasks.summarize_guard import NameGuard, clean_note
+from chatllm.tasks.summarize_guard import NameGuard, clean_note, cover_lead, cover_sentence, missing_names
 from chatllm.tasks.summarize_prompts import (  # noqa: F401  (re-exported: the summarizer's public names)
     DEFAULT_CHUNK_TOKENS,
     LENGTHS,
@@ -40,6 +40,7 @@ from chatllm.tasks.summarize_prompts import (  # noqa: F401  (re-exported: the s
     Progress,
     SummaryOptions,
     SummaryResult,
+    cover_instruction,
     events_block,
     final_instruction,
     join_notes,
@@ -55,9 +56,11 @@ SLACK = 48  # room for template tokens that differ between the measured and the 
 MIN_SENTENCE_CHARS = 24  # a TL;DR sentence ends at the first full stop after this many characters
 FINAL_HEADROOM = 1.4  # the final summary may run this much past its target to finish its sentence
 BULLET_LEAD = "-"  # the reply to a bullets request starts with this, so even a tiny model writes a list
+RULE = "\n---"  # the line between the document and the instruction in every prompt (user_message)
 PLACEHOLDER = "\u2063CHATLLM-DOCUMENT\u2063"
 ENTITY_TOKENS = 64  # room for the list of names in an instruction (at most n_ctx / 16)
 SEGMENT_CHARS = 3000  # text that fits one pass is counted in segments of this size, for the spread of its names
+COVER_TOKENS = 40  # the most one sentence about a main name the summary left out may take
 
 
 # -- the map-reduce --------------------------------------------------------------------------------
@@ -167,6 +170,8 @@ class Summarizer:
             text = guard.finish()
             res.removed += [n for n in guard.removed if n not in res.removed]
             if text:  # something true went out; what was dropped was whole sentences of it
+                if self.options.cover_names and style != "tldr" and not self.options.focus:
+                    text += self._cover(body, detected, text, names, on_text)
                 return text
             res.regenerated = True  # nothing went out yet, so a second try is still honest
         # Twice nothing but invented names: the first checked sentences of what the model read, cut to length.
@@ -176,6 +181,27 @@ class Summarizer:
         if on_text is not None and text:
             on_text(text)
         return text
+
+    def _cover(self, body: str, detected: str | None, text: str, names: list[str], on_text: Callable[[str], None] | None) -> str:
+        """One greedy sentence for each main name the summary left out, best first, while the reply's room lasts: a tiny
+        model names two or three people however it is asked, but asked about one, its reply started by it, it answers."""
+        added, finish = "", self._result.finish_reason
+        room = self.final_reserve - COVER_TOKENS
+        for name in missing_names(text, names):
+            so_far = text + added
+            if self.engine.count_tokens(so_far) > room:
+                break
+            sep, lead = cover_lead(so_far, name, self.options.style == "bullets")
+            prompt = self._prompt(body, cover_instruction(self.options, name, detected), lead)
+            reply = self._generate(prompt, COVER_TOKENS, one_sentence=True, lead=lead).split("\n", 1)[0].rstrip()
+            if not cover_sentence(reply, name, so_far, self.tracker, cover_instruction(self.options, name)):
+                continue
+            added += sep + reply
+            self._result.added_names.append(name)
+            if on_text is not None:
+                on_text(sep + reply)
+        self._result.finish_reason = finish  # how the summary itself ended, not the last added sentence
+        return added
 
     def _generate(self, tokens: list[int], max_tokens: int, on_text: Callable[[str], None] | None = None,
                   one_sentence: bool = False, soft_tokens: int | None = None, lead: str = "", engine: Engine | None = None) -> str:
@@ -198,7 +224,10 @@ class Summarizer:
                 if soft_tokens is not None and soft_from is None and engine.last_stats.completion_tokens > soft_tokens:
                     soft_from = len(text)
                 end = None
-                if one_sentence:
+                rule = (text + piece).find(RULE, max(0, len(text) - len(RULE)))
+                if rule >= 0:  # the model copies the prompt's separator: what follows is no longer its answer
+                    end = rule
+                elif one_sentence:
                     end = sentence_end(text + piece, MIN_SENTENCE_CHARS)
                 if soft_from is not None and end is None:
                     end = boundary_after(text + piece, soft_from)

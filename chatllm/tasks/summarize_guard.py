@@ -9,13 +9,15 @@ words, which is the price of a stream that only shows text the summary keeps.
 
 from __future__ import annotations
 
+import re
 import threading
-from typing import Callable
+from typing import Callable, Sequence
 
 from chatllm.tasks.entities import EntityTracker, invented_names
 from chatllm.tasks.summarize_prompts import split_sentences_stripped
 from chatllm.tasks.text import sentence_end
 
+_CJK_CHARS = re.compile("[\u3400-\u4dbf\u4e00-\u9fff]")
 CJK_STOPS = "\u3002\uff01\uff1f\uff1b\u2026\u201d\u300d"
 
 
@@ -87,6 +89,8 @@ class NameGuard:
             if self.parts:
                 self.buffer = unit + self.buffer  # whitespace between units goes out with the next one
             return
+        if not any(ch.isalnum() for ch in unit):
+            return  # a rule line or stray marks ("---"): nothing a reader wants
         bad = invented_names(unit, self.tracker)
         if bad:
             self.removed += [b for b in bad if b not in self.removed]
@@ -96,3 +100,41 @@ class NameGuard:
         self.parts.append(unit)
         if self.on_text is not None:
             self.on_text(unit)
+
+
+def missing_names(text: str, names: Sequence[str]) -> list[str]:
+    """The names the text does not write as given (case-insensitive), in their order."""
+    low = text.lower()
+    return [name for name in names if name.lower() not in low]
+
+
+def cover_lead(text: str, name: str, bullets: bool) -> tuple[str, str]:
+    """What goes between the summary so far and a sentence about a name it left out, and how that sentence starts."""
+    if bullets:
+        return "\n", "- " + name
+    if not text or text[-1] in CJK_STOPS or text[-1].isspace():
+        return "", name
+    return " ", name
+
+
+def cover_sentence(reply: str, name: str, text: str, tracker: EntityTracker, question: str = "") -> bool:
+    """Whether a sentence that starts with `name` may join the summary: it says something new and invents no name.
+
+    `question` is what the model was asked: an answer that echoes it ("... does not do anything in the text above")
+    says nothing about the text.
+    """
+    said = reply.strip().lstrip("- ")[len(name):].strip(" ,:;.\u3002\uff0c")
+    grams = _grams(said)
+    if len(said.split()) < 3 and len(_CJK_CHARS.findall(said)) < 4 or not grams:
+        return False  # the name and next to nothing
+    if len(grams & _grams(text)) > len(grams) / 2 or grams & _grams(question.replace(name, " ")):
+        return False  # mostly what the summary already says, or talk about the question
+    return not invented_names(reply, tracker)
+
+
+def _grams(text: str) -> set[tuple[str, ...]]:
+    """Word trigrams, and CJK character trigrams, lowercased: what two sentences share when one repeats the other."""
+    words = re.findall(r"\w+", text.lower())
+    out = {tuple(words[i:i + 3]) for i in range(len(words) - 2)}
+    cjk = "".join(_CJK_CHARS.findall(text))
+    return out | {tuple(cjk[i:i + 3]) for i in range(len(cjk) - 2)}

@@ -36,6 +36,8 @@ class SummaryOptions:
     # notes made the names in the summary swing from run to run. None: the user's sampling, as before issue 13.
     note_temperature: float | None = 0.0
     keep_notes: bool = False  # keep every level's notes in the result (--notes)
+    # Each main name the summary leaves out gets one sentence of its own, starting with the name (--no-cover-names).
+    cover_names: bool = True
 
     def __post_init__(self):
         if self.length not in LENGTHS:
@@ -90,6 +92,7 @@ class SummaryResult:
     entities: list[dict] = field(default_factory=list)  # the main names given to the reduce and final prompts
     removed: list[str] = field(default_factory=list)  # names the document never has, kept out of notes and summary
     regenerated: bool = False  # the final pass was run again with a stricter prompt
+    added_names: list[str] = field(default_factory=list)  # main names the summary left out, given a sentence each
     notes: list[list[str]] | None = None  # each level's notes, when asked for
 
     def as_dict(self) -> dict:
@@ -107,6 +110,7 @@ class SummaryResult:
             "entities": self.entities,
             "removed_names": self.removed,
             "regenerated": self.regenerated,
+            "added_names": self.added_names,
         }
         if self.notes is not None:
             record["notes"] = self.notes
@@ -156,6 +160,11 @@ def merge_instruction(opts: SummaryOptions, words: int, detected: str | None = N
     """The instruction for merging notes on consecutive parts into shorter notes, events kept in order."""
     return (f"Summarize the text above in about {words} words, keeping the events in order." + names_clause(names)
             + _focus_clause(opts) + _language_clause(opts, detected))
+
+
+def cover_instruction(opts: SummaryOptions, name: str, detected: str | None = None) -> str:
+    """The question that gets one sentence about a main name the summary left out (the reply starts with the name)."""
+    return f"In one sentence: what does {name} do in the text above?" + _language_clause(opts, detected)
 
 
 def user_message(body: str, instruction: str) -> str:
