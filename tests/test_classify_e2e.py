@@ -80,6 +80,7 @@ def test_explain_names_the_preset_each_language_got(chatllm):
     r = chatllm("sentiment", "--lines", "--explain", input="a wonderful, moving film\n房间很脏，服务员态度很差，不会再来了。\n")
     assert r.returncode == 0, r.stderr
     assert "preset sentiment/en/" in r.stderr and "preset sentiment/zh/" in r.stderr and "family smollm" in r.stderr
+    assert r.stderr.count("as plain text") == 2 and "in chat turns" not in r.stderr  # SmolLM2's presets are plain text
     assert len(r.stdout.splitlines()) == 2 and r.stdout.startswith("positive\t")
     r = chatllm("sentiment", "--json", "--explain", "房间很脏，服务员态度很差，不会再来了。")
     data = json.loads(r.stdout)  # the 135M model's Chinese labels are measured in bench/eval_classify.py, not here

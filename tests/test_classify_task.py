@@ -295,3 +295,19 @@ def test_calibration_saved_for_one_preset_is_not_reused_by_another(tmp_path):
     other = FakeEngine(cues=CUES)
     Classifier(other, ["positive", "negative"], kv_cache=kv, preset=b).classify("a good film")
     assert len(other.calls) == 1 + 2  # same prefix tokens, other content-free inputs: calibrated afresh
+
+
+def test_the_explain_line_says_whether_the_preset_ran_in_chat_turns(capsys):
+    from types import SimpleNamespace
+
+    from chatllm.cli.classify import _explain
+    from chatllm.output import Output
+
+    preset = {"name": "sentiment/en/chat-fewshot", "lang": "en", "family": "qwen2", "examples": 4, "calibrate": False,
+              "verbalizers": {"positive": "positive", "negative": "negative"}, "chat": True}
+    shown: set = set()
+    _explain(Output(), SimpleNamespace(preset=preset), shown)
+    _explain(Output(), SimpleNamespace(preset=dict(preset, name="sentiment/en/fewshot", chat=False)), shown)
+    _explain(Output(), SimpleNamespace(preset=preset), shown)  # once per preset
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 2 and "4 built-in examples in chat turns" in lines[0] and "as plain text" in lines[1]

@@ -158,7 +158,8 @@ def _explain(out: Output, result: "Result", shown: set) -> None:
     shown.add((p["name"], p["lang"]))
     examples = "examples from --examples" if p["examples"] == "--examples" else f"{p['examples']} built-in examples"
     words = ", ".join(f"{lab}={word}" for lab, word in p["verbalizers"].items())
-    out.status(f"preset {p['name']} (lang {p['lang']}, model family {p['family'] or 'unknown'}): {examples}, "
+    turns = "in chat turns" if p.get("chat") else "as plain text"
+    out.status(f"preset {p['name']} (lang {p['lang']}, model family {p['family'] or 'unknown'}): {examples} {turns}, "
                f"{'calibrated' if p['calibrate'] else 'not calibrated'}, label words {words}")
 
 
