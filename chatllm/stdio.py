@@ -50,6 +50,7 @@ def keep_whole_writes() -> None:
         if not isinstance(raw, io.FileIO) or not isinstance(stream, io.TextIOWrapper):
             continue
         stream.flush()
+        newline = None if os.name == "nt" else "\n"  # what Python gives its own stdio: "\r\n" written on Windows
         fixed = io.TextIOWrapper(cast(BinaryIO, WholeWrites(raw.fileno())), encoding=stream.encoding, errors=stream.errors,
-                                 newline="\n", line_buffering=stream.line_buffering, write_through=True)
+                                 newline=newline, line_buffering=stream.line_buffering, write_through=True)
         setattr(sys, name, fixed)
