@@ -118,7 +118,7 @@ def test_each_main_name_the_summary_left_out_gets_one_greedy_sentence_that_start
 
 
 def test_an_added_sentence_that_invents_a_name_says_nothing_or_repeats_is_dropped():
-    for tail in (" met Elizabeth Bennet in London.", ".", " checked the crane."):
+    for tail in (" met Elizabeth Bennet in London.", ".", " checked the crane.", " She mended the nets by the water."):
         eng = engine(replies=["Quill checked the crane."], reply=tail)
         result = summarize(eng, ["\n\n".join(harbour_report(2))], SAMPLING)
         assert result.calls > 1 and not result.added_names and result.text == "Quill checked the crane.", tail

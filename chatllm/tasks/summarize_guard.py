@@ -13,7 +13,7 @@ import re
 import threading
 from typing import Callable, Sequence
 
-from chatllm.tasks.entities import EntityTracker, invented_names
+from chatllm.tasks.entities import STOP_WORDS, EntityTracker, invented_names
 from chatllm.tasks.summarize_prompts import split_sentences_stripped
 from chatllm.tasks.text import sentence_end
 
@@ -123,7 +123,11 @@ def cover_sentence(reply: str, name: str, text: str, tracker: EntityTracker, que
     `question` is what the model was asked: an answer that echoes it ("... does not do anything in the text above")
     says nothing about the text.
     """
-    said = reply.strip().lstrip("- ")[len(name):].strip(" ,:;.\u3002\uff0c")
+    rest = reply.strip().lstrip("- ")[len(name):]
+    after = re.match(r"\s*([A-Z][a-z]*)\b", rest)
+    if after and after.group(1).lower() in STOP_WORDS:
+        return False  # "Berg She mended ...": a chat server never saw the lead, and its reply starts afresh
+    said = rest.strip(" ,:;.\u3002\uff0c")
     grams = _grams(said)
     if len(said.split()) < 3 and len(_CJK_CHARS.findall(said)) < 4 or not grams:
         return False  # the name and next to nothing
