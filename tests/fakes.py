@@ -69,6 +69,7 @@ class FakeEngine:
         family: str | None = None,
         pooling: str | None = None,
         dim: int = 16,
+        estimated: bool = False,
     ):
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, not {split!r}")
@@ -90,6 +91,7 @@ class FakeEngine:
         self.on_piece = on_piece
         self.fail_after = fail_after
         self.last_stats = GenerationStats()
+        self.estimated = estimated  # counts as a chat server without a tokenizer gives them
         self.closed = False
         self.streamed: list[list[int]] = []
         self.max_tokens: list[int] = []
@@ -160,7 +162,8 @@ class FakeEngine:
         self.max_tokens.append(sampling.max_tokens)
         self.samplings.append(sampling)
         stats = self.last_stats = GenerationStats(prompt_tokens=len(tokens), cached_tokens=self._load_cache(tokens),
-                                                  first_token_seconds=0.01, seconds=0.02, finish_reason="length")
+                                                  first_token_seconds=0.01, seconds=0.02, finish_reason="length",
+                                                  estimated=self.estimated)
         pieces = self._pieces(self._next_reply(tokens))
         try:
             for i, piece in enumerate(pieces[: sampling.max_tokens]):

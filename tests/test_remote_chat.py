@@ -220,9 +220,10 @@ def test_summarize_a_short_text(env, tmp_path):
     doc.write_text("The city council met on Tuesday to discuss the new budget. The mayor proposed raising taxes by two "
                    "percent to pay for road repairs and a new library.\n\nAfter three hours of debate the council approved "
                    "a smaller rise of one percent, for road repairs only.\n")
-    r = cli(env, "summarize", "-t", "0", "--words", "30", str(doc))
+    r = cli(env, "summarize", "-t", "0", "--words", "30", "--json", str(doc))
     assert r.returncode == 0, r.stderr
-    assert len(r.stdout.split()) >= 3
+    data = json.loads(r.stdout)
+    assert len(data["summary"].split()) >= 3 and data["token_counts"] == "estimated"  # a chat server without a tokenizer
 
 
 def test_a_wrong_key_is_one_line_naming_the_variable_and_never_the_key(env):

@@ -163,3 +163,10 @@ def test_an_added_sentence_that_talks_about_the_question_is_dropped():
     eng = engine(replies=["Quill checked the crane."], reply=" does not do anything in the text above.")
     result = summarize(eng, ["\n\n".join(harbour_report(2))], SAMPLING)
     assert result.calls > 1 and not result.added_names and result.text == "Quill checked the crane."
+
+
+def test_the_json_record_says_whether_its_token_counts_are_estimated():
+    for estimated in (False, True):
+        eng = FakeEngine(split="4chars", template="phi", n_ctx=2048, reply="Quill checked the wall.", estimated=estimated)
+        record = summarize(eng, [long_report(2)], SAMPLING).as_dict()
+        assert record["token_counts"] == ("estimated" if estimated else "exact")

@@ -278,3 +278,9 @@ def test_a_reply_copied_back_twice_gets_a_last_try_in_the_plainest_wording():
     _, text, parts, warnings = run(engine, "The movie received nominations in all major categories.\n")
     assert "Translate to Chinese:\n\nThe movie" in engine.streamed_texts[2] and "<system>" not in engine.streamed_texts[2]
     assert parts[0].retries == 2 and parts[0].status == "ok" and "movie" not in text and not warnings
+
+
+def test_the_json_record_says_whether_its_token_counts_are_estimated():
+    for estimated in (False, True):
+        result, _, _, _ = run(Translating(estimated=estimated), "Hello there.\n", source=EN)
+        assert result.as_dict()["token_counts"] == ("estimated" if estimated else "exact")

@@ -249,6 +249,7 @@ class Summarizer:
             res.calls += 1
             res.prompt_tokens += stats.prompt_tokens - stats.cached_tokens
             res.completion_tokens += stats.completion_tokens
+            res.estimated |= stats.estimated
             res.finish_reason = "stop" if cut else stats.finish_reason
             res.calls_log.append({"prompt_tokens": stats.prompt_tokens, "cached_tokens": stats.cached_tokens,
                                   "completion_tokens": stats.completion_tokens, "seconds": stats.seconds,

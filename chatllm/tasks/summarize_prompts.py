@@ -93,6 +93,7 @@ class SummaryResult:
     removed: list[str] = field(default_factory=list)  # names the document never has, kept out of notes and summary
     regenerated: bool = False  # the final pass was run again with a stricter prompt
     added_names: list[str] = field(default_factory=list)  # main names the summary left out, given a sentence each
+    estimated: bool = False  # some token counts are chatllm's estimate (a chat server that has no tokenizer)
     notes: list[list[str]] | None = None  # each level's notes, when asked for
 
     def as_dict(self) -> dict:
@@ -102,6 +103,7 @@ class SummaryResult:
             "input_tokens": self.input_tokens,
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
+            "token_counts": "estimated" if self.estimated else "exact",
             "chunks": self.chunks,
             "calls": self.calls,
             "levels": self.levels,

@@ -104,12 +104,14 @@ class TranslationResult:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     seconds: float = 0.0
+    estimated: bool = False  # some token counts are chatllm's estimate (a chat server that has no tokenizer)
 
     def as_dict(self) -> dict:
         """The JSON-able fields."""
         return {"from": self.source, "to": self.target, "parts": self.parts, "retries": self.retries,
                 "failed": self.failed, "repaired": self.repaired, "prompt_tokens": self.prompt_tokens,
-                "completion_tokens": self.completion_tokens, "seconds": round(self.seconds, 3)}
+                "completion_tokens": self.completion_tokens, "token_counts": "estimated" if self.estimated else "exact",
+                "seconds": round(self.seconds, 3)}
 
 
 # -- the translator ------------------------------------------------------------------------------
@@ -218,6 +220,7 @@ class Translator:
         stats = engine.last_stats
         self._result.prompt_tokens += stats.prompt_tokens - stats.cached_tokens
         self._result.completion_tokens += stats.completion_tokens
+        self._result.estimated |= stats.estimated
         self._tokens[0] += stats.prompt_tokens - stats.cached_tokens
         self._tokens[1] += stats.completion_tokens
         return reply, stats.finish_reason
