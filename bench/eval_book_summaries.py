@@ -29,6 +29,7 @@ import argparse
 import importlib.util
 import json
 import os
+import pickle
 import re
 import statistics
 import subprocess
@@ -125,11 +126,21 @@ class GreedyReplay:
     `--replay-notes` turns this on; `--check-replay` runs a second seed in full and compares the notes.
     """
 
-    def __init__(self, engine):
+    def __init__(self, engine, path: Path | None = None):
         self.engine = engine
+        self.path = path  # kept calls are loaded from here and saved back (--replay-file)
         self.kept: dict[tuple, tuple[list[str], object]] = {}
+        if path is not None and path.exists():
+            with open(path, "rb") as fh:
+                self.kept = pickle.load(fh)
         self.replayed = 0
         self.last_stats = engine.last_stats
+
+    def save(self) -> None:
+        """Write the kept calls to the replay file, if there is one."""
+        if self.path is not None:
+            with open(self.path, "wb") as fh:
+                pickle.dump(self.kept, fh)
 
     def __getattr__(self, name):
         return getattr(self.engine, name)
@@ -219,6 +230,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--note-temperature", type=float, default=None, help="new method: sample notes at this temperature")
     parser.add_argument("--full-seeds", action="store_true",
                         help="new method: run every seed in full (default: later seeds replay the greedy notes)")
+    parser.add_argument("--replay-file", type=Path, help="keep the greedy calls here across runs (a prompt change misses it)")
     parser.add_argument("--show", action="store_true", help="print each summary")
     parser.add_argument("--json", type=Path, help="append one JSON line per run here")
     parser.add_argument("--table", type=Path, nargs="+", help="only print the tables from these --json files")
@@ -244,7 +256,8 @@ def main(argv: list[str] | None = None) -> None:
             names = entities[book]
             present = [n for n in names if n.lower() in text.lower()]
             doc_tokens = engine.tokenize(text)
-            replay = GreedyReplay(engine)  # per book: the notes of the new method's first seed
+            replay_file = args.replay_file and args.replay_file.with_name(f"{args.replay_file.name}.{model}.{book[:8]}")
+            replay = GreedyReplay(engine, replay_file)  # per book: the notes of the new method's first seed
             for method in args.methods.split(","):
                 seeds = args.seeds if method in ("new", "current") else args.other_seeds
                 for seed in [int(s) for s in seeds.split(",") if s]:
@@ -262,6 +275,7 @@ def main(argv: list[str] | None = None) -> None:
                                                     **extra)
                         stats["added_names"] = stats.pop("added", [])
                         stats["replayed_calls"] = replay.replayed - before
+                        replay.save()
                         if stats["replayed_calls"]:
                             stats.pop("map_rate", None)  # the map stage came from memory
                     else:

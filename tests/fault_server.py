@@ -9,7 +9,8 @@ RemoteEngine.connect learns a real vocabulary, template and context. In mode "pr
 The modes: "malformed_sse" (lines that are not server-sent events), "malformed_sse_late" (one good event, then a
 broken one), "truncated_json", "html" (a 200 with a sign-in page), "endless" (events forever, never a finish),
 "huge_token" (one 10 MB token), "drip" (the whole answer, status line included, one byte a second), "drip_body"
-(headers at once, then the body one byte a second), "storm" (429 on every request, with `retry_after`).
+(headers at once, then the body one byte a second), "storm" (429 on every request, with `retry_after`),
+"no_logprobs" (the real answer with `logprobs: null`, as a server that does not support them sends).
 
 Faulted answers echo the API key back (as a careless proxy's error page would), so a test that checks the key
 never reaches the output checks chatllm's scrubbing, not the server's discretion. `counts` has the requests seen
@@ -28,7 +29,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 FAULTED = ("/v1/completions", "/completion", "/v1/chat/completions")
 MODES = ("proxy", "malformed_sse", "malformed_sse_late", "truncated_json", "html", "endless", "huge_token", "drip",
-         "drip_body", "storm")
+         "drip_body", "storm", "no_logprobs")
 HUGE = 10 * 1024 * 1024  # the single token of "huge_token"
 ENDLESS_LIMIT = 60.0  # seconds an endless stream runs at most when nobody hangs up (a bug in the client under test)
 
@@ -221,6 +222,14 @@ class FaultServer:
 
     def _drip_body(self, h, path: str, body) -> None:
         self._drip(h, path, body, headers_too=False)
+
+    def _no_logprobs(self, h, path: str, body) -> None:
+        """The real answer without its token log-probabilities, as servers that do not support them reply."""
+        status, ctype, data = self._upstream(path, body)
+        reply = json.loads(data)
+        for choice in reply.get("choices", []):
+            choice["logprobs"] = None
+        _send(h, status, ctype, json.dumps(reply).encode())
 
     def _storm(self, h, path: str, body) -> None:
         msg = json.dumps({"error": {"code": 429, "message": f"rate limit exceeded for key {self.key}",

@@ -269,6 +269,13 @@ def test_the_chat_completions_engine_gets_the_same_guards(env, fault, mode, phra
     assert fault.counts["/v1/chat/completions"] == 1
 
 
+def test_a_server_that_sends_no_logprobs_refuses_labels_in_one_line(env, fault):
+    fault.reset("no_logprobs")
+    r = run(env, ["sentiment", "-m", "chatty", "I loved this film."])
+    assert_clean(r, "sends no token log-probabilities, so chatllm cannot score labels", "returns logprobs on /v1/completions")
+    assert fault.counts["/v1/completions"] == 1  # refused at the first label, not retried
+
+
 def test_an_endless_chat_completions_stream_is_bounded(env, fault):
     fault.reset("endless")
     r = command(env, "ask", model="chatty")

@@ -81,7 +81,7 @@ def test_when_the_model_only_invents_the_summary_falls_back_to_checked_text():
 def test_invented_names_in_notes_are_cut_before_the_next_level():
     eng = engine(reply=lambda n: f"Quill checked crane {n}. Mr. Fitzwilliam Darcy danced.")
     result = summarize(eng, [long_report()], SAMPLING, SummaryOptions(keep_notes=True))
-    assert "Darcy" not in final_prompt(eng) and "Fitzwilliam Darcy" in result.removed
+    assert "Darcy" not in final_prompt(eng) and "Mr. Fitzwilliam Darcy" in result.removed
     assert result.notes and all("Darcy" not in note for level in result.notes for note in level)
     assert len(result.notes[0]) == result.chunks and result.as_dict()["notes"] == result.notes
 
@@ -170,3 +170,27 @@ def test_the_json_record_says_whether_its_token_counts_are_estimated():
         eng = FakeEngine(split="4chars", template="phi", n_ctx=2048, reply="Quill checked the wall.", estimated=estimated)
         record = summarize(eng, [long_report(2)], SAMPLING).as_dict()
         assert record["token_counts"] == ("estimated" if estimated else "exact")
+
+
+def test_tidy_note_drops_loops_repeats_lists_of_names_and_talk_of_the_summary():
+    from chatllm.tasks.summarize_guard import tidy_note
+
+    story = "The story follows Holmes on the moor. Watson writes to him."
+    assert tidy_note(f"{story} {story} The story follows Holmes on the moor.") == story
+    assert tidy_note("The following is a summary of the text in 190 words: Watson met Holmes.") == "Watson met Holmes."
+    assert tidy_note("Summary: Watson met Holmes.") == "Watson met Holmes."
+    loop = "Stapleton, Dr. Henry, " * 20
+    assert tidy_note(f"Watson met Holmes. {loop}") == "Watson met Holmes."
+    assert tidy_note("Sherlock Holmes, Sir Henry, Dr. Mortimer, Times, Watson, London, Baskerville") == ""
+    assert tidy_note("阿Q、赵太爷、小D、王胡、吴妈、假洋鬼子。阿Q在未庄做短工。") == "阿Q在未庄做短工。"
+    ordinary = "Holmes, who had been ill, went to the moor, and Watson, tired, stayed in London with Sir Henry."
+    assert tidy_note(ordinary) == ordinary  # commas in a sentence are not a list
+
+
+def test_a_note_that_only_lists_names_is_replaced_by_its_chunks_opening_and_merges_list_none():
+    eng = engine(reply="Quill, Berg, Port Avel, Harbour Board, Varga, Quill, Berg", n_ctx=1024)
+    result = summarize(eng, [long_report()], SAMPLING, SummaryOptions(keep_notes=True, chunk_tokens=256))
+    assert result.levels >= 2 and result.notes
+    assert all(note.startswith("However, on day") for note in result.notes[0])  # the chunk's own text stands in
+    merges = [p for p in eng.streamed_texts[result.chunks:] if "keeping the events in order" in p]
+    assert merges and not any("Say who did what" in p.split("---")[-1] for p in merges)

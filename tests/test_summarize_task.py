@@ -205,7 +205,7 @@ def test_tldr_stops_after_the_first_sentence():
 
 
 def test_no_call_reads_more_than_a_chunk_of_text_after_the_map():
-    engine = summary_engine(n_ctx=8192, reply="A note of moderate length that the model wrote. " * 6)
+    engine = summary_engine(n_ctx=8192, reply=lambda n: " ".join(f"Note {n} has sentence {i} of moderate length." for i in range(6)))
     result = summarize(engine, [english(600)], SAMPLING, SummaryOptions(chunk_tokens=512))
     assert result.levels >= 2  # sixty notes of ~75 tokens do not go into one 8k final pass
     for prompt in engine.streamed_texts:

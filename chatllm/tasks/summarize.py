@@ -29,7 +29,7 @@ from chatllm.tasks.chunking import (
 )
 from chatllm.tasks.entities import EntityTracker
 from chatllm.tasks.parallel import ordered_map
-from chatllm.tasks.summarize_guard import NameGuard, clean_note, cover_lead, cover_sentence, missing_names
+from chatllm.tasks.summarize_guard import NameGuard, clean_note, cover_lead, cover_sentence, missing_names, tidy_note
 from chatllm.tasks.summarize_prompts import (  # noqa: F401  (re-exported: the summarizer's public names)
     DEFAULT_CHUNK_TOKENS,
     LENGTHS,
@@ -373,7 +373,7 @@ class Summarizer:
             if len(groups) >= len(notes):  # cannot happen with the budgets checked above; never loop forever
                 raise ChatllmError("the notes do not shrink when merged", "raise --ctx or lower --max-tokens")
             merged = []
-            merge_text = merge_instruction(opts, note_words, detected, names)
+            merge_text = merge_instruction(opts, note_words, detected)  # a list of names here made greedy merges list them
             for i, group in enumerate(groups, 1):
                 note = self._generate(self._prompt(join_notes(group), merge_text), self.note_reserve)
                 merged.append(self._clean(note) or _extract(join_notes(group), count, self.note_reserve))
@@ -397,8 +397,8 @@ class Summarizer:
         return chunk, self._prompt(chunk.text, instruction)
 
     def _clean(self, note: str) -> str:
-        """A note without its sentences that name what the document never does."""
-        text, removed = clean_note(note, self.tracker, self._tracker_lock)
+        """A note without loops, lists, repeats (tidy_note) and sentences naming what the document never does."""
+        text, removed = clean_note(tidy_note(note), self.tracker, self._tracker_lock)
         self._result.removed += [n for n in removed if n not in self._result.removed]
         return text
 

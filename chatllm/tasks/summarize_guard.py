@@ -34,10 +34,43 @@ def clean_note(note: str, tracker: EntityTracker, lock: threading.Lock | None = 
             removed += bad
         else:
             kept.append(sentence)
+    return _join(kept), removed
+
+
+def _join(sentences: Sequence[str]) -> str:
     text = ""
-    for sentence in kept:  # Chinese and Japanese sentences join without a space
+    for sentence in sentences:  # Chinese and Japanese sentences join without a space
         text += ("" if not text or text[-1] in CJK_STOPS else " ") + sentence
-    return text, removed
+    return text
+
+
+_META = re.compile(r"(?:here is|here's|the following is|below is|this is)\b.{0,40}\bsummar", re.I)
+_META_LEAD = re.compile(r"(?:(?:here is|here's|the following is|below is|this is)\b[^:\n]{0,60}?\bsummar[^:\n]*|summary)\s*:\s*",
+                        re.I)
+
+
+def tidy_note(note: str) -> str:
+    """A note without what a tiny model writes in place of notes: a sentence again, talk of the summary, lists of names.
+
+    Greedy decoding loops ("Stapleton, Dr. Henry, Stapleton, Dr. Henry, ...") and repeats whole sentences; passed on,
+    a merge copies the loop and the final pass has nothing to tell. An empty result lets the caller use the text.
+    """
+    kept, seen = [], set()
+    for sentence in split_sentences_stripped(note):
+        sentence = _META_LEAD.sub("", sentence, count=1) if _META_LEAD.match(sentence) else sentence
+        key = " ".join(re.findall(r"\w+", sentence.lower()))
+        if not key or key in seen or _META.match(sentence) or _is_list(sentence):
+            continue
+        seen.add(key)
+        kept.append(sentence)
+    return _join(kept)
+
+
+def _is_list(sentence: str) -> bool:
+    """Mostly short items between commas: names listed, not a sentence about them."""
+    items = [i.strip() for i in re.split(r"[,;\n\u3001\uff0c\uff1b]", sentence) if i.strip()]
+    short = sum(len(i) <= 5 if _CJK_CHARS.search(i) else len(i.split()) <= 3 for i in items)
+    return len(items) >= 5 and short >= 0.7 * len(items)
 
 
 class NameGuard:

@@ -19,8 +19,11 @@ SCRIPTS = [
 ]
 
 _CLOSERS = "\"'\u201d\u2019\u300d\u300f\uff09)\\]"  # closing quotes and brackets that belong to the sentence
-# A Western sentence ends at . ! ? (and closers) before a space, so "e.g.x" and "3.5" do not end one.
-WESTERN_STOP = re.compile(rf"[.!?]+[{_CLOSERS}]*(?=\s)")
+# A Western sentence ends at . ! ? (and closers) before a space, so "e.g.x" and "3.5" do not end one, nor does the
+# full stop of a title or an initial ("Dr. Mortimer", "J. Smith").
+_NOT_AFTER = "".join(rf"(?<!\b{t})" for t in ("Mr", "Mrs", "Ms", "Dr", "St", "Jr", "Sr", "Mt", "Prof", "Rev", "Capt",
+                                             "Col", "Gen", "Lt", "Sgt", "vs", r"e\.g", r"i\.e", "[A-Z]"))
+WESTERN_STOP = re.compile(rf"(?:{_NOT_AFTER}\.|[!?])[.!?]*[{_CLOSERS}]*(?=\s)")
 # A Chinese or Japanese sentence ends at its full stops, with no space needed.
 CJK_STOP = re.compile(rf"[\u3002\uff01\uff1f]+[{_CLOSERS}]*")
 # For splitting text into sentences: either kind of stop, CJK semicolons and ellipses too, with what follows.
