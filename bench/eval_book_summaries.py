@@ -6,12 +6,12 @@
 
 Data: ../shared/data/longdocs/ (4 English books, 1 Chinese) and entities.json, each book's main names as spelled.
 Methods, each with the CLI's default sampling (temperature 0.7, ...) and --seed S:
-  new      today's summarizer: current, and each main name the summary left out gets a sentence of its own
-  current  the summarizer of issue 13's first round (names found by counting, greedy notes, the invented-name
-           check), i.e. new with cover_names=False
+  new      today's summarizer: names found by counting, greedy notes (tidied), the invented-name check, and each
+           main name the summary left out given a sentence of its own
+  nocover  new without those added sentences (cover_names=False): the same notes, the same final paragraph
   old      the summarizer before issue 13 (`git show 55b0597:chatllm/tasks/summarize.py`, imported from a temp dir)
   naive    the first window only: "Summarize:" and the text cut to fit, one call
-Notes and merges are greedy, so they are the same for every seed and for new and current: after the first run of
+Notes and merges are greedy, so they are the same for every seed and for new and nocover: after the first run of
 a book they are replayed from memory (GreedyReplay) and only the sampled final pass runs again; a replayed run's
 seconds are its final pass alone (the table times only full runs). --full-seeds runs every seed in full.
 Per book and method: recall (share of the entities.json names in the summary, case-insensitive; "of present" counts
@@ -259,14 +259,14 @@ def main(argv: list[str] | None = None) -> None:
             replay_file = args.replay_file and args.replay_file.with_name(f"{args.replay_file.name}.{model}.{book[:8]}")
             replay = GreedyReplay(engine, replay_file)  # per book: the notes of the new method's first seed
             for method in args.methods.split(","):
-                seeds = args.seeds if method in ("new", "current") else args.other_seeds
+                seeds = args.seeds if method in ("new", "nocover") else args.other_seeds
                 for seed in [int(s) for s in seeds.split(",") if s]:
                     sampling = Sampling(seed=seed).replace(temperature=args.temperature)
                     engine._rewind(0)  # a cold cache: no run reuses another's prompt
                     start, load = time.perf_counter(), os.getloadavg()[0]
                     if method == "naive":
                         summary, stats = naive(engine, text, sampling.replace(max_tokens=360))
-                    elif method in ("new", "current"):
+                    elif method in ("new", "nocover"):
                         extra = {"note_temperature": args.note_temperature} if args.note_temperature is not None else {}
                         extra["cover_names"] = method == "new"
                         greedy = (args.note_temperature or 0) == 0 and not args.full_seeds

@@ -17,7 +17,7 @@ def engine(reply=None, replies=(), n_ctx: int = 2048) -> FakeEngine:
 
 def final_prompt(eng: FakeEngine) -> str:
     """The final pass's prompt: the last one that is not a question about a name the summary left out."""
-    return [p for p in eng.streamed_texts if "In one sentence: what does" not in p][-1]
+    return [p for p in eng.streamed_texts if "In one short sentence: who or what is" not in p][-1]
 
 
 TAILS = [" mended the nets by the water.", " sold fish at the market square.", " rang the bell before the storm.",
@@ -111,7 +111,7 @@ def test_each_main_name_the_summary_left_out_gets_one_greedy_sentence_that_start
     assert result.added_names and "Quill" not in " ".join(result.added_names)
     for name in result.added_names:
         assert any(f" {name}{tail}" in result.text for tail in TAILS)
-        assert any(p.endswith(f"what does {name} do in the text above?<|end|>\n<|assistant|>\n{name}")
+        assert any(p.endswith(f"who or what is {name}, and what do they do?<|end|>\n<|assistant|>\n{name}")
                    for p in eng.streamed_texts[1:])  # asked about the name, the reply started with it
     assert result.calls == 1 + len(result.added_names) and result.as_dict()["added_names"] == result.added_names
     assert all(s.temperature == 0 for s in eng.samplings[1:]) and result.finish_reason == "stop"

@@ -60,7 +60,8 @@ RULE = "\n---"  # the line between the document and the instruction in every pro
 PLACEHOLDER = "\u2063CHATLLM-DOCUMENT\u2063"
 ENTITY_TOKENS = 64  # room for the list of names in an instruction (at most n_ctx / 16)
 SEGMENT_CHARS = 3000  # text that fits one pass is counted in segments of this size, for the spread of its names
-COVER_TOKENS = 40  # the most one sentence about a main name the summary left out may take
+COVER_TOKENS = 48  # the most one sentence about a main name the summary left out may take
+COVER_ROOM = 1.6  # the summary with those sentences may reach this many times its target length
 
 
 # -- the map-reduce --------------------------------------------------------------------------------
@@ -186,7 +187,7 @@ class Summarizer:
         """One greedy sentence for each main name the summary left out, best first, while the reply's room lasts: a tiny
         model names two or three people however it is asked, but asked about one, its reply started by it, it answers."""
         added, finish = "", self._result.finish_reason
-        room = self.final_reserve - COVER_TOKENS
+        room = self._cap(math.ceil(self.final_target * COVER_ROOM)) - COVER_TOKENS // 2
         for name in missing_names(text, names):
             so_far = text + added
             if self.engine.count_tokens(so_far) > room:

@@ -17,6 +17,7 @@ from chatllm.tasks.entities import STOP_WORDS, EntityTracker, invented_names
 from chatllm.tasks.summarize_prompts import split_sentences_stripped
 from chatllm.tasks.text import sentence_end
 
+_ENDED = re.compile("[.!?\u3002\uff01\uff1f][\"'\u201d\u2019)\uff09\u300d]*\\s*$")
 _CJK_CHARS = re.compile("[\u3400-\u4dbf\u4e00-\u9fff]")
 CJK_STOPS = "\u3002\uff01\uff1f\uff1b\u2026\u201d\u300d"
 
@@ -156,6 +157,8 @@ def cover_sentence(reply: str, name: str, text: str, tracker: EntityTracker, que
     `question` is what the model was asked: an answer that echoes it ("... does not do anything in the text above")
     says nothing about the text.
     """
+    if not _ENDED.search(reply):
+        return False  # cut off by its token limit: half a sentence
     rest = reply.strip().lstrip("- ")[len(name):]
     after = re.match(r"\s*([A-Z][a-z]*)\b", rest)
     if after and after.group(1).lower() in STOP_WORDS:
@@ -164,7 +167,8 @@ def cover_sentence(reply: str, name: str, text: str, tracker: EntityTracker, que
     grams = _grams(said)
     if len(said.split()) < 3 and len(_CJK_CHARS.findall(said)) < 4 or not grams:
         return False  # the name and next to nothing
-    if len(grams & _grams(text)) > len(grams) / 2 or grams & _grams(question.replace(name, " ")):
+    asked = _grams(question.replace(name, " ") + " in the text above")  # every prompt says "the text above"
+    if len(grams & _grams(text)) > len(grams) / 2 or grams & asked:
         return False  # mostly what the summary already says, or talk about the question
     return not invented_names(reply, tracker)
 

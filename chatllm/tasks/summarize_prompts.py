@@ -166,7 +166,8 @@ def merge_instruction(opts: SummaryOptions, words: int, detected: str | None = N
 
 def cover_instruction(opts: SummaryOptions, name: str, detected: str | None = None) -> str:
     """The question that gets one sentence about a main name the summary left out (the reply starts with the name)."""
-    return f"In one sentence: what does {name} do in the text above?" + _language_clause(opts, detected)
+    # "What does X do in the text above?" made a tiny model answer "X does ... in the text above."
+    return f"In one short sentence: who or what is {name}, and what do they do?" + _language_clause(opts, detected)
 
 
 def user_message(body: str, instruction: str) -> str:
