@@ -41,6 +41,13 @@ def test_short_file_in_one_pass_writes_only_the_summary(chatllm, tmp_path):
     assert r.stdout.endswith("\n") and not r.stdout.startswith((" ", "\n"))
 
 
+def test_no_cover_names_makes_one_call_and_adds_no_sentence(chatllm, tmp_path):
+    doc = tmp_path / "council.txt"
+    doc.write_text(SHORT, encoding="utf-8")
+    data = json.loads(chatllm("summarize", *FAST, "--json", "--no-cover-names", str(doc)).stdout)
+    assert data["calls"] == 1 and data["added_names"] == [] and data["summary"].strip()
+
+
 def test_long_text_with_a_small_window_is_map_reduced(chatllm, tmp_path):
     doc = tmp_path / "chronicle.txt"
     doc.write_text(long_text(30), encoding="utf-8")  # ~2,300 tokens against a 1,024-token window
