@@ -185,7 +185,7 @@ def test_tidy_note_drops_loops_repeats_lists_of_names_and_talk_of_the_summary():
     assert tidy_note("阿Q、赵太爷、小D、王胡、吴妈、假洋鬼子。阿Q在未庄做短工。") == "阿Q在未庄做短工。"
     ordinary = "Holmes, who had been ill, went to the moor, and Watson, tired, stayed in London with Sir Henry."
     assert tidy_note(ordinary) == ordinary  # commas in a sentence are not a list
-    assert tidy_note("He was tall, thin, pale, quiet, and shy.") == "He was tall, thin, pale, quiet, and shy."
+    assert tidy_note("Then the Time Traveller, the Psychologist, the Medical Man, Filby, the Editor.") == ""
 
 
 def test_a_note_that_only_lists_names_is_replaced_by_its_chunks_opening_and_merges_list_none():

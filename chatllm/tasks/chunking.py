@@ -7,6 +7,7 @@ Japanese punctuation (。！？；…), which needs no following space.
 
 from __future__ import annotations
 
+import collections
 import itertools
 import re
 from dataclasses import dataclass
@@ -209,3 +210,16 @@ def _take(parts: list[tuple[str, int]], count: Counter, budget: int) -> tuple[Ch
         return Chunk(text, real), rest
     head, *tail = hard_split(text, count, budget)  # one unit that grew past the budget when stripped
     return Chunk(*head), tail + rest
+
+
+def drain(queue: collections.deque) -> Iterator[str]:
+    """Yield and forget the held pieces, so they are not kept for the whole run."""
+    while queue:
+        yield queue.popleft()
+
+
+def opening(text: str, count: Callable[[str], int], budget: int) -> str:
+    """The opening of a text, cut to the budget."""
+    for piece, _ in hard_split(text.strip(), count, budget):
+        return piece
+    return ""

@@ -21,12 +21,7 @@ from typing import Callable, Iterable, Iterator, Sequence
 from chatllm.errors import ChatllmError
 from chatllm.runtime.contract import Engine
 from chatllm.settings import Sampling
-from chatllm.tasks.chunking import (
-    chunk_pieces,
-    drop_gutenberg_frame,
-    hard_split,
-    pieces_from_blocks,
-)
+from chatllm.tasks.chunking import chunk_pieces, drain, drop_gutenberg_frame, opening, pieces_from_blocks
 from chatllm.tasks.entities import EntityTracker
 from chatllm.tasks.parallel import ordered_map
 from chatllm.tasks.summarize_guard import NameGuard, clean_note, cover_lead, cover_sentence, missing_names, tidy_note
@@ -163,6 +158,7 @@ class Summarizer:
         lead = BULLET_LEAD if style == "bullets" else ""
         names = self._fit(e.name for e in self.main)
         res = self._result
+        cover = self.options.cover_names and style != "tldr" and not self.options.focus and bool(names)
         for strict in (False, True):
             guard = NameGuard(self.tracker, on_text)
             instruction = final_instruction(self.options, whole, detected, names, strict=strict)
@@ -171,7 +167,7 @@ class Summarizer:
             text = guard.finish()
             res.removed += [n for n in guard.removed if n not in res.removed]
             if text:  # something true went out; what was dropped was whole sentences of it
-                if self.options.cover_names and style != "tldr" and not self.options.focus:
+                if cover:
                     text += self._cover(body, detected, text, names, on_text)
                 return text
             res.regenerated = True  # nothing went out yet, so a second try is still honest
@@ -348,12 +344,12 @@ class Summarizer:
         self._report(Progress("map", done=0, total=est_chunks, fraction=0.0))
         queue = collections.deque(held)
         del held
-        chunks = chunk_pieces(itertools.chain(_drain(queue), pieces), count, target)
+        chunks = chunk_pieces(itertools.chain(drain(queue), pieces), count, target)
         jobs = (self._map_job(chunk, note_words, detected) for chunk in chunks)  # tokenized here, on the main engine
         for chunk, note in ordered_map(lambda e, job: (job[0], self._generate(job[1], self.note_reserve, engine=e)), jobs,
                                        self.workers):
             # A model that answers nothing (or only invents) still leaves the chunk represented: its opening, cut to size.
-            notes.append(self._clean(note) or _extract(chunk.text, count, self.note_reserve))
+            notes.append(self._clean(note) or opening(chunk.text, count, self.note_reserve))
             res.chunks += 1
             res.input_tokens += chunk.tokens
             chars_done += len(chunk.text)
@@ -377,7 +373,7 @@ class Summarizer:
             merge_text = merge_instruction(opts, note_words, detected)  # a list of names here made greedy merges list them
             for i, group in enumerate(groups, 1):
                 note = self._generate(self._prompt(join_notes(group), merge_text), self.note_reserve)
-                merged.append(self._clean(note) or _extract(join_notes(group), count, self.note_reserve))
+                merged.append(self._clean(note) or opening(join_notes(group), count, self.note_reserve))
                 self._report(Progress("reduce", done=i, total=len(groups), level=res.levels - 1, fraction=0.92))
             notes = merged
             self._keep(notes)
@@ -428,19 +424,6 @@ class Summarizer:
         res.seconds = time.perf_counter() - self._start
         self._report(progress)
         return res
-
-
-def _drain(queue: collections.deque) -> Iterator[str]:
-    """Yield and forget the held pieces, so they are not kept for the whole run."""
-    while queue:
-        yield queue.popleft()
-
-
-def _extract(text: str, count, budget: int) -> str:
-    """The opening of a text, cut to the budget."""
-    for piece, _ in hard_split(text.strip(), count, budget):
-        return piece
-    return ""
 
 
 def summarize(engine: Engine, blocks: Iterable[str], sampling: Sampling, options: SummaryOptions | None = None,

@@ -68,9 +68,10 @@ def tidy_note(note: str) -> str:
 
 
 def _is_list(sentence: str) -> bool:
-    """Mostly short items between commas, capitalised: names listed, not a sentence about them ("tall, thin, pale")."""
+    """Mostly short items between commas: names listed ("the Psychologist, the Medical Man, ..."), not a sentence about
+    them. A sentence of five short adjectives goes too; it is one sentence of a note, and loops cost far more."""
     items = [i.strip() for i in re.split(r"[,;\n\u3001\uff0c\uff1b]", sentence) if i.strip()]
-    short = sum(len(i) <= 5 if _CJK_CHARS.search(i) else len(i.split()) <= 3 and i[0].isupper() for i in items)
+    short = sum(len(i) <= 5 if _CJK_CHARS.search(i) else len(i.split()) <= 3 for i in items)
     return len(items) >= 5 and short >= 0.7 * len(items)
 
 
