@@ -269,11 +269,27 @@ def test_the_chat_completions_engine_gets_the_same_guards(env, fault, mode, phra
     assert fault.counts["/v1/chat/completions"] == 1
 
 
+def test_llama_servers_tokenize_is_not_taken_for_vllms(fault, monkeypatch):
+    """Its /tokenize answers vLLM's body with no tokens: the chat engine must fall back to the estimate, not count 0."""
+    from chatllm.runtime.remote_chat import connect_remote
+
+    fault.reset("proxy")
+    monkeypatch.setenv("FAULT_KEY", KEY)
+    spec = ModelSpec(alias="chatty", url=fault.url, remote_model=ALIAS, api_key_env="FAULT_KEY", api="chat")
+    engine = connect_remote(spec)
+    try:
+        assert not engine.tokenizer.exact and engine.token_counts.startswith("estimated")
+        assert len(engine.tokenize("I loved this film.")) >= 4
+        assert engine.detokenize(engine.tokenize("I loved this film.")) == "I loved this film."
+    finally:
+        engine.close()
+
+
 def test_a_server_that_sends_no_logprobs_refuses_labels_in_one_line(env, fault):
     fault.reset("no_logprobs")
     r = run(env, ["sentiment", "-m", "chatty", "I loved this film."])
     assert_clean(r, "sends no token log-probabilities, so chatllm cannot score labels", "returns logprobs on /v1/completions")
-    assert fault.counts["/v1/completions"] == 1  # refused at the first label, not retried
+    assert fault.counts["/v1/completions"] == 2  # the probe for the endpoint, then the first label's: refused, not retried
 
 
 def test_an_endless_chat_completions_stream_is_bounded(env, fault):

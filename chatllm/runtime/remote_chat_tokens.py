@@ -105,7 +105,11 @@ class ServerTokenizer(Tokenizer):
             return []
         ids = self._raw(text, False)
         n = len(self._always)
-        return ids[n:] if n and ids[:n] == self._always else ids
+        ids = ids[n:] if n and ids[:n] == self._always else ids
+        if not ids:  # every tokenizer turns some text into some ids: counts and scores would be silently wrong
+            raise self.server.error(f"{self.server.where} tokenized {len(text)} characters into no tokens",
+                                    "check the server's log, or that its /tokenize is vLLM's")
+        return ids
 
     def decode(self, ids: Sequence[int]) -> str:
         """The server's text for the ids."""
@@ -128,7 +132,8 @@ def probe_tokenizer(server: Server, model: str) -> Tokenizer:
             raise
         except ChatllmError:
             continue  # an endpoint of that name with another shape (llama-server's /tokenize wants "content")
-        if isinstance(data, dict) and isinstance(data.get("tokens"), list):
+        # Non-empty: llama-server's /tokenize answers vLLM's body (no "content") with no tokens rather than an error.
+        if isinstance(data, dict) and isinstance(data.get("tokens"), list) and data["tokens"]:
             return ServerTokenizer(server, model, kind)
     return EstimateTokenizer()
 
