@@ -280,13 +280,24 @@ def written(out: Path) -> tuple[list, bool]:
     return ids, torn
 
 
-def count_lines(out: Path) -> int:
-    """Newlines in OUT so far."""
-    try:
-        with open(out, "rb") as fh:
-            return sum(chunk.count(b"\n") for chunk in iter(lambda: fh.read(1 << 20), b""))
-    except FileNotFoundError:
-        return 0
+class LineCount:
+    """Newlines in OUT so far, reading only what was appended since the last call (OUT grows to megabytes)."""
+
+    def __init__(self, out: Path):
+        self.out, self.offset, self.count = out, 0, 0
+
+    def __call__(self) -> int:
+        try:
+            with open(self.out, "rb") as fh:
+                if fh.seek(0, os.SEEK_END) < self.offset:  # cut back (a torn last line dropped): count again
+                    self.offset, self.count = 0, 0
+                fh.seek(self.offset)
+                for chunk in iter(lambda: fh.read(1 << 20), b""):
+                    self.count += chunk.count(b"\n")
+                    self.offset += len(chunk)
+        except FileNotFoundError:
+            self.offset, self.count = 0, 0
+        return self.count
 
 
 def check(expected: list, ids: list) -> dict:
@@ -315,12 +326,13 @@ def soak_batch(args, home: Path) -> list[dict]:
     runs: list[dict] = []
     for n, (sig, cut) in enumerate(steps):
         cmd = chatllm("ask", "--lines", "-n", "1", "-t", "0", "-f", str(src), "-o", str(out), *(["--resume"] if n else []))
-        before = count_lines(out)
+        count_lines = LineCount(out)
+        before = count_lines()
         t0 = time.perf_counter()
         proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         rss, first_row = [], None
         while proc.poll() is None:
-            have = count_lines(out)
+            have = count_lines()
             if first_row is None and have > before:
                 first_row = (time.perf_counter() - t0, have)
             if first_row is not None and (r := rss_mb(proc.pid)) is not None:
