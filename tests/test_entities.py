@@ -58,6 +58,24 @@ def test_runs_keep_of_inside_and_drop_stop_words_at_the_ends():
     assert "They" not in runs and "The" not in runs
 
 
+def test_a_compound_that_starts_with_a_stop_word_is_not_a_name():
+    runs = dict(capitalised_runs("Project Gutenberg-tm is free. A Well-known tale. Antoine de Saint-Exupery wrote it."))
+    assert not any("Gutenberg" in r for r in runs) and not any("Well" in r for r in runs), runs
+    assert "Antoine de Saint-Exupery" in runs
+
+
+def test_two_names_the_text_also_writes_as_one_become_the_full_name():
+    seg = ("Jim ran to the inn. Later Jim hid, and Hawkins was his name, Jim Hawkins. The squire called for Hawkins. "
+           "Silver laughed. Then Silver limped off, and Jim watched Hawkins' mother. The boy met Ben Gunn on the hill.")
+    tracker = tracked([seg] * 4)
+    names = [e.name for e in tracker.top(4)]
+    assert "Jim Hawkins" in names and "Jim" not in names and "Hawkins" not in names, names
+    assert "Silver" in names and "Ben Gunn" in names, names  # the slot the merge freed goes to the next name
+    (jim,) = [e for e in tracker.top(4) if e.name == "Jim Hawkins"]
+    apart = sum(tracker.mid[k] + tracker.initial[k] for k in ("jim", "hawkins"))
+    assert jim.count == apart  # the occurrences of both (the full run is counted apart, not in these)
+
+
 def test_each_segment_is_told_the_names_in_it():
     tracker = EntityTracker()
     segs = harbour_report(3)

@@ -76,10 +76,10 @@ def capitalised_runs(text: str) -> list[tuple[str, bool]]:
     for m in _CAP_RUN.finditer(text):
         words = [_clean_word(w) for w in m.group().split(" ")]
         initial = bool(_SENTENCE_START.search(text[max(0, m.start() - 3):m.start()])) or m.start() == 0
-        while words and (words[0].lower().rstrip(".") in STOP_WORDS - TITLES or words[0].lower() in CONNECTORS):
+        while words and (_is_stop(words[0], STOP_WORDS - TITLES) or words[0].lower() in CONNECTORS):
             words.pop(0)
             initial = False  # what is left no longer starts the sentence
-        while words and (words[-1].lower().rstrip(".") in STOP_WORDS or words[-1].lower() in CONNECTORS):
+        while words and (_is_stop(words[-1], STOP_WORDS) or words[-1].lower() in CONNECTORS):
             words.pop()
         if not words or all(w.lower().rstrip(".") in TITLES for w in words):
             continue
@@ -87,6 +87,12 @@ def capitalised_runs(text: str) -> list[tuple[str, bool]]:
             continue  # an initial, or "I"
         out.append((" ".join(words), initial))
     return out
+
+
+def _is_stop(word: str, stops: frozenset) -> bool:
+    """A stop word, or a compound that starts with one ("Well-known", "Gutenberg-tm"; a title may: "Saint-Exupery")."""
+    low = word.lower().rstrip(".")
+    return low in stops or ("-" in low and low.split("-", 1)[0] in stops - TITLES)
 
 
 def core(name: str) -> str:
@@ -252,12 +258,35 @@ class EntityTracker:
             scored.append((count * (0.5 + spread / segs) * cjk_name_shape(gram) / 2, Entity(gram, count, spread)))
         scored.sort(key=lambda x: -x[0])
         kept: list[Entity] = []
-        for _, ent in scored:
+        for ent in self._joined([ent for _, ent in scored[:3 * n]]) + [ent for _, ent in scored[3 * n:]]:
             if not any(_same(ent.name, k.name) for k in kept):
                 kept.append(ent)
             if len(kept) >= n:
                 break
         return kept
+
+    def _joined(self, ranked: list[Entity]) -> list[Entity]:
+        """Two one-word names the text also writes as one run ("Jim", "Hawkins": "Jim Hawkins") become that run, in the
+        place of the better ranked: one entity, not two, and the full name is what a reader needs."""
+        words = {core(e.name): i for i, e in enumerate(ranked) if " " not in core(e.name) and not _CJK_CHAR.search(e.name)}
+        best: dict[tuple[int, int], tuple[int, str]] = {}  # (rank, rank) -> (count, run's core) of the commonest run
+        for key, mid in self.mid.items():
+            parts = key.split()
+            count = mid + self.initial.get(key, 0)
+            if len(parts) < 2 or count < 2:
+                continue
+            found = sorted({words[w] for w in parts if w in words})
+            for a, b in zip(found, found[1:]):
+                if count > best.get((a, b), (0, ""))[0]:
+                    best[(a, b)] = (count, key)
+        out, used = list(ranked), set()
+        for (a, b), (count, key) in sorted(best.items(), key=lambda kv: (kv[0][0], -kv[1][0])):
+            if a in used or b in used:
+                continue
+            used |= {a, b}
+            ea, eb = ranked[a], ranked[b]
+            out[a] = Entity(self.display(key), ea.count + eb.count, max(ea.spread, eb.spread))
+        return [e for i, e in enumerate(out) if i not in used or out[i] is not ranked[i]]
 
     def occurs(self, name: str) -> bool:
         """Whether a name (English words, CJK characters or a year) occurs in the document seen so far."""
