@@ -76,6 +76,15 @@ def test_two_names_the_text_also_writes_as_one_become_the_full_name():
     assert jim.count == apart  # the occurrences of both (the full run is counted apart, not in these)
 
 
+def test_overlapping_parts_of_a_name_join_into_it_and_distinct_names_stay_apart():
+    seg = ("Long John Silver smiled. The men feared Long John, and the cook, John Silver, knew it. Long John Silver "
+           "sat down. Later Long John laughed while John Silver ate. The Time Traveller built the Time Machine, and "
+           "the Time Traveller's Time Machine stood still. The Time Machine shone; the Time Traveller smiled.")
+    names = [e.name for e in tracked([seg] * 3).top(5)]
+    assert "Long John Silver" in names and "Long John" not in names and "John Silver" not in names, names
+    assert "Time Traveller" in names and "Time Machine" in names, names  # two names side by side are not one
+
+
 def test_each_segment_is_told_the_names_in_it():
     tracker = EntityTracker()
     segs = harbour_report(3)

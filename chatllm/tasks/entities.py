@@ -266,19 +266,38 @@ class EntityTracker:
         return kept
 
     def _joined(self, ranked: list[Entity]) -> list[Entity]:
-        """Two one-word names the text also writes as one run ("Jim", "Hawkins": "Jim Hawkins") become that run, in the
-        place of the better ranked: one entity, not two, and the full name is what a reader needs."""
-        words = {core(e.name): i for i, e in enumerate(ranked) if " " not in core(e.name) and not _CJK_CHAR.search(e.name)}
-        best: dict[tuple[int, int], tuple[int, str]] = {}  # (rank, rank) -> (count, run's core) of the commonest run
-        for key, mid in self.mid.items():
+        """Main names that are parts of one name the text also writes whole ("Jim" and "Hawkins": "Jim Hawkins"; "Long
+        John" and "John Silver": "Long John Silver") become it, in the place of the better ranked: one entity, not two,
+        and the full name is what a reader needs."""
+        for _ in range(3):  # a joined name may join again
+            joined = self._join_once(ranked)
+            if len(joined) == len(ranked):
+                break
+            ranked = joined
+        return ranked
+
+    def _join_once(self, ranked: list[Entity]) -> list[Entity]:
+        names = [core(e.name).split() if not _CJK_CHAR.search(e.name) else [] for e in ranked]
+        by_word: dict[str, set[int]] = collections.defaultdict(set)
+        for i, words in enumerate(names):
+            for w in words:
+                by_word[w].add(i)
+        best: dict[tuple[int, int], tuple[int, str]] = {}  # (rank, rank) -> (count, core) of the commonest whole run
+        for key in self.forms:  # every run seen, mid-sentence or not
             parts = key.split()
-            count = mid + self.initial.get(key, 0)
-            if len(parts) < 2 or count < 2:
+            count = self.mid.get(key, 0) + self.initial.get(key, 0)
+            if len(parts) < 2 or count < 2 or not any(w in by_word for w in parts):
                 continue
-            found = sorted({words[w] for w in parts if w in words})
-            for a, b in zip(found, found[1:]):
-                if count > best.get((a, b), (0, ""))[0]:
-                    best[(a, b)] = (count, key)
+            spans = [(at, at + len(names[i]), i) for i in set().union(*(by_word.get(w, set()) for w in parts))
+                     if (at := _find(parts, names[i])) >= 0]
+            for s1, e1, a in spans:
+                for s2, e2, b in spans:
+                    # b follows a (adjacent, one of them a single word; or overlapping) and together they are the run
+                    fits = (e1 == s2 and min(e1 - s1, e2 - s2) == 1) or s1 < s2 < e1 < e2
+                    if fits and s1 == 0 and e2 == len(parts):
+                        pair = (min(a, b), max(a, b))
+                        if count > best.get(pair, (0, ""))[0]:
+                            best[pair] = (count, key)
         out, used = list(ranked), set()
         for (a, b), (count, key) in sorted(best.items(), key=lambda kv: (kv[0][0], -kv[1][0])):
             if a in used or b in used:
@@ -296,6 +315,12 @@ class EntityTracker:
             if len(run) >= 2 and not all(run[i:i + 2] in self.bigrams for i in range(len(run) - 1)):
                 return False
         return all(_clean_word(w.lower()) in self.words for w in _ALL_WORDS.findall(name) if not _CJK_CHAR.search(w))
+
+
+def _find(words: list[str], part: list[str]) -> int:
+    """Where the word list `part` starts inside `words`; -1 if it is not there."""
+    n = len(part)
+    return next((i for i in range(len(words) - n + 1) if n and words[i:i + n] == part), -1)
 
 
 def _same(a: str, b: str) -> bool:
