@@ -77,6 +77,19 @@ def test_long_text_is_mapped_then_reduced_and_every_prompt_fits():
     assert events[-1].fraction == 1.0 and events[-1].prompt_tokens == result.prompt_tokens
 
 
+def test_a_note_that_loops_ends_where_the_loop_begins():
+    loop = "The boats came in at dawn and the fishers did not rest. " + "the harbour, the boats, " * 60
+    engine = summary_engine(n_ctx=4096, reply=lambda call: loop)
+    result = summarize(engine, [english(600)], SAMPLING, SummaryOptions(length="short"))
+    assert result.chunks >= 2
+    notes = result.calls_log[:result.chunks]
+    caps = engine.max_tokens[:result.chunks]
+    assert min(caps) > 100 and all(c["completion_tokens"] < 40 for c in notes), (caps, notes)  # stopped early
+    merged = engine.streamed_texts[-1]
+    assert "The boats came in at dawn and the fishers did not rest." in merged
+    assert merged.count("the harbour, the boats") <= result.chunks  # the loop is not passed on
+
+
 def test_every_document_chunk_appears_once_in_order():
     engine = summary_engine(n_ctx=768, reply="noted.")
     text = english(120)

@@ -57,6 +57,7 @@ ENTITY_TOKENS = 64  # room for the list of names in an instruction (at most n_ct
 SEGMENT_CHARS = 3000  # text that fits one pass is counted in segments of this size, for the spread of its names
 COVER_TOKENS = 48  # the most one sentence about a main name the summary left out may take
 COVER_ROOM = 1.6  # the summary with those sentences may reach this many times its target length
+LOOP_CHARS = 60  # a note whose last this many characters it already wrote is looping (greedy decoding does): it ends
 
 
 # -- the map-reduce --------------------------------------------------------------------------------
@@ -228,6 +229,8 @@ class Summarizer:
                     end = sentence_end(text + piece, MIN_SENTENCE_CHARS)
                 if soft_from is not None and end is None:
                     end = boundary_after(text + piece, soft_from)
+                if end is None and on_text is None and _looping(text + piece):
+                    end = len(text) + len(piece) - LOOP_CHARS  # what follows would be dropped by tidy_note anyway
                 if end is not None:
                     piece = piece[: max(0, end - len(text))]
                     cut = True
@@ -431,3 +434,8 @@ def summarize(engine: Engine, blocks: Iterable[str], sampling: Sampling, options
               size_hint: int | None = None) -> SummaryResult:
     """Summarize a stream of text blocks with a loaded engine (see Summarizer)."""
     return Summarizer(engine, sampling, options, on_progress).summarize(blocks, on_text, size_hint)
+
+
+def _looping(text: str) -> bool:
+    """Whether the text's last LOOP_CHARS characters occur earlier in it (a loop of any period, overlapping or not)."""
+    return len(text) > LOOP_CHARS and text.find(text[-LOOP_CHARS:], 0, len(text) - 1) >= 0
