@@ -154,15 +154,21 @@ class GreedyReplay:
             self.last_stats = stats
             yield from pieces
             return
-        pieces = []
+        pieces: list[str] = []
+        inner = self.engine.stream(prompt, sampling)
+        cut = False
         try:
-            for piece in self.engine.stream(prompt, sampling):
+            for piece in inner:
                 pieces.append(piece)
                 yield piece
+        except GeneratorExit:
+            cut = True  # the summarizer ended the reply (a loop, its separator, one sentence): a replay ends it alike
+            raise
         finally:
+            inner.close()
             self.last_stats = self.engine.last_stats
-        if key is not None and self.last_stats.finish_reason != "interrupted":
-            self.kept[key] = (pieces, self.last_stats)
+            if key is not None and (cut or self.last_stats.finish_reason != "interrupted"):
+                self.kept[key] = (pieces, self.last_stats)
 
 
 def map_reduce(module, engine, text: str, sampling, **options) -> tuple[str, dict]:
