@@ -23,6 +23,7 @@ import pytest
 from chatllm.errors import ChatllmError
 from chatllm.runtime.registry import ModelSpec
 from chatllm.runtime.remote import RemoteEngine
+from chatllm.runtime.remote_chat import connect_remote
 from chatllm.runtime.remote_http import SPARE_EVENTS
 from chatllm.settings import Sampling
 from tests.fault_server import HUGE, FaultServer
@@ -271,8 +272,6 @@ def test_the_chat_completions_engine_gets_the_same_guards(env, fault, mode, phra
 
 def test_llama_servers_tokenize_is_not_taken_for_vllms(fault, monkeypatch):
     """Its /tokenize answers vLLM's body with no tokens: the chat engine must fall back to the estimate, not count 0."""
-    from chatllm.runtime.remote_chat import connect_remote
-
     fault.reset("proxy")
     monkeypatch.setenv("FAULT_KEY", KEY)
     spec = ModelSpec(alias="chatty", url=fault.url, remote_model=ALIAS, api_key_env="FAULT_KEY", api="chat")

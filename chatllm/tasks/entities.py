@@ -36,6 +36,7 @@ ii iii iv v vi vii viii ix x xi xii xiii xiv xv xvi xvii xviii xix xx
 english french german project gutenberg ebook ebooks license copyright
 """.split())
 TITLES = frozenset("mr mrs ms miss dr doctor sir madam lady lord captain professor st saint uncle aunt".split())
+NAME_STOPS = STOP_WORDS - TITLES  # what is dropped from a run's start: a title there belongs to the name
 CONNECTORS = frozenset("of the de van von da la le du".split())
 
 # Characters that rarely sit inside a Chinese name: particles, pronouns, common verbs and adverbs.
@@ -76,7 +77,7 @@ def capitalised_runs(text: str) -> list[tuple[str, bool]]:
     for m in _CAP_RUN.finditer(text):
         words = [_clean_word(w) for w in m.group().split(" ")]
         initial = bool(_SENTENCE_START.search(text[max(0, m.start() - 3):m.start()])) or m.start() == 0
-        while words and (_is_stop(words[0], STOP_WORDS - TITLES) or words[0].lower() in CONNECTORS):
+        while words and (_is_stop(words[0], NAME_STOPS) or words[0].lower() in CONNECTORS):
             words.pop(0)
             initial = False  # what is left no longer starts the sentence
         while words and (_is_stop(words[-1], STOP_WORDS) or words[-1].lower() in CONNECTORS):
@@ -92,7 +93,7 @@ def capitalised_runs(text: str) -> list[tuple[str, bool]]:
 def _is_stop(word: str, stops: frozenset) -> bool:
     """A stop word, or a compound that starts with one ("Well-known", "Gutenberg-tm"; a title may: "Saint-Exupery")."""
     low = word.lower().rstrip(".")
-    return low in stops or ("-" in low and low.split("-", 1)[0] in stops - TITLES)
+    return low in stops or ("-" in low and low.split("-", 1)[0] in NAME_STOPS)
 
 
 def core(name: str) -> str:
@@ -298,14 +299,15 @@ class EntityTracker:
                         pair = (min(a, b), max(a, b))
                         if count > best.get(pair, (0, ""))[0]:
                             best[pair] = (count, key)
-        out, used = list(ranked), set()
+        out, used, dropped = list(ranked), set(), set()
         for (a, b), (count, key) in sorted(best.items(), key=lambda kv: (kv[0][0], -kv[1][0])):
             if a in used or b in used:
                 continue
             used |= {a, b}
+            dropped.add(b)
             ea, eb = ranked[a], ranked[b]
             out[a] = Entity(self.display(key), ea.count + eb.count, max(ea.spread, eb.spread))
-        return [e for i, e in enumerate(out) if i not in used or out[i] is not ranked[i]]
+        return [e for i, e in enumerate(out) if i not in dropped]
 
     def occurs(self, name: str) -> bool:
         """Whether a name (English words, CJK characters or a year) occurs in the document seen so far."""
@@ -320,7 +322,9 @@ class EntityTracker:
 def _find(words: list[str], part: list[str]) -> int:
     """Where the word list `part` starts inside `words`; -1 if it is not there."""
     n = len(part)
-    return next((i for i in range(len(words) - n + 1) if n and words[i:i + n] == part), -1)
+    if not n:
+        return -1
+    return next((i for i in range(len(words) - n + 1) if words[i:i + n] == part), -1)
 
 
 def _same(a: str, b: str) -> bool:

@@ -222,15 +222,16 @@ class Summarizer:
                 if soft_tokens is not None and soft_from is None and engine.last_stats.completion_tokens > soft_tokens:
                     soft_from = len(text)
                 end = None
-                rule = (text + piece).find(RULE, max(0, len(text) - len(RULE)))
+                whole = text + piece
+                rule = whole.find(RULE, max(0, len(text) - len(RULE)))
                 if rule >= 0:  # the model copies the prompt's separator: what follows is no longer its answer
                     end = rule
                 elif one_sentence:
-                    end = sentence_end(text + piece, MIN_SENTENCE_CHARS)
+                    end = sentence_end(whole, MIN_SENTENCE_CHARS)
                 if soft_from is not None and end is None:
-                    end = boundary_after(text + piece, soft_from)
-                if end is None and on_text is None and _looping(text + piece):
-                    end = len(text) + len(piece) - LOOP_CHARS  # what follows would be dropped by tidy_note anyway
+                    end = boundary_after(whole, soft_from)
+                if end is None and on_text is None and _looping(whole):
+                    end = len(whole) - LOOP_CHARS  # what follows would be dropped by tidy_note anyway
                 if end is not None:
                     piece = piece[: max(0, end - len(text))]
                     cut = True
