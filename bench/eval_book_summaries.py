@@ -185,6 +185,7 @@ def map_reduce(module, engine, text: str, sampling, **options) -> tuple[str, dic
     stats["entities"] = [e["name"] for e in getattr(res, "entities", [])]
     stats["removed"] = getattr(res, "removed", [])
     stats["added"] = getattr(res, "added_names", [])
+    stats["dropped_sentences"] = getattr(res, "dropped", [])
     if getattr(res, "notes", None) is not None:
         stats["notes"] = res.notes
     if res.levels and "map_first" in marks:
@@ -304,6 +305,8 @@ def main(argv: list[str] | None = None) -> None:
                           f"{rate} | load {load:.2f}", flush=True)
                     if args.show:
                         print("   ", summary.replace("\n", "\n    "), flush=True)
+                        for d in stats.get("dropped_sentences", []):
+                            print(f"    dropped ({d['why']}): {d['sentence']}", flush=True)
                     if args.json:
                         with open(args.json, "a", encoding="utf-8") as fh:
                             fh.write(json.dumps(row, ensure_ascii=False) + "\n")

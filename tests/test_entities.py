@@ -120,6 +120,15 @@ def test_a_letter_inside_a_chinese_name_is_kept():
     assert "阿Q" in names and "小D" in names, names
 
 
+def test_a_title_with_a_function_character_is_a_name_and_a_noun_in_zi_is_not():
+    # 才 and 人 are function characters alone, but 秀才 and 举人老爷 name people; 辫子 is a queue, not a person.
+    story = ["秀才骂他，举人老爷也来了。他摸着辫子走到街上，秀才又骂，举人老爷笑，辫子垂着，秀才走了，举人老爷坐下，辫子乱了。"] * 4
+    names = [e.name for e in tracked(story).top(3)]
+    assert names[:2] == ["秀才", "举人老爷"] or names[:2] == ["举人老爷", "秀才"], names
+    assert "辫子" not in names[:2]
+    assert "才" not in "".join(cjk_ngrams("他才来，他才来，他才来"))
+
+
 def test_invented_names_and_years_are_found_and_real_ones_pass():
     tracker = tracked(harbour_report())
     bad = invented_names("In 1836, Elizabeth Bennet wrote to Mara Quill about Port Avel.", tracker)

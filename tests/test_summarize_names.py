@@ -117,11 +117,17 @@ def test_each_main_name_the_summary_left_out_gets_one_greedy_sentence_that_start
     assert all(s.temperature == 0 for s in eng.samplings[1:]) and result.finish_reason == "stop"
 
 
-def test_an_added_sentence_that_invents_a_name_says_nothing_or_repeats_is_dropped():
-    for tail in (" met Elizabeth Bennet in London.", ".", " checked the crane.", " She mended the nets by the water."):
+def test_an_added_sentence_that_invents_a_name_says_nothing_or_repeats_is_dropped_and_json_says_why():
+    cases = {" met Elizabeth Bennet in London.": "invents Elizabeth Bennet, London", ".": "says nothing",
+             " checked the crane.": "repeats the summary", " She mended the nets by the water.": "starts afresh",
+             " kept to the work at the harbour, day after day and": "cut off"}
+    for tail, why in cases.items():
         eng = engine(replies=["Quill checked the crane."], reply=tail)
         result = summarize(eng, ["\n\n".join(harbour_report(2))], SAMPLING)
         assert result.calls > 1 and not result.added_names and result.text == "Quill checked the crane.", tail
+        dropped = result.as_dict()["dropped_sentences"]
+        assert len(dropped) == result.calls - 1 and {d["why"] for d in dropped} == {why}, (tail, dropped)
+        assert all(d["sentence"].startswith(d["name"]) for d in dropped)
 
 
 def test_bullets_get_a_bullet_per_name_and_tldr_or_focus_get_none():
@@ -195,3 +201,13 @@ def test_a_note_that_only_lists_names_is_replaced_by_its_chunks_opening_and_merg
     assert all(note.startswith("However, on day") for note in result.notes[0])  # the chunk's own text stands in
     merges = [p for p in eng.streamed_texts[result.chunks:] if "keeping the events in order" in p]
     assert merges and not any("Say who did what" in p.split("---")[-1] for p in merges)
+
+
+def test_an_added_sentence_is_written_from_the_documents_own_sentences_about_the_name():
+    eng = engine(replies=["Quill checked the crane."], reply=TAILS[0])
+    result = summarize(eng, ["\n\n".join(harbour_report(2))], SAMPLING)
+    asked = [d["name"] for d in result.as_dict()["dropped_sentences"]] + result.added_names
+    assert "Tomas Berg" in asked, asked
+    prompt = next(p for p in eng.streamed_texts[1:] if p.endswith("\nTomas Berg"))
+    assert "Dr. Mara Quill met Tomas Berg at Port Avel, where the Harbour Board keeps its records." in prompt
+    assert "Everyone agreed the wall held." not in prompt  # that sentence names nobody: the document is not copied

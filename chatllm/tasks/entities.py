@@ -53,6 +53,9 @@ CJK_SURNAMES = frozenset(
     "阿小老"
 )
 CJK_NAME_FOLLOW = frozenset("说是的和在把被对向给也就却又便都很要去来打道问笑叫想看听与跟从，。！？；：、”’）")
+# 子 is left out: it ends far more common nouns (辫子, 样子, 老头子) than names.
+CJK_NAME_SUFFIXES = tuple("爷妈婶嫂哥姐公婆娘叔伯翁氏庄村城镇县府祠庙寺山河湖街店馆院部局会社党国省州")
+CJK_NAME_ENDINGS = ("先生", "老爷", "太爷", "太太", "夫人", "秀才", "举人", "尼姑", "和尚", "公司", "大学", "政府", "委员会")
 
 _CJK = "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
 _CJK_RUN = re.compile(rf"[{_CJK}]+(?:[A-Z][{_CJK}]*)*|[A-Z](?=[{_CJK}])[{_CJK}A-Z]*")
@@ -109,12 +112,19 @@ def cjk_ngrams(text: str, sizes: Iterable[int] = (2, 3, 4)) -> collections.Count
         for n in sizes:
             for i in range(len(run) - n + 1):
                 gram = run[i:i + n]
-                if any(ch in CJK_FUNCTION for ch in gram) or gram in CJK_COMMON_WORDS:
+                if _has_function_char(gram) or gram in CJK_COMMON_WORDS:
                     continue
                 if not _CJK_CHAR.search(gram) or (gram[0].isascii() and gram[-1].isascii()):
                     continue
                 counts[gram] += 1
     return counts
+
+
+def _has_function_char(gram: str) -> bool:
+    """Whether a CJK n-gram holds a function character outside a title (才 is one, but 秀才 and 举人 end names)."""
+    for ending in CJK_NAME_ENDINGS:
+        gram = gram.replace(ending, "\u3000")
+    return any(ch in CJK_FUNCTION for ch in gram)
 
 
 def _suppress_substrings(counts: dict[str, int]) -> dict[str, int]:
@@ -129,10 +139,6 @@ def _suppress_substrings(counts: dict[str, int]) -> dict[str, int]:
                 if sub in keep and keep[sub] <= n * 1.25:
                     del keep[sub]
     return keep
-
-
-CJK_NAME_SUFFIXES = tuple("爷妈婶嫂哥姐公婆娘叔伯翁氏子庄村城镇县府祠庙寺山河湖街店馆院部局会社党国省州")
-CJK_NAME_ENDINGS = ("先生", "老爷", "太爷", "太太", "秀才", "举人", "尼姑", "和尚", "公司", "大学", "政府", "委员会")
 
 
 def cjk_name_shape(gram: str) -> float:

@@ -152,26 +152,29 @@ def cover_lead(text: str, name: str, bullets: bool) -> tuple[str, str]:
     return " ", name
 
 
-def cover_sentence(reply: str, name: str, text: str, tracker: EntityTracker, question: str = "") -> bool:
-    """Whether a sentence that starts with `name` may join the summary: it says something new and invents no name.
+def cover_problem(reply: str, name: str, text: str, tracker: EntityTracker, question: str = "") -> str:
+    """Why a sentence that starts with `name` may not join the summary ("" when it may): it must be whole, say something
+    new and invent no name.
 
     `question` is what the model was asked: an answer that echoes it ("... does not do anything in the text above")
     says nothing about the text.
     """
     if not _ENDED.search(reply):
-        return False  # cut off by its token limit: half a sentence
+        return "cut off"  # by its token limit: half a sentence
     rest = reply.strip().lstrip("- ")[len(name):]
     after = re.match(r"\s*([A-Z][a-z]*)\b", rest)
     if after and after.group(1).lower() in STOP_WORDS:
-        return False  # "Berg She mended ...": a chat server never saw the lead, and its reply starts afresh
+        return "starts afresh"  # "Berg She mended ...": a chat server never saw the lead
     said = rest.strip(" ,:;.\u3002\uff0c")
     grams = _grams(said)
     if len(said.split()) < 3 and len(_CJK_CHARS.findall(said)) < 4 or not grams:
-        return False  # the name and next to nothing
-    asked = _grams(question.replace(name, " ") + " in the text above")  # every prompt says "the text above"
-    if len(grams & _grams(text)) > len(grams) / 2 or grams & asked:
-        return False  # mostly what the summary already says, or talk about the question
-    return not invented_names(reply, tracker)
+        return "says nothing"  # the name and next to nothing
+    if len(grams & _grams(text)) > len(grams) / 2:
+        return "repeats the summary"
+    if grams & _grams(question.replace(name, " ") + " in the text above"):  # every prompt says "the text above"
+        return "echoes the question"
+    bad = invented_names(reply, tracker)
+    return f"invents {', '.join(bad)}" if bad else ""
 
 
 def _grams(text: str) -> set[tuple[str, ...]]:

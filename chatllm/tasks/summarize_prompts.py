@@ -93,6 +93,7 @@ class SummaryResult:
     removed: list[str] = field(default_factory=list)  # names the document never has, kept out of notes and summary
     regenerated: bool = False  # the final pass was run again with a stricter prompt
     added_names: list[str] = field(default_factory=list)  # main names the summary left out, given a sentence each
+    dropped: list[dict] = field(default_factory=list)  # such sentences the checks refused: name, sentence, why
     estimated: bool = False  # some token counts are chatllm's estimate (a chat server that has no tokenizer)
     notes: list[list[str]] | None = None  # each level's notes, when asked for
 
@@ -113,6 +114,7 @@ class SummaryResult:
             "removed_names": self.removed,
             "regenerated": self.regenerated,
             "added_names": self.added_names,
+            "dropped_sentences": self.dropped,
         }
         if self.notes is not None:
             record["notes"] = self.notes
