@@ -65,10 +65,10 @@ def sentence_at(text: str, name: str) -> str:
     if at < 0:
         return ""
     start = 0
-    for end in SENTENCE_END.finditer(text, 0, at):
-        start = end.end()
-    for brk in _BREAK.finditer(text, start, at):
-        start = brk.end()
+    for before in SENTENCE_END.finditer(text, 0, at):
+        start = before.end()
+    for gap in _BREAK.finditer(text, start, at):
+        start = gap.end()
     stop = SENTENCE_END.search(text, at + len(name))
     brk = _BREAK.search(text, at + len(name))
     end = min(stop.end() if stop else len(text), brk.start() if brk else len(text))
