@@ -4,12 +4,15 @@ summary left out is written from, so it says what the text says and not what the
 from __future__ import annotations
 
 import re
+from typing import Callable
 
 from chatllm.tasks.entities import TITLES, core
 from chatllm.tasks.text import SENTENCE_END
 
 PER_NAME = 12  # sentences kept per name; past this every other one goes, so those kept still span the document
 MAX_NAMES = 5000  # names with sentences kept; a document naming more (a directory) keeps its first ones
+COVER_PASSAGES = 4  # sentences about a name an added sentence is written from
+COVER_PASSAGE_TOKENS = 400  # ... at most this many tokens of them
 SENTENCE_CHARS = 300  # a longer sentence is cut to this many characters around the mention
 _BREAK = re.compile(r"\n[ \t\u3000]*\n")  # a blank line ends a sentence too (headings, verse)
 _CJK = re.compile("[\u3400-\u4dbf\u4e00-\u9fff]")
@@ -36,6 +39,15 @@ class NameEvidence:
                 kept.append((self.segments, sentence))
                 if len(kept) > PER_NAME:
                     del kept[1::2]
+
+    def text(self, name: str, count: Callable[[str], int], room: int) -> str:
+        """The kept sentences about a name as paragraphs, as many of COVER_PASSAGES as fit `room` tokens ("" if none)."""
+        kept: list[str] = []
+        for sentence in self.passages(name, COVER_PASSAGES):
+            if count("\n\n".join(kept + [sentence])) > room:
+                break
+            kept.append(sentence)
+        return "\n\n".join(kept)
 
     def passages(self, name: str, limit: int) -> list[str]:
         """Up to `limit` kept sentences that mention the name (the whole name before its parts), spread over the

@@ -23,7 +23,7 @@ from chatllm.runtime.contract import Engine
 from chatllm.settings import Sampling
 from chatllm.tasks.chunking import chunk_pieces, drain, drop_gutenberg_frame, opening, pieces_from_blocks
 from chatllm.tasks.entities import EntityTracker
-from chatllm.tasks.name_evidence import NameEvidence
+from chatllm.tasks.name_evidence import COVER_PASSAGE_TOKENS, NameEvidence
 from chatllm.tasks.parallel import ordered_map
 from chatllm.tasks.summarize_guard import NameGuard, clean_note, cover_lead, cover_problem, missing_names, tidy_note
 from chatllm.tasks.summarize_prompts import (  # noqa: F401  (re-exported: the summarizer's public names)
@@ -58,8 +58,6 @@ ENTITY_TOKENS = 64  # room for the list of names in an instruction (at most n_ct
 SEGMENT_CHARS = 3000  # text that fits one pass is counted in segments of this size, for the spread of its names
 COVER_TOKENS = 48  # the most one sentence about a main name the summary left out may take
 COVER_ROOM = 1.6  # the summary with those sentences may reach this many times its target length
-COVER_PASSAGES = 4  # sentences of the document about that name it is written from (NameEvidence)
-COVER_PASSAGE_TOKENS = 400  # ... at most this many tokens of them
 LOOP_CHARS = 60  # a note whose last this many characters it already wrote is looping (greedy decoding does): it ends
 
 
@@ -194,7 +192,9 @@ class Summarizer:
             if self.engine.count_tokens(so_far) > room:
                 break
             sep, lead = cover_lead(so_far, name, self.options.style == "bullets")
-            prompt = self._prompt(self._passages(name) or body, cover_instruction(self.options, name, detected), lead)
+            room = min(COVER_PASSAGE_TOKENS, self.budget("final", COVER_TOKENS))
+            source = self.evidence.text(name, self.engine.count_tokens, room) or body
+            prompt = self._prompt(source, cover_instruction(self.options, name, detected), lead)
             reply = self._generate(prompt, COVER_TOKENS, one_sentence=True, lead=lead).split("\n", 1)[0].rstrip()
             problem = cover_problem(reply, name, so_far, self.tracker, cover_instruction(self.options, name))
             if problem:
@@ -206,16 +206,6 @@ class Summarizer:
                 on_text(sep + reply)
         self._result.finish_reason = finish  # how the summary itself ended, not the last added sentence
         return added
-
-    def _passages(self, name: str) -> str:
-        """The document's own sentences about a name, as many as fit COVER_PASSAGE_TOKENS ("" if it kept none)."""
-        kept: list[str] = []
-        room = min(COVER_PASSAGE_TOKENS, self.budget("final", COVER_TOKENS))
-        for sentence in self.evidence.passages(name, COVER_PASSAGES):
-            if self.engine.count_tokens(join_notes(kept + [sentence])) > room:
-                break
-            kept.append(sentence)
-        return join_notes(kept)
 
     def _generate(self, tokens: list[int], max_tokens: int, on_text: Callable[[str], None] | None = None,
                   one_sentence: bool = False, soft_tokens: int | None = None, lead: str = "", engine: Engine | None = None) -> str:
