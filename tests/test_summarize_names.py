@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import math
+
 from chatllm.settings import Sampling
-from chatllm.tasks.summarize import Summarizer, SummaryOptions, summarize
+from chatllm.tasks.summarize import COVER_ROOM, COVER_TOKENS, Summarizer, SummaryOptions, summarize
 from tests.fakes import FakeEngine
 from tests.test_entities import chinese_story, harbour_report
 
@@ -211,3 +213,13 @@ def test_an_added_sentence_is_written_from_the_documents_own_sentences_about_the
     prompt = next(p for p in eng.streamed_texts[1:] if p.endswith("\nTomas Berg"))
     assert "Dr. Mara Quill met Tomas Berg at Port Avel, where the Harbour Board keeps its records." in prompt
     assert "Everyone agreed the wall held." not in prompt  # that sentence names nobody: the document is not copied
+
+
+def test_every_added_sentence_starts_while_the_summary_is_within_its_room():
+    eng = engine(replies=["Quill checked the crane."], reply=lambda n: TAILS[n % len(TAILS)])
+    s = Summarizer(eng, SAMPLING, SummaryOptions(words=12))
+    result = s.summarize(["\n\n".join(harbour_report(2))])
+    room = math.ceil(s.final_target * COVER_ROOM) - COVER_TOKENS // 2
+    assert result.added_names, result.added_names
+    before_last = result.text[: result.text.rindex(" " + result.added_names[-1])]
+    assert eng.count_tokens(before_last) <= room < eng.count_tokens(result.text)

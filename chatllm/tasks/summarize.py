@@ -187,13 +187,13 @@ class Summarizer:
         model names two or three people however it is asked, but asked about one, its reply started by it, it answers."""
         added, finish = "", self._result.finish_reason
         room = self._cap(math.ceil(self.final_target * COVER_ROOM)) - COVER_TOKENS // 2
+        source_room = min(COVER_PASSAGE_TOKENS, self.budget("final", COVER_TOKENS))
         for name in missing_names(text, names):
             so_far = text + added
             if self.engine.count_tokens(so_far) > room:
                 break
             sep, lead = cover_lead(so_far, name, self.options.style == "bullets")
-            room = min(COVER_PASSAGE_TOKENS, self.budget("final", COVER_TOKENS))
-            source = self.evidence.text(name, self.engine.count_tokens, room) or body
+            source = self.evidence.text(name, self.engine.count_tokens, source_room) or body
             prompt = self._prompt(source, cover_instruction(self.options, name, detected), lead)
             reply = self._generate(prompt, COVER_TOKENS, one_sentence=True, lead=lead).split("\n", 1)[0].rstrip()
             problem = cover_problem(reply, name, so_far, self.tracker, cover_instruction(self.options, name))
