@@ -52,14 +52,14 @@ class NameEvidence:
     def passages(self, name: str, limit: int) -> list[str]:
         """Up to `limit` kept sentences that mention the name (the whole name before its parts), spread over the
         document and in its order."""
-        words = _parts(name)
+        words = [re.compile(rf"(?<!\w){re.escape(w)}(?!\w)") for w in _parts(name)]
         scored: dict[str, tuple[int, int]] = {}  # sentence -> (how much of the name it has, where)
         for kept in self.sentences.values():
             for at, sentence in kept:
                 if name in sentence:
                     score = len(words) + 1
                 else:
-                    score = sum(bool(re.search(rf"(?<!\w){re.escape(w)}(?!\w)", sentence)) for w in words)
+                    score = sum(bool(w.search(sentence)) for w in words)
                 if score and score > scored.get(sentence, (0, 0))[0]:
                     scored[sentence] = (score, at)
         best = [s for s, _ in sorted(scored.items(), key=lambda kv: (-kv[1][0], kv[1][1]))]
