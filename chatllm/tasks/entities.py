@@ -66,7 +66,7 @@ _SENTENCE_START = re.compile(r"(?:^|[.!?:;\u201c\u2018\"'(\[\n\u2014-])\s*$")
 _LATIN = "A-Za-z\u00c0-\u024f\u0370-\u03ff\u0400-\u04ff"
 _ALL_WORDS = re.compile(rf"[{_LATIN}]+(?:['\u2019][{_LATIN}]+)?")
 _YEAR = re.compile(r"(?<!\d)(1[0-9]{3}|20[0-9]{2})(?!\d)")
-_CJK_CHAR = re.compile(rf"[{_CJK}]")
+CJK_CHAR = re.compile(rf"[{_CJK}]")
 MAX_TRACKED = 200_000  # distinct candidates kept; rare ones are pruned past this, bounding memory on huge inputs
 
 
@@ -114,7 +114,7 @@ def cjk_ngrams(text: str, sizes: Iterable[int] = (2, 3, 4)) -> collections.Count
                 gram = run[i:i + n]
                 if _has_function_char(gram) or gram in CJK_COMMON_WORDS:
                     continue
-                if not _CJK_CHAR.search(gram) or (gram[0].isascii() and gram[-1].isascii()):
+                if not CJK_CHAR.search(gram) or (gram[0].isascii() and gram[-1].isascii()):
                     continue
                 counts[gram] += 1
     return counts
@@ -284,7 +284,7 @@ class EntityTracker:
         return ranked
 
     def _join_once(self, ranked: list[Entity]) -> list[Entity]:
-        names = [core(e.name).split() if not _CJK_CHAR.search(e.name) else [] for e in ranked]
+        names = [core(e.name).split() if not CJK_CHAR.search(e.name) else [] for e in ranked]
         by_word: dict[str, set[int]] = collections.defaultdict(set)
         for i, words in enumerate(names):
             for w in words:
@@ -322,7 +322,7 @@ class EntityTracker:
         for run in _CJK_RUN.findall(name):
             if len(run) >= 2 and not all(run[i:i + 2] in self.bigrams for i in range(len(run) - 1)):
                 return False
-        return all(_clean_word(w.lower()) in self.words for w in _ALL_WORDS.findall(name) if not _CJK_CHAR.search(w))
+        return all(_clean_word(w.lower()) in self.words for w in _ALL_WORDS.findall(name) if not CJK_CHAR.search(w))
 
 
 def _find(words: list[str], part: list[str]) -> int:
@@ -338,7 +338,7 @@ def _same(a: str, b: str) -> bool:
     ca, cb = core(a), core(b)
     if ca == cb:
         return True
-    if _CJK_CHAR.search(a) or _CJK_CHAR.search(b):
+    if CJK_CHAR.search(a) or CJK_CHAR.search(b):
         return ca in cb or cb in ca
     wa, wb = set(ca.split()), set(cb.split())
     return wa <= wb or wb <= wa
@@ -387,10 +387,10 @@ def invented_names(text: str, tracker: EntityTracker) -> list[str]:
     """Names (and years) in a generated text that occur nowhere in the document."""
     bad = []
     for cand in name_candidates(text):
-        if _CJK_CHAR.search(cand) and not _CJK_RUN.fullmatch(cand):
+        if CJK_CHAR.search(cand) and not _CJK_RUN.fullmatch(cand):
             continue
         if not tracker.occurs(cand):
-            if _CJK_CHAR.search(cand) and len(cand) == 3 and tracker.occurs(cand[:2]):
+            if CJK_CHAR.search(cand) and len(cand) == 3 and tracker.occurs(cand[:2]):
                 continue  # a two-character name the text has, with one more character after it
             bad.append(cand)
     return bad

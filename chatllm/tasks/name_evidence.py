@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from typing import Callable
 
-from chatllm.tasks.entities import TITLES, core
+from chatllm.tasks.entities import CJK_CHAR, TITLES, core
 from chatllm.tasks.text import SENTENCE_END
 
 PER_NAME = 12  # sentences kept per name; past this every other one goes, so those kept still span the document
@@ -15,7 +15,6 @@ COVER_PASSAGES = 4  # sentences about a name an added sentence is written from
 COVER_PASSAGE_TOKENS = 400  # ... at most this many tokens of them
 SENTENCE_CHARS = 300  # a longer sentence is cut to this many characters around the mention
 _BREAK = re.compile(r"\n[ \t\u3000]*\n")  # a blank line ends a sentence too (headings, verse)
-_CJK = re.compile("[\u3400-\u4dbf\u4e00-\u9fff]")
 
 
 class NameEvidence:
@@ -89,7 +88,7 @@ def sentence_at(text: str, name: str) -> str:
         mid = sentence.find(name)
         lo = max(0, mid - SENTENCE_CHARS // 3)
         piece = sentence[lo:lo + SENTENCE_CHARS]
-        if not _CJK.search(name) and " " in piece:
+        if not CJK_CHAR.search(name) and " " in piece:
             piece = piece[piece.find(" ") + 1 if lo else 0: piece.rfind(" ")]
         sentence = piece
     return sentence
@@ -97,7 +96,7 @@ def sentence_at(text: str, name: str) -> str:
 
 def _parts(name: str) -> list[str]:
     """The words of a name a mention may use alone: not its titles ("Dr. Livesey": "Livesey")."""
-    if _CJK.search(name):
+    if CJK_CHAR.search(name):
         return [name]
     words = [w for w in name.split() if w.lower().rstrip(".") not in TITLES and len(w) > 1]
     return words or [core(name)]
