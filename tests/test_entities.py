@@ -171,3 +171,21 @@ def test_clean_note_keeps_only_true_sentences():
     tracker = tracked(chinese_story())
     note, removed = clean_note("王小明去了图书馆。张伟说他很好。李老师笑了。", tracker)
     assert note == "王小明去了图书馆。李老师笑了。" and removed == ["张伟"]
+
+
+def test_a_prose_guard_drops_headings_and_name_lists_but_keeps_sentences_and_bullets():
+    tracker = tracked(harbour_report())
+    out: list[str] = []
+    guard = NameGuard(tracker, out.append, prose=True)
+    reply = ("Summary of the report:\nQuill\nBerg, Quill, the crane\nMara Quill checked the crane.\n"
+             "- Berg measured the wall\nBerg left")
+    for ch in reply:
+        guard.feed(ch)
+    assert guard.finish() == "Mara Quill checked the crane.\n- Berg measured the wall\nBerg left" == "".join(out)
+
+
+def test_a_bullets_guard_keeps_short_lines():
+    tracker = tracked(harbour_report())
+    guard = NameGuard(tracker, None)
+    guard.feed("Quill\nBerg left\n")
+    assert guard.finish() == "Quill\nBerg left"

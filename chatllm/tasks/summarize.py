@@ -163,7 +163,7 @@ class Summarizer:
         res = self._result
         cover = self.options.cover_names and style != "tldr" and not self.options.focus and bool(names)
         for strict in (False, True):
-            guard = NameGuard(self.tracker, on_text)
+            guard = NameGuard(self.tracker, on_text, prose=style != "bullets")
             instruction = final_instruction(self.options, whole, detected, names, strict=strict)
             self._generate(self._prompt(body, instruction, lead), self.final_reserve, guard.feed,
                            one_sentence=style == "tldr", soft_tokens=self.final_target, lead=lead)

@@ -78,9 +78,10 @@ def _is_list(sentence: str) -> bool:
 class NameGuard:
     """A stream filter: text goes out a whole sentence or line at a time, and only when it invents no name."""
 
-    def __init__(self, tracker: EntityTracker, on_text: Callable[[str], None] | None):
+    def __init__(self, tracker: EntityTracker, on_text: Callable[[str], None] | None, prose: bool = False):
         self.tracker = tracker
         self.on_text = on_text
+        self.prose = prose
         self.buffer = ""
         self.parts: list[str] = []
         self.removed: list[str] = []
@@ -126,6 +127,8 @@ class NameGuard:
             return
         if not any(ch.isalnum() for ch in unit):
             return  # a rule line or stray marks ("---"): nothing a reader wants
+        if self.prose and self.buffer.startswith("\n") and is_heading(unit):
+            return  # "Summary:", "King", "Frogs, Hatter, Gryphon": a line of a paragraph that says nothing
         bad = invented_names(unit, self.tracker)
         if bad:
             self.removed += [b for b in bad if b not in self.removed]
@@ -135,6 +138,17 @@ class NameGuard:
         self.parts.append(unit)
         if self.on_text is not None:
             self.on_text(unit)
+
+
+_BULLET = re.compile(r"\s*(?:[-*\u2022]|\d+[.)])\s")
+
+
+def is_heading(line: str) -> bool:
+    """Whether a line that ends without a sentence's end is a heading or a list of names, not a bullet or a sentence."""
+    if _ENDED.search(line) or _BULLET.match(line):
+        return False
+    cjk = len(_CJK_CHARS.findall(line))
+    return (cjk <= 12 if cjk else len(line.split()) <= 8) or _is_list(line)
 
 
 def missing_names(text: str, names: Sequence[str]) -> list[str]:
