@@ -70,7 +70,7 @@ CJK_CHAR = re.compile(rf"[{_CJK}]")
 MAX_TRACKED = 200_000  # distinct candidates kept; rare ones are pruned past this, bounding memory on huge inputs
 
 
-def _clean_word(word: str) -> str:
+def clean_word(word: str) -> str:
     return re.sub(r"(?:['\u2019](?:s|ll|m|ve|d|re|t)|['\u2019])$", "", word)
 
 
@@ -78,7 +78,7 @@ def capitalised_runs(text: str) -> list[tuple[str, bool]]:
     """Runs of capitalised words as (run, starts_a_sentence), stop words trimmed from both ends."""
     out = []
     for m in _CAP_RUN.finditer(text):
-        words = [_clean_word(w) for w in m.group().split(" ")]
+        words = [clean_word(w) for w in m.group().split(" ")]
         initial = bool(_SENTENCE_START.search(text[max(0, m.start() - 3):m.start()])) or m.start() == 0
         while words and (_is_stop(words[0], NAME_STOPS) or words[0].lower() in CONNECTORS):
             words.pop(0)
@@ -181,6 +181,9 @@ class EntityTracker:
         self.words: set[str] = set()  # every word of the document, lowercased
         self.years: set[str] = set()
         self.bigrams: set[str] = set()  # every CJK bigram of the document
+        from chatllm.tasks.relations import KinshipIndex  # here: relations reads this module's name patterns
+
+        self.kinship = KinshipIndex()
 
     # -- reading --------------------------------------------------------------------------------
 
@@ -200,7 +203,7 @@ class EntityTracker:
             self.spread[key] += 1
         for word in _ALL_WORDS.findall(text):
             low = word.lower()
-            self.words.add(_clean_word(low))
+            self.words.add(clean_word(low))
             if word[0].islower():
                 self.lower[low] += 1
         self.years.update(_YEAR.findall(text))
@@ -209,6 +212,7 @@ class EntityTracker:
             self.bigrams.update(run[i:i + 2] for i in range(len(run) - 1))
         self.cjk.update(grams)
         self.cjk_spread.update(grams.keys())
+        self.kinship.observe(text)
         self._prune()
         return self._local(local, local_mid, grams)
 
@@ -322,7 +326,7 @@ class EntityTracker:
         for run in _CJK_RUN.findall(name):
             if len(run) >= 2 and not all(run[i:i + 2] in self.bigrams for i in range(len(run) - 1)):
                 return False
-        return all(_clean_word(w.lower()) in self.words for w in _ALL_WORDS.findall(name) if not CJK_CHAR.search(w))
+        return all(clean_word(w.lower()) in self.words for w in _ALL_WORDS.findall(name) if not CJK_CHAR.search(w))
 
 
 def _find(words: list[str], part: list[str]) -> int:

@@ -1,4 +1,4 @@
-"""Keeping invented names out of notes and out of the summary the user sees, without lying in the stream.
+"""Keeping invented names (and family ties) out of notes and out of the summary the user sees, without lying in the stream.
 
 A small model writes names the document never contains ("Elizabeth Bennet" in a book without her). Notes are
 cleaned sentence by sentence before they reach the next level. The final summary streams one sentence (or bullet
@@ -28,14 +28,19 @@ def clean_note(note: str, tracker: EntityTracker, lock: threading.Lock | None = 
     for sentence in split_sentences_stripped(note):
         if lock is not None:
             with lock:
-                bad = invented_names(sentence, tracker)
+                bad = untrue(sentence, tracker)
         else:
-            bad = invented_names(sentence, tracker)
+            bad = untrue(sentence, tracker)
         if bad:
             removed += bad
         else:
             kept.append(sentence)
     return _join(kept), removed
+
+
+def untrue(text: str, tracker: EntityTracker) -> list[str]:
+    """What a generated text says that the document does not: names it never has, family ties it never writes."""
+    return invented_names(text, tracker) + tracker.kinship.unstated(text)
 
 
 def _join(sentences: Sequence[str]) -> str:
@@ -129,7 +134,7 @@ class NameGuard:
             return  # a rule line or stray marks ("---"): nothing a reader wants
         if self.prose and self.buffer.startswith("\n") and is_heading(unit):
             return  # "Summary:", "King", "Frogs, Hatter, Gryphon": a line of a paragraph that says nothing
-        bad = invented_names(unit, self.tracker)
+        bad = untrue(unit, self.tracker)
         if bad:
             self.removed += [b for b in bad if b not in self.removed]
             return
@@ -187,7 +192,7 @@ def cover_problem(reply: str, name: str, text: str, tracker: EntityTracker, ques
         return "repeats the summary"
     if grams & _grams(question.replace(name, " ") + " in the text above"):  # every prompt says "the text above"
         return "echoes the question"
-    bad = invented_names(reply, tracker)
+    bad = untrue(reply, tracker)
     return f"invents {', '.join(bad)}" if bad else ""
 
 
