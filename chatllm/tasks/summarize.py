@@ -194,9 +194,9 @@ class Summarizer:
                 break
             sep, lead = cover_lead(so_far, name, self.options.style == "bullets")
             source = self.evidence.text(name, self.engine.count_tokens, source_room) or body
-            prompt = self._prompt(source, cover_instruction(self.options, name, detected), lead)
-            reply = self._generate(prompt, COVER_TOKENS, one_sentence=True, lead=lead).split("\n", 1)[0].rstrip()
-            problem = cover_problem(reply, name, so_far, self.tracker, cover_instruction(self.options, name))
+            ask = cover_instruction(self.options, name, detected)
+            reply = self._generate(self._prompt(source, ask, lead), COVER_TOKENS, one_sentence=True, lead=lead).partition("\n")[0].rstrip()
+            problem = cover_problem(reply, name, so_far, self.tracker, ask)
             if problem:
                 self._result.dropped.append({"name": name, "sentence": reply, "why": problem})
                 continue
