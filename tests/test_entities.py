@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from chatllm.tasks.entities import EntityTracker, capitalised_runs, cjk_ngrams, core, invented_names, name_candidates
-from chatllm.tasks.summarize_guard import NameGuard, clean_note
+from chatllm.tasks.summarize_guard import NameGuard, clean_note, is_heading
 
 
 def harbour_report(parts: int = 6) -> list[str]:
@@ -189,3 +189,9 @@ def test_a_bullets_guard_keeps_short_lines():
     guard = NameGuard(tracker, None)
     guard.feed("Quill\nBerg left\n")
     assert guard.finish() == "Quill\nBerg left"
+
+
+def test_a_line_is_a_heading_only_when_short_and_unended():
+    assert is_heading("Summary of the report:") and is_heading("主要人物") and is_heading("Frogs, Hatter, Gryphon")
+    assert not is_heading("Quill checked the crane on the wall at dawn")  # a sentence missing its full stop
+    assert not is_heading("Quill checked.") and not is_heading("- Quill") and not is_heading("王小明在图书馆里读了一整天的书")

@@ -153,7 +153,7 @@ def is_heading(line: str) -> bool:
     if _ENDED.search(line) or _BULLET.match(line):
         return False
     cjk = len(_CJK_CHARS.findall(line))
-    return (cjk <= 12 if cjk else len(line.split()) <= 8) or _is_list(line)
+    return (cjk <= 8 if cjk else len(line.split()) <= 6) or _is_list(line)
 
 
 def missing_names(text: str, names: Sequence[str]) -> list[str]:
