@@ -4,7 +4,8 @@ A small model scrambles who is whose relative: every name is real, so the invent
 her uncle" is false. The document is read once: for every kinship word it writes, the names within a few words of it
 are kept. A generated tie between a kinship word and a name is believed only when the document has that word that
 close to that name somewhere. Closeness is weaker than a parse ("his sister Georgiana Darcy" backs "sister Darcy"),
-but it never rejects a tie the document states in so many words, and it costs one pass over the text.
+and it cannot see which way a tie points ("A是B的儿子" passes where the text says "B是A的儿子"), but it never
+rejects a tie the document states in so many words, and it costs one pass over the text.
 """
 
 from __future__ import annotations
