@@ -134,6 +134,8 @@ class NameGuard:
             return  # a rule line or stray marks ("---"): nothing a reader wants
         if self.prose and self.buffer.startswith("\n") and is_heading(unit):
             return  # "Summary:", "King", "Frogs, Hatter, Gryphon": a line of a paragraph that says nothing
+        if self.prose and _NAME_LIST_LEAD.match(unit):
+            return  # the prompt's name list copied as a subject: "Long John Silver, Jim Hawkins, ... are silent men"
         bad = untrue(unit, self.tracker)
         if bad:
             self.removed += [b for b in bad if b not in self.removed]
@@ -145,6 +147,7 @@ class NameGuard:
             self.on_text(unit)
 
 
+_NAME_LIST_LEAD = re.compile(r"\s*(?:[A-Z][\w.'\u2019-]*(?: [A-Z][\w.'\u2019-]*){0,2}, ){4,}")
 _BULLET = re.compile(r"\s*(?:[-*\u2022]|\d+[.)])\s")
 
 
