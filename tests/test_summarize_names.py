@@ -19,7 +19,8 @@ def engine(reply=None, replies=(), n_ctx: int = 2048) -> FakeEngine:
 
 def final_prompt(eng: FakeEngine) -> str:
     """The final pass's prompt: the last one that is not a question about a name the summary left out."""
-    return [p for p in eng.streamed_texts if "In one short sentence: who or what is" not in p][-1]
+    asked = ("In one short sentence: who or what is", "Write one sentence that says what the text above tells about")
+    return [p for p in eng.streamed_texts if not any(a in p for a in asked)][-1]
 
 
 TAILS = [" mended the nets by the water.", " sold fish at the market square.", " rang the bell before the storm.",
@@ -130,6 +131,26 @@ def test_an_added_sentence_that_invents_a_name_says_nothing_or_repeats_is_droppe
         dropped = result.as_dict()["dropped_sentences"]
         assert len(dropped) == result.calls - 1 and {d["why"] for d in dropped} == {why}, (tail, dropped)
         assert all(d["sentence"].startswith(d["name"]) for d in dropped)
+
+
+def test_a_name_whose_first_reply_fails_the_checks_is_asked_once_more_another_way():
+    echo = ", and what do they do?"  # SmolLM2 went on with the question after a bare name
+    eng = engine(replies=["Quill checked the crane.", echo, " kept the harbour log."], reply=".")
+    result = summarize(eng, ["\n\n".join(harbour_report(2))], SAMPLING)
+    first = result.as_dict()["dropped_sentences"][0]
+    assert first["why"] == "echoes the question" and result.added_names == [first["name"]]
+    assert f"Quill checked the crane. {first['name']} kept the harbour log." in result.text
+    retry = eng.streamed_texts[2]
+    assert "Write one sentence that says what the text above tells about" in retry and "who or what is" not in retry
+    assert result.calls == 1 + len(result.added_names) + len(result.as_dict()["dropped_sentences"])
+
+
+def test_a_chinese_name_asked_again_gets_a_reply_that_starts_name_shi():
+    eng = engine(replies=["王小明在图书馆。", ", and what do they do? Write in Chinese.", "一个村子。"], reply="。", n_ctx=1024)
+    result = summarize(eng, ["\n\n".join(chinese_story(4))], SAMPLING, SummaryOptions(length="short"))
+    name = result.added_names[0]
+    assert result.text == f"王小明在图书馆。{name}是一个村子。"
+    assert eng.streamed_texts[2].endswith(name + "是")
 
 
 def test_bullets_get_a_bullet_per_name_and_tldr_or_focus_get_none():

@@ -25,7 +25,7 @@ from chatllm.tasks.chunking import chunk_pieces, drain, drop_gutenberg_frame, op
 from chatllm.tasks.entities import EntityTracker
 from chatllm.tasks.name_evidence import COVER_PASSAGE_TOKENS, NameEvidence
 from chatllm.tasks.parallel import ordered_map
-from chatllm.tasks.summarize_guard import NameGuard, clean_note, cover_lead, cover_problem, missing_names, tidy_note
+from chatllm.tasks.summarize_guard import LOOP_CHARS, NameGuard, clean_note, cover_lead, cover_problem, looping, missing_names, tidy_note
 from chatllm.tasks.summarize_prompts import (  # noqa: F401  (re-exported: the summarizer's public names)
     DEFAULT_CHUNK_TOKENS,
     LENGTHS,
@@ -36,7 +36,7 @@ from chatllm.tasks.summarize_prompts import (  # noqa: F401  (re-exported: the s
     Progress,
     SummaryOptions,
     SummaryResult,
-    cover_instruction,
+    cover_questions,
     events_block,
     final_instruction,
     join_notes,
@@ -58,7 +58,6 @@ ENTITY_TOKENS = 64  # room for the list of names in an instruction (at most n_ct
 SEGMENT_CHARS = 3000  # text that fits one pass is counted in segments of this size, for the spread of its names
 COVER_TOKENS = 48  # the most one sentence about a main name the summary left out may take
 COVER_ROOM = 1.6  # the summary with those sentences may reach this many times its target length
-LOOP_CHARS = 60  # a note whose last this many characters it already wrote is looping (greedy decoding does): it ends
 
 
 # -- the map-reduce --------------------------------------------------------------------------------
@@ -194,12 +193,15 @@ class Summarizer:
                 break
             sep, lead = cover_lead(so_far, name, self.options.style == "bullets")
             source = self.evidence.text(name, self.engine.count_tokens, source_room) or body
-            ask = cover_instruction(self.options, name, detected)
-            reply = self._generate(self._prompt(source, ask, lead), COVER_TOKENS, one_sentence=True, lead=lead).partition("\n")[0].rstrip()
-            problem = cover_problem(reply, name, so_far, self.tracker, ask)
-            if problem:
+            for ask, lead in cover_questions(self.options, name, detected, lead):
+                reply = self._generate(self._prompt(source, ask, lead), COVER_TOKENS, one_sentence=True, lead=lead)
+                reply = reply.partition("\n")[0].rstrip()
+                problem = cover_problem(reply, name, so_far, self.tracker, ask)
+                if not problem:
+                    break
                 self._result.dropped.append({"name": name, "sentence": reply, "why": problem})
-                continue
+            else:
+                continue  # asked twice, it said nothing the checks let through
             added += sep + reply
             self._result.added_names.append(name)
             if on_text is not None:
@@ -236,7 +238,7 @@ class Summarizer:
                     end = sentence_end(whole, MIN_SENTENCE_CHARS)
                 if soft_from is not None and end is None:
                     end = boundary_after(whole, soft_from)
-                if end is None and on_text is None and _looping(whole):
+                if end is None and on_text is None and looping(whole):
                     end = len(whole) - LOOP_CHARS  # what follows would be dropped by tidy_note anyway
                 if end is not None:
                     piece = piece[: max(0, end - len(text))]
@@ -443,8 +445,3 @@ def summarize(engine: Engine, blocks: Iterable[str], sampling: Sampling, options
               size_hint: int | None = None) -> SummaryResult:
     """Summarize a stream of text blocks with a loaded engine (see Summarizer)."""
     return Summarizer(engine, sampling, options, on_progress).summarize(blocks, on_text, size_hint)
-
-
-def _looping(text: str) -> bool:
-    """Whether the text's last LOOP_CHARS characters occur earlier in it (a loop of any period, overlapping or not)."""
-    return len(text) > LOOP_CHARS and text.find(text[-LOOP_CHARS:], 0, len(text) - 1) >= 0

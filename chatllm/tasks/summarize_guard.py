@@ -205,3 +205,11 @@ def _grams(text: str) -> set[tuple[str, ...]]:
     out = {tuple(words[i:i + 3]) for i in range(len(words) - 2)}
     cjk = "".join(_CJK_CHARS.findall(text))
     return out | {tuple(cjk[i:i + 3]) for i in range(len(cjk) - 2)}
+
+
+LOOP_CHARS = 60  # a note whose last this many characters it already wrote is looping (greedy decoding does): it ends
+
+
+def looping(text: str) -> bool:
+    """Whether the text's last LOOP_CHARS characters occur earlier in it (a loop of any period, overlapping or not)."""
+    return len(text) > LOOP_CHARS and text.find(text[-LOOP_CHARS:], 0, len(text) - 1) >= 0

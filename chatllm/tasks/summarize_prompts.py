@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
+from chatllm.tasks.entities import CJK_CHAR
 from chatllm.tasks.text import SENTENCE_END
 
 LENGTHS = {"short": 50, "medium": 150, "long": 300}  # target words
@@ -166,11 +167,17 @@ def merge_instruction(opts: SummaryOptions, words: int, detected: str | None = N
             + _focus_clause(opts) + _language_clause(opts, detected))
 
 
-def cover_instruction(opts: SummaryOptions, name: str, detected: str | None = None) -> str:
-    """The question that gets one sentence about a main name the summary left out (the reply starts with the name)."""
+def cover_questions(opts: SummaryOptions, name: str, detected: str | None, lead: str) -> list[tuple[str, str]]:
+    """The questions, with their replies' starts, that get one sentence about a main name the summary left out: the
+    second is asked only when the first one's reply fails the checks (summarize_guard.cover_problem)."""
     # "What does X do in the text above?" made a tiny model answer "X does ... in the text above."
     # Asked in Chinese, recall on 阿Q正传 fell (Qwen 70 % -> 50 %; SmolLM2 copied the question: "阿Q是谁或是什么？").
-    return f"In one short sentence: who or what is {name}, and what do they do?" + _language_clause(opts, detected)
+    lang = _language_clause(opts, detected)
+    # SmolLM2 went on with the first question after a bare Chinese name ("未庄, and what do they do?"); 是 makes the
+    # reply a statement about the name.
+    again = lead + "是" if CJK_CHAR.search(name) else lead
+    return [(f"In one short sentence: who or what is {name}, and what do they do?" + lang, lead),
+            (f"Write one sentence that says what the text above tells about {name}." + lang, again)]
 
 
 def user_message(body: str, instruction: str) -> str:
