@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from chatllm.tasks.entities import EntityTracker, capitalised_runs, cjk_ngrams, core, invented_names, name_candidates
-from chatllm.tasks.summarize_guard import NameGuard, clean_note, is_heading
+from chatllm.tasks.summarize_guard import NameGuard, clean_note, cover_problem, is_heading
 
 
 def harbour_report(parts: int = 6) -> list[str]:
@@ -202,3 +202,18 @@ def test_a_prose_guard_drops_a_sentence_that_opens_with_the_name_list_copied():
     guard = NameGuard(tracker, None, prose=True)
     guard.feed("Mara Quill, Tomas Berg, Port Avel, Harbour Board, Ines Varga are silent men. Quill, Berg and Varga logged the tides.")
     assert guard.finish() == "Quill, Berg and Varga logged the tides."
+
+
+def test_a_guard_drops_a_sentence_that_says_again_what_went_out():
+    guard = NameGuard(tracked(harbour_report()), None, prose=True)
+    guard.feed("Quill checked the crane on the harbour wall. Berg logged the tides. Quill checked the crane on the wall again.")
+    assert guard.finish() == "Quill checked the crane on the harbour wall. Berg logged the tides."
+
+
+def test_an_added_sentence_may_not_make_one_main_name_another():
+    tracker, names = tracked(harbour_report()), ["Mara Quill", "Tomas Berg", "Port Avel"]
+    assert cover_problem("Tomas Berg is Mara Quill, and he logs the tides.", "Tomas Berg", "", tracker, "", names) == \
+        "makes Tomas Berg Mara Quill"
+    assert cover_problem("Tomas Berg is the harbour master of Port Avel.", "Tomas Berg", "", tracker, "", names) == ""
+    chinese = tracked(["小D和赵太爷在未庄。小D说话，赵太爷笑了。"] * 3)
+    assert cover_problem("小D是赵太爷，他还有秀才。", "小D", "", chinese, "", ["小D", "赵太爷"]) == "makes 小D 赵太爷"

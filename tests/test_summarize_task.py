@@ -227,7 +227,8 @@ def test_no_call_reads_more_than_a_chunk_of_text_after_the_map():
 
 
 def test_a_long_reply_ends_at_the_first_sentence_end_past_the_target():
-    engine = summary_engine(n_ctx=2048, reply="This summary sentence keeps going for a while. " * 40)
+    reply = " ".join(f"Item {i} has value {7 * i} and weight {13 * i}." for i in range(1, 60))  # no sentence repeats
+    engine = summary_engine(n_ctx=2048, reply=reply)
     streamed = []
     result = summarize(engine, ["Some text to summarize."], SAMPLING, SummaryOptions(words=20), on_text=streamed.append)
     assert result.text.endswith(".") and result.text == "".join(streamed)

@@ -196,7 +196,7 @@ class Summarizer:
             for ask, lead in cover_questions(self.options, name, detected, lead):
                 reply = self._generate(self._prompt(source, ask, lead), COVER_TOKENS, one_sentence=True, lead=lead)
                 reply = reply.partition("\n")[0].rstrip()
-                problem = cover_problem(reply, name, so_far, self.tracker, ask)
+                problem = cover_problem(reply, name, so_far, self.tracker, ask, names)
                 if not problem:
                     break
                 self._result.dropped.append({"name": name, "sentence": reply, "why": problem})

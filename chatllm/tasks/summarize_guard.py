@@ -136,6 +136,8 @@ class NameGuard:
             return  # "Summary:", "King", "Frogs, Hatter, Gryphon": a line of a paragraph that says nothing
         if self.prose and _NAME_LIST_LEAD.match(unit):
             return  # the prompt's name list copied as a subject: "Long John Silver, Jim Hawkins, ... are silent men"
+        if self.parts and repeats(unit, self.text):
+            return  # a tiny model says its first sentence again, reworded, and the names it left out get no room
         bad = untrue(unit, self.tracker)
         if bad:
             self.removed += [b for b in bad if b not in self.removed]
@@ -174,9 +176,10 @@ def cover_lead(text: str, name: str, bullets: bool) -> tuple[str, str]:
     return " ", name
 
 
-def cover_problem(reply: str, name: str, text: str, tracker: EntityTracker, question: str = "") -> str:
+def cover_problem(reply: str, name: str, text: str, tracker: EntityTracker, question: str = "",
+                  names: Sequence[str] = ()) -> str:
     """Why a sentence that starts with `name` may not join the summary ("" when it may): it must be whole, say something
-    new and invent no name.
+    new, invent no name and not make the name one of the other main `names`.
 
     `question` is what the model was asked: an answer that echoes it ("... does not do anything in the text above")
     says nothing about the text.
@@ -191,12 +194,30 @@ def cover_problem(reply: str, name: str, text: str, tracker: EntityTracker, ques
     grams = _grams(said)
     if len(said.split()) < 3 and len(_CJK_CHARS.findall(said)) < 4 or not grams:
         return "says nothing"  # the name and next to nothing
-    if len(grams & _grams(text)) > len(grams) / 2:
+    same = _complement(rest)
+    if same and same.lower() in {n.lower() for n in names if n != name}:
+        return f"makes {name} {same}"  # "King is Queen", "小D是赵太爷": two people made one, never what the text says
+    if repeats(said, text):
         return "repeats the summary"
     if grams & _grams(question.replace(name, " ") + " in the text above"):  # every prompt says "the text above"
         return "echoes the question"
     bad = untrue(reply, tracker)
     return f"invents {', '.join(bad)}" if bad else ""
+
+
+def _complement(rest: str) -> str:
+    """What a sentence says its subject is, when that is all of a clause: "is the Queen, and ..." gives "Queen"."""
+    m = _COPULA.match(rest)
+    return m.group(1).strip() if m else ""
+
+
+_COPULA = re.compile(r"\s*(?:(?:is|was|are|were)\s+(?:the\s+|a\s+|an\s+)?|是(?:一[个位])?)([^,.;:!?。，；！？、]+)")
+
+
+def repeats(sentence: str, text: str) -> bool:
+    """Whether most of a sentence's word (or CJK character) trigrams are already in the text."""
+    grams = _grams(sentence)
+    return bool(grams) and len(grams & _grams(text)) > len(grams) / 2
 
 
 def _grams(text: str) -> set[tuple[str, ...]]:
