@@ -95,6 +95,30 @@ def invented(summary: str, doc: str) -> list[str]:
     return sorted(set(out))
 
 
+COPY_RUN = 8  # words (CJK: characters) in a row that count as copied from the document
+
+
+def _tokens(text: str) -> list[str]:
+    return re.findall(r"[\u3400-\u4dbf\u4e00-\u9fff]|[^\W_\u3400-\u4dbf\u4e00-\u9fff]+", text.lower())
+
+
+def runs_of(doc: str) -> set[tuple[str, ...]]:
+    """Every COPY_RUN-token run of the document."""
+    toks = _tokens(doc)
+    return {tuple(toks[i:i + COPY_RUN]) for i in range(len(toks) - COPY_RUN + 1)}
+
+
+def copied(text: str, doc_runs: set[tuple[str, ...]]) -> float:
+    """Share of the text's tokens inside a run of COPY_RUN that the document has word for word: a note or summary
+    that copies its source instead of saying what it is about."""
+    toks = _tokens(text)
+    hit = [False] * len(toks)
+    for i in range(len(toks) - COPY_RUN + 1):
+        if tuple(toks[i:i + COPY_RUN]) in doc_runs:
+            hit[i:i + COPY_RUN] = [True] * COPY_RUN
+    return sum(hit) / len(toks) if toks else 0.0
+
+
 def naive(engine, text: str, sampling) -> tuple[str, dict]:
     """The first window only: 'Summarize:' and the text cut to fit."""
     room = engine.n_ctx - sampling.max_tokens - 64
@@ -263,6 +287,7 @@ def main(argv: list[str] | None = None) -> None:
             names = entities[book]
             present = [n for n in names if n.lower() in text.lower()]
             doc_tokens = engine.tokenize(text)
+            doc_runs = runs_of(text)
             replay_file = args.replay_file and args.replay_file.with_name(f"{args.replay_file.name}.{model}.{book[:8]}")
             replay = GreedyReplay(engine, replay_file)  # per book: the notes of the new method's first seed
             for method in args.methods.split(","):
@@ -295,6 +320,9 @@ def main(argv: list[str] | None = None) -> None:
                            "present": len(present), "found": [n for n in names if n.lower() in summary.lower()],
                            "invented": invented(summary, text), "seconds": round(seconds, 1), "load": round(load, 2),
                            "summary": summary, **stats}
+                    row["summary_copied"] = round(copied(summary, doc_runs), 3)
+                    if stats.get("notes"):
+                        row["notes_copied"] = round(copied("\n\n".join(stats["notes"][0]), doc_runs), 3)
                     rate = (f" map {stats['map_rate']:.0f} tok/s" + (f" / raw {stats['raw_rate']:.0f} = "
                             f"{stats['map_rate'] / stats['raw_rate']:.2f}" if "raw_rate" in stats else "")
                             if "map_rate" in stats else "")
@@ -302,7 +330,9 @@ def main(argv: list[str] | None = None) -> None:
                           f"{row['recall']:.0%} (of present {row['recall_present']:.0%}, {len(present)}) invented "
                           f"{len(row['invented'])} {row['invented'][:6]} | {seconds:.0f}s in {stats['input_tokens']:,} "
                           f"eval {stats['prompt_tokens']:,} out {stats['completion_tokens']:,} calls {stats['calls']}"
-                          f"{rate} | load {load:.2f}", flush=True)
+                          f"{rate} | copied: summary {row['summary_copied']:.0%}"
+                          + (f", map notes {row['notes_copied']:.0%}" if "notes_copied" in row else "")
+                          + f" | load {load:.2f}", flush=True)
                     if args.show:
                         print("   ", summary.replace("\n", "\n    "), flush=True)
                         for d in stats.get("dropped_sentences", []):

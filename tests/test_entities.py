@@ -215,5 +215,7 @@ def test_an_added_sentence_may_not_make_one_main_name_another():
     assert cover_problem("Tomas Berg is Mara Quill, and he logs the tides.", "Tomas Berg", "", tracker, "", names) == \
         "makes Tomas Berg Mara Quill"
     assert cover_problem("Tomas Berg is the harbour master of Port Avel.", "Tomas Berg", "", tracker, "", names) == ""
+    assert cover_problem("Tomas Berg Mara Quill's verdict was that the wall held.", "Tomas Berg", "", tracker, "", names) == \
+        "starts afresh"  # the reply left the name it was started with
     chinese = tracked(["小D和赵太爷在未庄。小D说话，赵太爷笑了。"] * 3)
     assert cover_problem("小D是赵太爷，他还有秀才。", "小D", "", chinese, "", ["小D", "赵太爷"]) == "makes 小D 赵太爷"

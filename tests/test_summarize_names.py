@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 from chatllm.settings import Sampling
-from chatllm.tasks.summarize import COVER_ROOM, COVER_TOKENS, Summarizer, SummaryOptions, summarize
+from chatllm.tasks.summarize import COVER_MIN_ROOM, COVER_ROOM, COVER_TOKENS, Summarizer, SummaryOptions, summarize
 from tests.fakes import FakeEngine
 from tests.test_entities import chinese_story, harbour_report
 
@@ -246,3 +246,19 @@ def test_every_added_sentence_starts_while_the_summary_is_within_its_room():
     assert result.added_names, result.added_names
     before_last = result.text[: result.text.rindex(" " + result.added_names[-1])]
     assert eng.count_tokens(before_last) <= room < eng.count_tokens(result.text)
+
+
+def test_a_summary_that_ran_long_still_leaves_room_for_a_left_out_name():
+    long = ("Quill checked the old crane at dawn before any ship came in from the northern sea. Rain fell on the "
+            "harbour wall all week, and nobody could paint the lighthouse door or mend a single net. The ferry "
+            "crew complained loudly about broken ropes, missing lamps, torn sails, rusty anchors, leaking hulls, "
+            "cracked oars and the price of diesel at the pier. Gulls "
+            "circled above the fish market while traders argued over crates of herring and cod.")
+    eng = engine(replies=[long], reply=lambda n: TAILS[n % len(TAILS)])
+    s = Summarizer(eng, SAMPLING, SummaryOptions(words=40))
+    result = s.summarize(["\n\n".join(harbour_report(2))])
+    summary = result.text[: result.text.index(" " + result.added_names[0])]
+    assert eng.count_tokens(summary) > math.ceil(s.final_target * COVER_ROOM) - COVER_TOKENS // 2  # the old room: none
+    least = eng.count_tokens(summary) + math.ceil(s.final_target * COVER_MIN_ROOM) - COVER_TOKENS // 2
+    before_last = result.text[: result.text.rindex(" " + result.added_names[-1])]
+    assert eng.count_tokens(before_last) <= least < eng.count_tokens(result.text)

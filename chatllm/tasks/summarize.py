@@ -58,6 +58,7 @@ ENTITY_TOKENS = 64  # room for the list of names in an instruction (at most n_ct
 SEGMENT_CHARS = 3000  # text that fits one pass is counted in segments of this size, for the spread of its names
 COVER_TOKENS = 48  # the most one sentence about a main name the summary left out may take
 COVER_ROOM = 1.6  # the summary with those sentences may reach this many times its target length
+COVER_MIN_ROOM = 0.5  # ... or run this share of its target past what the summary itself wrote, whichever is more
 
 
 # -- the map-reduce --------------------------------------------------------------------------------
@@ -185,7 +186,9 @@ class Summarizer:
         """One greedy sentence for each main name the summary left out, best first, while the reply's room lasts: a tiny
         model names two or three people however it is asked, but asked about one, its reply started by it, it answers."""
         added, finish = "", self._result.finish_reason
-        room = self._cap(math.ceil(self.final_target * COVER_ROOM)) - COVER_TOKENS // 2
+        # A summary that ran long still leaves its added sentences COVER_MIN_ROOM of its target: names before length.
+        least = self.engine.count_tokens(text) + math.ceil(self.final_target * COVER_MIN_ROOM)
+        room = self._cap(max(math.ceil(self.final_target * COVER_ROOM), least)) - COVER_TOKENS // 2
         source_room = min(COVER_PASSAGE_TOKENS, self.budget("final", COVER_TOKENS))
         for name in missing_names(text, names):
             so_far = text + added

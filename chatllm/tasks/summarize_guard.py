@@ -188,8 +188,8 @@ def cover_problem(reply: str, name: str, text: str, tracker: EntityTracker, ques
         return "cut off"  # by its token limit: half a sentence
     rest = reply.strip().lstrip("- ")[len(name):]
     after = re.match(r"\s*([A-Z][a-z]*)\b", rest)
-    if after and after.group(1).lower() in STOP_WORDS:
-        return "starts afresh"  # "Berg She mended ...": a chat server never saw the lead
+    if after and (after.group(1).lower() in STOP_WORDS or any(re.match(rf"\s*{re.escape(n)}\b", rest) for n in names if n != name)):
+        return "starts afresh"  # "Berg She mended ...": a chat server never saw the lead; "King Alice's verdict was"
     said = rest.strip(" ,:;.\u3002\uff0c")
     grams = _grams(said)
     if len(said.split()) < 3 and len(_CJK_CHARS.findall(said)) < 4 or not grams:
