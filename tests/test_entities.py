@@ -197,10 +197,11 @@ def test_a_line_is_a_heading_only_when_short_and_unended():
     assert not is_heading("Quill checked.") and not is_heading("- Quill") and not is_heading("王小明在图书馆里读了一整天的书")
 
 
-def test_a_prose_guard_drops_a_sentence_that_opens_with_the_name_list_copied():
+def test_a_prose_guard_drops_a_sentence_that_holds_the_name_list_copied():
     tracker = tracked(harbour_report())
     guard = NameGuard(tracker, None, prose=True)
-    guard.feed("Mara Quill, Tomas Berg, Port Avel, Harbour Board, Ines Varga are silent men. Quill, Berg and Varga logged the tides.")
+    guard.feed("Mara Quill, Tomas Berg, Port Avel, Harbour Board, Ines Varga are silent men. Quill, Berg and Varga logged the tides. "
+               "The story then moves on to Quill, Tomas Berg, Port Avel, Harbour Board, Ines Varga.")
     assert guard.finish() == "Quill, Berg and Varga logged the tides."
 
 

@@ -134,8 +134,8 @@ class NameGuard:
             return  # a rule line or stray marks ("---"): nothing a reader wants
         if self.prose and self.buffer.startswith("\n") and is_heading(unit):
             return  # "Summary:", "King", "Frogs, Hatter, Gryphon": a line of a paragraph that says nothing
-        if self.prose and _NAME_LIST_LEAD.match(unit):
-            return  # the prompt's name list copied as a subject: "Long John Silver, Jim Hawkins, ... are silent men"
+        if self.prose and _NAME_LIST.search(unit):
+            return  # the prompt's name list copied: "Long John Silver, Jim Hawkins, ... are silent men", "moves on to ..."
         if self.parts and repeats(unit, self.text):
             return  # a tiny model says its first sentence again, reworded, and the names it left out get no room
         bad = untrue(unit, self.tracker)
@@ -149,7 +149,7 @@ class NameGuard:
             self.on_text(unit)
 
 
-_NAME_LIST_LEAD = re.compile(r"\s*(?:[A-Z][\w.'\u2019-]*(?: [A-Z][\w.'\u2019-]*){0,2}, ){4,}")
+_NAME_LIST = re.compile(r"(?<![\w'\u2019])(?:[A-Z][\w.'\u2019-]*(?: [A-Z][\w.'\u2019-]*){0,2}, ){4,}")
 _BULLET = re.compile(r"\s*(?:[-*\u2022]|\d+[.)])\s")
 
 
