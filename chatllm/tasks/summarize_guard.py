@@ -187,15 +187,16 @@ def cover_problem(reply: str, name: str, text: str, tracker: EntityTracker, ques
     if not _ENDED.search(reply):
         return "cut off"  # by its token limit: half a sentence
     rest = reply.strip().lstrip("- ")[len(name):]
+    others = [n for n in names if n != name]
     after = re.match(r"\s*([A-Z][a-z]*)\b", rest)
-    if after and (after.group(1).lower() in STOP_WORDS or any(re.match(rf"\s*{re.escape(n)}\b", rest) for n in names if n != name)):
+    if after and (after.group(1).lower() in STOP_WORDS or any(re.match(rf"\s*{re.escape(n)}\b", rest) for n in others)):
         return "starts afresh"  # "Berg She mended ...": a chat server never saw the lead; "King Alice's verdict was"
     said = rest.strip(" ,:;.\u3002\uff0c")
     grams = _grams(said)
     if len(said.split()) < 3 and len(_CJK_CHARS.findall(said)) < 4 or not grams:
         return "says nothing"  # the name and next to nothing
     same = _complement(rest)
-    if same and same.lower() in {n.lower() for n in names if n != name}:
+    if same and same.lower() in {n.lower() for n in others}:
         return f"makes {name} {same}"  # "King is Queen", "小D是赵太爷": two people made one, never what the text says
     if repeats(said, text):
         return "repeats the summary"
