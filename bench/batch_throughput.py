@@ -42,10 +42,10 @@ from eval_classify import DEFAULT_MODEL  # noqa: E402
 from eval_classify import load as load_dataset  # noqa: E402
 from perf_engine import load as load_engine  # noqa: E402
 
-from chatllm.cli.batch import RowSink  # noqa: E402
+from chatllm.cli.ask_lines import RowSink  # noqa: E402
 from chatllm.output import Output  # noqa: E402
 from chatllm.settings import Sampling  # noqa: E402
-from chatllm.tasks import batch  # noqa: E402
+from chatllm.tasks.ask import batch  # noqa: E402
 
 INSTRUCTION = "Is the sentiment of this movie review positive or negative? Answer with one word."
 

@@ -60,9 +60,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--figures", help="write the figure rows for bench/run_all.py to this JSON file")
     args = parser.parse_args(argv)
 
+    from chatllm.engines.llamacpp.llamacpp_engine import LlamaCppEngine
     from chatllm.inputs import iter_text, open_binary
-    from chatllm.runtime.gguf import read_header
-    from chatllm.runtime.llamacpp import LlamaCppEngine
+    from chatllm.models.gguf_header import read_header
     from chatllm.settings import Sampling
     from chatllm.tasks.summarize import Summarizer, SummaryOptions
 

@@ -27,7 +27,7 @@ import figures  # noqa: E402
 
 from chatllm.output import Output  # noqa: E402
 from chatllm.settings import load_settings  # noqa: E402
-from chatllm.tasks.chat import Conversation  # noqa: E402
+from chatllm.tasks.chat.conversation import Conversation  # noqa: E402
 
 DEFAULT_MODEL = os.environ.get("CHATLLM_BENCH_MODEL", "/root/.cache/chatllm-test/SmolLM2-135M-Instruct.Q4_1.gguf")
 TOPICS = ["apples", "rivers", "copper", "tigers", "violins", "glaciers", "pepper", "comets", "ravens", "marble",
@@ -72,13 +72,13 @@ def main() -> None:
     parser.add_argument("--figures", help="write the figure row for bench/run_all.py to this JSON file")
     args = parser.parse_args()
 
-    from chatllm.runtime.loader import load_engine
+    from chatllm.engines.loader import load_engine
 
     settings = load_settings(model=args.model, ctx=args.ctx, threads=args.threads, temperature=0.0,
                              max_tokens=args.max_tokens)
     engine = load_engine(settings, Output())
     if args.flash_attn != "auto":
-        from chatllm.runtime.llamacpp import LlamaCppEngine
+        from chatllm.engines.llamacpp.llamacpp_engine import LlamaCppEngine
 
         path, n_ctx, threads, name = engine.path, engine.n_ctx, engine.n_threads, engine.name
         engine.close()

@@ -23,9 +23,9 @@ if str(ROOT) not in sys.path:
 
 import llama_cpp  # noqa: E402
 
-from chatllm.runtime import llamacpp_embed  # noqa: E402
-from chatllm.runtime.llamacpp import LlamaCppEngine  # noqa: E402
-from chatllm.tasks.embed import embed_texts  # noqa: E402
+from chatllm.engines.llamacpp import embedding_mode as llamacpp_embed  # noqa: E402
+from chatllm.engines.llamacpp.llamacpp_engine import LlamaCppEngine  # noqa: E402
+from chatllm.tasks.retrieval.embeddings import embed_texts  # noqa: E402
 
 SQUAD = ROOT.parent / "shared" / "data" / "qa" / "squad_v1.1_dev_tune.json"
 

@@ -9,7 +9,7 @@ Methods, each with the CLI's default sampling (temperature 0.7, ...) and --seed 
   new      today's summarizer: names found by counting, greedy notes (tidied), the invented-name check, and each
            main name the summary left out given a sentence of its own
   nocover  new without those added sentences (cover_names=False): the same notes, the same final paragraph
-  old      the summarizer before issue 13 (`git show 55b0597:chatllm/tasks/summarize.py`, imported from a temp dir)
+  old      the summarizer before issue 13 (`git show 55b0597:chatllm/tasks/summarize/summarizer.py`, imported from a temp dir)
   naive    the first window only: "Summarize:" and the text cut to fit, one call
 Notes and merges are greedy, so they are the same for every seed and for new and nocover: after the first run of
 a book they are replayed from memory (GreedyReplay) and only the sampled final pass runs again; a replayed run's
@@ -17,7 +17,7 @@ seconds are its final pass alone (the table times only full runs). --full-seeds 
 Per book and method: recall (share of the entities.json names in the summary, case-insensitive; "of present" counts
 only the names that occur in the prefix at all), invented (capitalised words and years of the summary that occur
 nowhere in the document, any position, so an odd sentence-initial word counts too; for Chinese the name-shaped
-n-grams of chatllm.tasks.entities), seconds, tokens in/out, calls, and for map-reduce runs the map stage's
+n-grams of chatllm.tasks.summarize.names.entities), seconds, tokens in/out, calls, and for map-reduce runs the map stage's
 achieved prompt rate against the engine's raw rate on a slice of the same document of the same length (cold cache,
 measured right after the run). --max-chars takes a prefix of each book (after the Gutenberg frame), cut at a
 paragraph end; the Chinese book gets --max-cjk-chars (default a third: a CJK character costs SmolLM2 2-3 tokens).
@@ -51,7 +51,7 @@ CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff]")
 
 def load_old():
     """The summarizer module as it was before issue 13, imported from a temporary file."""
-    src = subprocess.run(["git", "show", f"{OLD_COMMIT}:chatllm/tasks/summarize.py"], cwd=ROOT, capture_output=True,
+    src = subprocess.run(["git", "show", f"{OLD_COMMIT}:chatllm/tasks/summarize/summarizer.py"], cwd=ROOT, capture_output=True,
                          text=True, check=True).stdout
     path = Path(tempfile.mkdtemp()) / "summarize_before_issue13.py"
     path.write_text(src, encoding="utf-8")
@@ -65,7 +65,7 @@ def load_old():
 
 def book_text(path: Path, max_chars: int | None) -> str:
     """The book without its Gutenberg frame, cut at the last paragraph end before max_chars."""
-    from chatllm.tasks.chunking import drop_gutenberg_frame, pieces_from_blocks
+    from chatllm.tasks.text.chunking import drop_gutenberg_frame, pieces_from_blocks
 
     text = "".join(drop_gutenberg_frame(pieces_from_blocks([path.read_text(encoding="utf-8-sig")]))).strip()
     if max_chars and len(text) > max_chars:
@@ -82,7 +82,7 @@ def recall(summary: str, names: list[str]) -> float:
 
 def invented(summary: str, doc: str) -> list[str]:
     """Capitalised words and years of the summary that the document never has (CJK: name-shaped n-grams)."""
-    from chatllm.tasks.entities import EntityTracker, invented_names
+    from chatllm.tasks.summarize.names.entities import EntityTracker, invented_names
 
     doc_words = set(re.findall(r"[a-z]+", doc.lower()))
     out = [w for w in re.findall(r"\b[A-Z][a-zA-Z]+", summary) if w.lower() not in doc_words]
@@ -269,9 +269,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.table:
         return table(args.table)
 
-    from chatllm.runtime.llamacpp import LlamaCppEngine
+    from chatllm.engines.llamacpp.llamacpp_engine import LlamaCppEngine
     from chatllm.settings import Sampling
-    from chatllm.tasks import summarize as new
+    from chatllm.tasks.summarize import summarizer as new
 
     old = load_old() if "old" in args.methods else None
     entities = json.loads((DATA / "entities.json").read_text(encoding="utf-8"))

@@ -15,7 +15,7 @@ preset says).
 Datasets: sst2 and chnsenticorp (two labels), topics (four: a multi-class check made here from SQuAD paragraphs,
 each labelled by its article's title, see TOPICS; scored with `classify`'s machinery, not sentiment's).
 
---cv tunes the presets: every candidate in chatllm.tasks.presets.CANDIDATES is scored once per item (raw label
+--cv tunes the presets: every candidate in chatllm.tasks.classify.presets.CANDIDATES is scored once per item (raw label
 log-probabilities, and those of each content-free input, cached on disk by model, preset and text), then for each of
 5 folds the best (preset, calibration) pair on the other 4 folds is scored on the held-out one. The cross-validated
 accuracy is what a new user should expect; the gap to the chosen pairs' accuracy on their own tuning folds shows
@@ -47,10 +47,10 @@ sys.path.insert(0, str(ROOT))
 
 import figures  # noqa: E402
 
-from chatllm.runtime.llamacpp import LlamaCppEngine  # noqa: E402
+from chatllm.engines.llamacpp.llamacpp_engine import LlamaCppEngine  # noqa: E402
 from chatllm.settings import Sampling  # noqa: E402
-from chatllm.tasks.classify import Classifier, _log_normalize, _mean_logprobs, clean, detect_language  # noqa: E402
-from chatllm.tasks.presets import CANDIDATES  # noqa: E402
+from chatllm.tasks.classify.classifier import Classifier, _log_normalize, _mean_logprobs, clean, detect_language  # noqa: E402
+from chatllm.tasks.classify.presets import CANDIDATES  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data" / "sentiment"
 SQUAD = ROOT.parent / "shared" / "data" / "qa" / "squad_v1.1_dev_tune.json"

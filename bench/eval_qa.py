@@ -73,7 +73,7 @@ def normalize(text: str, chinese: bool) -> list[str]:
 
 def f1(prediction: str, golds: list[str], chinese: bool) -> float:
     """The best token (character) F1 of the prediction against the gold answers."""
-    from chatllm.tasks.retrieval import is_not_found
+    from chatllm.tasks.retrieval.file_answers import is_not_found
 
     if is_not_found(prediction):
         return 0.0
@@ -90,8 +90,8 @@ def f1(prediction: str, golds: list[str], chinese: bool) -> float:
 
 def open_index(path: Path, scheme: str):
     """A fresh index of the given scheme."""
-    from chatllm.runtime.search_index import SearchIndex
-    from chatllm.tasks.retrieval import CHUNKER
+    from chatllm.storage.search_index import SearchIndex
+    from chatllm.tasks.retrieval.file_answers import CHUNKER
 
     for suffix in ("", "-wal", "-shm"):
         Path(str(path) + suffix).unlink(missing_ok=True)
@@ -100,7 +100,7 @@ def open_index(path: Path, scheme: str):
 
 def recall(name: str, work: Path, scheme: str, window_tokens: int, embedder=None, mode: str = "bm25") -> dict:
     """recall@k over every question of a dataset (mode bm25, vectors or hybrid), and the index build and search times."""
-    from chatllm.tasks import retrieval
+    from chatllm.tasks.retrieval import file_answers as retrieval
 
     path, questions = build(name, work)
     index = open_index(work / f"recall-{name}-{scheme}-{mode}.db", scheme)
@@ -135,9 +135,9 @@ def recall(name: str, work: Path, scheme: str, window_tokens: int, embedder=None
 
 def answers(name: str, work: Path, model: str, n_answer: int, n_unanswerable: int, ctx: int, seed: int) -> dict:
     """Answer F1 of retrieval vs the first-window baseline, and refusals of questions whose article is not indexed."""
-    from chatllm.runtime.llamacpp import LlamaCppEngine
+    from chatllm.engines.llamacpp.llamacpp_engine import LlamaCppEngine
     from chatllm.settings import Sampling
-    from chatllm.tasks import retrieval
+    from chatllm.tasks.retrieval import file_answers as retrieval
 
     chinese = name == "cmrc"
     path, questions = build(name, work)
@@ -186,7 +186,8 @@ def answers(name: str, work: Path, model: str, n_answer: int, n_unanswerable: in
 
 def baseline(engine, text: str, question: str, sampling) -> str:
     """The same prompt with the first window's worth of the file as its one source."""
-    from chatllm.tasks import oneshot, retrieval
+    from chatllm.tasks.ask import oneshot
+    from chatllm.tasks.retrieval import file_answers as retrieval
 
     budget = engine.n_ctx - retrieval.answer_reserve(engine.n_ctx, sampling.max_tokens) \
         - retrieval.prompt_overhead(engine, question, None) - 14
@@ -234,7 +235,7 @@ def main(argv: list[str] | None = None) -> None:
                 results.append(recall(name, work, scheme, args.ctx - 48 - 180))
                 print(json.dumps(results[-1]), flush=True)
             if args.embed_model:
-                from chatllm.runtime.llamacpp import LlamaCppEngine
+                from chatllm.engines.llamacpp.llamacpp_engine import LlamaCppEngine
 
                 with LlamaCppEngine(args.embed_model, n_ctx=512, embedding=True, name=args.embed_model.name) as embedder:
                     for mode in ("vectors", "hybrid"):

@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> None:
         from rouge_score import rouge_scorer
     except ImportError:
         sys.exit("rouge-score is missing: pip install -e '.[bench]' (or pip install rouge-score)")
-    from chatllm.runtime.llamacpp import LlamaCppEngine
+    from chatllm.engines.llamacpp.llamacpp_engine import LlamaCppEngine
     from chatllm.settings import Sampling
 
     rows = load_rows(args.data, args.limit)

@@ -7,7 +7,7 @@
 
 Data (tuning split only, read in place): ../shared/data/translation/flores_en_zh_tune.tsv (306 FLORES-200 devtest
 sentence pairs) and ted_iwslt15_tst2010_en_zh_docs_tune.jsonl (3 whole TED talks, aligned segments).
-FLORES: each sentence translated on its own by the task (chatllm.tasks.translate, in process, its default greedy
+FLORES: each sentence translated on its own by the task (chatllm.tasks.translate.translator, in process, its default greedy
 decoding) and by the baseline: "Translate to Chinese:\\n\\n{text}" (or English) in the model's chat template,
 greedy, the same reply cap. chrF (sacrebleu corpus_chrf, default settings) over all sentences.
 TED (en->zh): the talk as one document, a segment a paragraph; structure kept = as many paragraphs out as in;
@@ -62,7 +62,7 @@ def flores(limit: int, start: int = 0) -> list[tuple[str, str]]:
 def naive(engine, text: str, target: str) -> str:
     """The baseline: one plain prompt, greedy, the same reply cap as the task."""
     from chatllm.settings import Sampling
-    from chatllm.tasks.translate import REPLY_EXTRA, REPLY_RATIO
+    from chatllm.tasks.translate.translator import REPLY_EXTRA, REPLY_RATIO
 
     cap = REPLY_RATIO * engine.count_tokens(text) + REPLY_EXTRA
     prompt = engine.render_chat([{"role": "user", "content": f"Translate to {target}:\n\n{text}"}])
@@ -72,7 +72,7 @@ def naive(engine, text: str, target: str) -> str:
 def ours(engine, text: str, target: str, **kw):
     """The translation `chatllm translate --to TARGET` writes (its default sampling)."""
     from chatllm.settings import Sampling
-    from chatllm.tasks.translate import DEFAULT_TEMPERATURE, TranslateOptions, Translator, resolve_language
+    from chatllm.tasks.translate.translator import DEFAULT_TEMPERATURE, TranslateOptions, Translator, resolve_language
 
     options = TranslateOptions(resolve_language(target))
     return Translator(engine, Sampling(temperature=DEFAULT_TEMPERATURE), options).translate([text], **kw)
@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> None:
         import sacrebleu
     except ImportError:
         sys.exit("sacrebleu is missing: pip install -e '.[bench]' (or pip install sacrebleu)")
-    from chatllm.runtime.llamacpp import LlamaCppEngine
+    from chatllm.engines.llamacpp.llamacpp_engine import LlamaCppEngine
 
     pairs = flores(args.sentences, args.start)
     talks = [json.loads(line) for line in (DATA / "ted_iwslt15_tst2010_en_zh_docs_tune.jsonl").open(encoding="utf-8")]

@@ -45,8 +45,8 @@ def load() -> str:
 
 def repacking() -> bool:
     """Whether chatllm repacks weights on this CPU (not on AMX CPUs); the reference is run the same way."""
-    from chatllm.runtime.devices import extra_buffers_safe
-    from chatllm.runtime.llamacpp import build_info
+    from chatllm.engines.llamacpp.devices import extra_buffers_safe
+    from chatllm.engines.llamacpp.llamacpp_engine import build_info
 
     return extra_buffers_safe(build_info()["system_info"])
 
@@ -102,7 +102,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="write the samples and the summary here")
     parser.add_argument("--merge", type=Path, nargs="*", default=[], help="add the samples of earlier --json files")
     args = parser.parse_args()
-    from chatllm.runtime.threads import default_threads
+    from chatllm.engines.llamacpp.threads import default_threads
 
     threads = args.threads or default_threads()
     binary = llamacpp_ref.ensure_built()["llama-bench"]

@@ -35,11 +35,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import figures  # noqa: E402
 from chat_ttft import run_once  # noqa: E402
 
-from chatllm.runtime.kv_cache import KVCache  # noqa: E402
-from chatllm.runtime.llamacpp import LlamaCppEngine  # noqa: E402
+from chatllm.engines.llamacpp.llamacpp_engine import LlamaCppEngine  # noqa: E402
 from chatllm.settings import Sampling, load_settings  # noqa: E402
-from chatllm.store import Exchange  # noqa: E402
-from chatllm.tasks.chat import Conversation  # noqa: E402
+from chatllm.storage.conversations import Exchange  # noqa: E402
+from chatllm.storage.kv_cache import KVCache  # noqa: E402
+from chatllm.tasks.chat.conversation import Conversation  # noqa: E402
 
 MODELS = Path(os.environ.get("CHATLLM_TEST_MODELS", Path.home() / ".cache" / "chatllm-test"))
 SMOLLM = MODELS / "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -215,8 +215,8 @@ def ask_wall(args, home: Path, rows: list) -> None:
     import perf_engine
     import run_all
 
-    from chatllm.runtime.flash_attn import choose_flash_attn, one_shot_depth
-    from chatllm.runtime.threads import default_threads
+    from chatllm.engines.llamacpp.flash_attn import choose_flash_attn, one_shot_depth
+    from chatllm.engines.llamacpp.threads import default_threads
 
     bins = run_all.llamacpp_ref.ensure_built()
     threads = args.threads or default_threads()
@@ -232,7 +232,8 @@ def ask_wall(args, home: Path, rows: list) -> None:
     wall, _rss = run_all.oneshot_figures(bins, SMOLLM, "SmolLM2", info, args.runs, home)
     env = run_all.hermetic_env(home, SMOLLM)
     # load, first token and the rest of the generation as the CLI's engine runs them, timed inside one process
-    stages = ("import sys, time; from chatllm.runtime.llamacpp import LlamaCppEngine; from chatllm.settings import Sampling; "
+    stages = ("import sys, time; from chatllm.engines.llamacpp.llamacpp_engine import LlamaCppEngine; "
+              "from chatllm.settings import Sampling; "
               "t = time.perf_counter(); e = LlamaCppEngine(sys.argv[1], n_ctx=int(sys.argv[2]), n_threads=int(sys.argv[3]), "
               "flash_attn=sys.argv[4] == 'True'); load = time.perf_counter() - t; "
               "e.complete(e.render_chat([{'role': 'user', 'content': sys.argv[5]}]), Sampling(max_tokens=int(sys.argv[6]), "
@@ -244,8 +245,8 @@ def ask_wall(args, home: Path, rows: list) -> None:
     for _ in range(args.runs):  # every part of one split is taken within seconds, so its rest is a difference of neighbours
         parts["wall"].append(run_all.checked(run_all.timed_run(ask, env), "chatllm ask").wall)
         parts["interpreter"].append(run_all.timed_run([sys.executable, "-c", "pass"], env).wall)
-        parts["imports"].append(run_all.timed_run([sys.executable, "-c", "import chatllm.cli.app, chatllm.cli.oneshot, "
-                                                   "chatllm.runtime.loader, chatllm.runtime.llamacpp"], env).wall)
+        parts["imports"].append(run_all.timed_run([sys.executable, "-c", "import chatllm.cli.app, chatllm.cli.ask, "
+                                                   "chatllm.engines.loader, chatllm.engines.llamacpp.llamacpp_engine"], env).wall)
         run = run_all.checked(run_all.timed_run([sys.executable, "-c", stages, str(SMOLLM), str(info["n_ctx"]), str(threads),
                                                  str(fa), run_all.ASK_PROMPT, str(run_all.ASK_TOKENS)], env), "stages")
         words = run.out.split()[-5:]

@@ -25,8 +25,8 @@ if str(ROOT) not in sys.path:
 
 import llama_cpp  # noqa: E402
 
-import chatllm.runtime.llamacpp as engine_module  # noqa: E402
-from chatllm.runtime.llamacpp import LlamaCppEngine  # noqa: E402
+import chatllm.engines.llamacpp.llamacpp_engine as engine_module  # noqa: E402
+from chatllm.engines.llamacpp.llamacpp_engine import LlamaCppEngine  # noqa: E402
 from chatllm.settings import Sampling  # noqa: E402
 
 LONG_ASK = "Write a long, detailed essay about the history of the bicycle, from its invention to today."
@@ -35,7 +35,7 @@ LONG_TEXT = "The history of the bicycle began in the early nineteenth century, w
 
 def load(path: str | Path, **kwargs) -> LlamaCppEngine:
     """The Engine with chatllm's defaults (the same ones loader.load_engine passes for a .gguf path)."""
-    from chatllm.runtime.gguf import read_header
+    from chatllm.models.gguf_header import read_header
 
     info = read_header(Path(path))
     n_ctx = kwargs.pop("n_ctx", None) or min(info.context_length or 8192, 8192)

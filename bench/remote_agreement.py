@@ -26,9 +26,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from chatllm.runtime.registry import parse_ref  # noqa: E402
-from chatllm.runtime.serve import PYTHON_SERVER, plan_server  # noqa: E402
-from chatllm.tasks.classify import Classifier, sentiment_labels  # noqa: E402
+from chatllm.models.registry import parse_ref  # noqa: E402
+from chatllm.models.serve import PYTHON_SERVER, plan_server  # noqa: E402
+from chatllm.tasks.classify.classifier import Classifier, sentiment_labels  # noqa: E402
 from tests.llama_server import ALIAS, LlamaServer, free_port, repack_safe, server_binary  # noqa: E402
 
 DEFAULT_MODEL = str(Path.home() / ".cache/chatllm-test/SmolLM2-135M-Instruct.Q4_1.gguf")
@@ -81,9 +81,9 @@ def main() -> None:
     args = ap.parse_args()
     texts, gold = sst2(args.lines)
     report: dict = {"lines": len(texts), "threads": args.threads, "load_before": os.getloadavg()}
-    from chatllm.runtime.llamacpp import LlamaCppEngine
-    from chatllm.runtime.remote import RemoteEngine
-    from chatllm.runtime.remote_chat import ChatRemoteEngine
+    from chatllm.engines.llamacpp.llamacpp_engine import LlamaCppEngine
+    from chatllm.engines.remote.chat_api_engine import ChatRemoteEngine
+    from chatllm.engines.remote.llama_server_engine import RemoteEngine
 
     with LlamaCppEngine(Path(args.model), n_ctx=2048, n_threads=args.threads) as local:
         base, seconds = labels_of(local, texts)

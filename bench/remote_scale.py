@@ -30,11 +30,11 @@ sys.path.insert(0, str(REPO / "bench"))
 
 import figures  # noqa: E402
 
-from chatllm.runtime.registry import parse_ref  # noqa: E402
-from chatllm.runtime.remote import RemoteEngine  # noqa: E402
+from chatllm.engines.remote.llama_server_engine import RemoteEngine  # noqa: E402
+from chatllm.models.registry import parse_ref  # noqa: E402
 from chatllm.settings import Sampling  # noqa: E402
-from chatllm.tasks.classify import Classifier, sentiment_labels  # noqa: E402
-from chatllm.tasks.parallel import ordered_map  # noqa: E402
+from chatllm.tasks.classify.classifier import Classifier, sentiment_labels  # noqa: E402
+from chatllm.tasks.text.parallel_map import ordered_map  # noqa: E402
 from tests.llama_server import ALIAS, LlamaServer, server_binary  # noqa: E402
 
 DEFAULT_MODEL = os.environ.get("CHATLLM_BENCH_MODEL", str(Path.home() / ".cache/chatllm-test/SmolLM2-135M-Instruct.Q4_1.gguf"))
@@ -138,7 +138,7 @@ def main() -> None:
         remote.close()
     finally:
         srv.stop()
-    from chatllm.runtime.llamacpp import LlamaCppEngine
+    from chatllm.engines.llamacpp.llamacpp_engine import LlamaCppEngine
 
     local = LlamaCppEngine(Path(args.model), n_ctx=2048, n_threads=args.threads, flash_attn=False)
     l_ttft, l_rate = chat_speed(local, args.runs, args.max_tokens)

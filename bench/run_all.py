@@ -191,8 +191,8 @@ def fmt(value: float, unit: str) -> str:
 
 def repacking() -> bool:
     """Whether the reference tools can repack weights on this CPU (not on AMX CPUs); chatllm's Engine is run the same way."""
-    from chatllm.runtime.devices import extra_buffers_safe
-    from chatllm.runtime.llamacpp import build_info
+    from chatllm.engines.llamacpp.devices import extra_buffers_safe
+    from chatllm.engines.llamacpp.llamacpp_engine import build_info
 
     return extra_buffers_safe(build_info()["system_info"])
 
@@ -474,7 +474,7 @@ def main() -> None:
     pairs = args.pairs or (5 if args.quick else 11)
     started = time.perf_counter()
     load_start = load_avg()
-    from chatllm.runtime.threads import default_threads, other_busy_cores, physical_cores
+    from chatllm.engines.llamacpp.threads import default_threads, other_busy_cores, physical_cores
 
     cores, busy = physical_cores(), other_busy_cores()
     threads_note = (f"{args.threads} for both sides (--threads)" if args.threads else

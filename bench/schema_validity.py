@@ -25,11 +25,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import figures  # noqa: E402
 import jsonschema  # noqa: E402
 
+from chatllm.engines.llamacpp.llamacpp_engine import LlamaCppEngine  # noqa: E402
 from chatllm.errors import ChatllmError  # noqa: E402
-from chatllm.runtime.llamacpp import LlamaCppEngine  # noqa: E402
 from chatllm.settings import Sampling  # noqa: E402
-from chatllm.tasks import oneshot  # noqa: E402
-from chatllm.tasks.structured import json_spec  # noqa: E402
+from chatllm.tasks.ask import oneshot  # noqa: E402
+from chatllm.tasks.ask.structured_output import json_spec  # noqa: E402
 
 DATA = Path(os.environ.get("CHATLLM_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 MODELS = {

@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import figures  # noqa: E402
 
-from chatllm.runtime.llamacpp import LlamaCppEngine  # noqa: E402
+from chatllm.engines.llamacpp.llamacpp_engine import LlamaCppEngine  # noqa: E402
 from chatllm.settings import Sampling  # noqa: E402
 
 DEFAULT_MODEL = os.environ.get("CHATLLM_BENCH_MODEL", "/root/.cache/chatllm-test/SmolLM2-135M-Instruct.Q4_1.gguf")

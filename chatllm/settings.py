@@ -52,7 +52,7 @@ class Settings:
     n_threads: int | None = None
     n_batch: int = 512
     chat_format: str | None = None
-    flash_attn: bool | None = None  # None: chosen per run (runtime/flash_attn.py); True/False: the user's explicit choice
+    flash_attn: bool | None = None  # None: chosen per run (engines/llamacpp/flash_attn.py); True/False: the user's explicit choice
     context_hint: int | None = None  # the most tokens this run's context will hold, when the command knows it up front
     embed_model: str | None = None  # `ask -f` past the window: hybrid retrieval with this embedding model
     verbose: bool = False

@@ -1,4 +1,4 @@
-"""One fake engine for the task tests: it implements chatllm.runtime.contract.Engine without a model."""
+"""One fake engine for the task tests: it implements chatllm.engines.contract.Engine without a model."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import re
 from array import array
 from typing import Callable, ClassVar, Generator, Mapping, Sequence
 
+from chatllm.engines.contract import GenerationStats
 from chatllm.errors import ChatllmError, NoChatTemplateError
-from chatllm.runtime.contract import GenerationStats
 from chatllm.settings import Sampling
 
 # Chat template styles: (a message's opening, its closing, the generation prompt).

@@ -1,6 +1,6 @@
 """A small GGUF writer for tests: copy a real GGUF with some metadata values replaced, or build one from scratch.
 
-It parses the header on its own (independently of chatllm.runtime.gguf, so the two can check each other), rewrites the
+It parses the header on its own (independently of chatllm.models.gguf_header, so the two can check each other), rewrites the
 metadata section, keeps the tensor infos byte for byte, re-pads to the alignment and copies the tensor data.
 """
 

@@ -52,8 +52,8 @@ def free_port() -> int:
 
 def repack_safe() -> bool:
     """Whether llama.cpp may repack weights on this CPU (its AMX kernels segfault: chatllm's engine avoids them too)."""
-    from chatllm.runtime.devices import extra_buffers_safe
-    from chatllm.runtime.llamacpp import build_info
+    from chatllm.engines.llamacpp.devices import extra_buffers_safe
+    from chatllm.engines.llamacpp.llamacpp_engine import build_info
 
     return extra_buffers_safe(build_info()["system_info"])
 

@@ -11,8 +11,8 @@ import pytest
 from chatllm.errors import ChatllmError, NoChatTemplateError, UsageError
 from chatllm.output import Output
 from chatllm.settings import Sampling, Settings
-from chatllm.tasks import batch
-from chatllm.tasks.structured import json_spec
+from chatllm.tasks.ask import batch
+from chatllm.tasks.ask.structured_output import json_spec
 from tests.fakes import FakeEngine
 
 SAMPLING = Sampling(max_tokens=16, temperature=0)
@@ -165,9 +165,9 @@ def fake_settings(tmp_path: Path) -> Settings:
 
 def run(tmp_path: Path, monkeypatch, lines: str, *, as_json=False, output=None, resume=False, spec=None,
         engine: FakeEngine | None = None, suffix=".txt"):
-    from chatllm.cli.batch import run_batch
+    from chatllm.cli.ask_lines import run_batch
     engine = engine or FakeEngine(reply=lambda n: f"line one\nline {n}")
-    monkeypatch.setattr("chatllm.runtime.loader.load_engine", lambda settings, out: engine)
+    monkeypatch.setattr("chatllm.engines.loader.load_engine", lambda settings, out: engine)
     src = tmp_path / f"in{suffix}"
     src.write_text(lines, encoding="utf-8")
     stdout, stderr = io.StringIO(), io.StringIO()
@@ -227,8 +227,8 @@ def test_empty_input_fails_before_the_model_loads(tmp_path, monkeypatch):
     def no_load(settings, out):
         raise AssertionError("the model was loaded")
 
-    monkeypatch.setattr("chatllm.runtime.loader.load_engine", no_load)
-    from chatllm.cli.batch import run_batch
+    monkeypatch.setattr("chatllm.engines.loader.load_engine", no_load)
+    from chatllm.cli.ask_lines import run_batch
     src = tmp_path / "empty.txt"
     src.write_text("\n  \n")
     with pytest.raises(UsageError, match="has no prompts"):
@@ -237,9 +237,9 @@ def test_empty_input_fails_before_the_model_loads(tmp_path, monkeypatch):
 
 
 def test_a_terminal_stderr_gets_a_bar_and_a_summary_and_a_pipe_gets_neither(tmp_path, monkeypatch):
-    from chatllm.cli.batch import run_batch
+    from chatllm.cli.ask_lines import run_batch
 
-    monkeypatch.setattr("chatllm.runtime.loader.load_engine", lambda settings, out: FakeEngine())
+    monkeypatch.setattr("chatllm.engines.loader.load_engine", lambda settings, out: FakeEngine())
     src, dest = tmp_path / "in.txt", tmp_path / "out.jsonl"
     src.write_text("a\nb\nc\n")
     for tty in (True, False):

@@ -8,9 +8,9 @@ import pytest
 
 from chatllm.errors import ChatllmError, UsageError
 from chatllm.settings import Sampling
-from chatllm.store import Exchange, Store
-from chatllm.tasks.chat import Conversation
-from chatllm.tasks.transcripts import parse_json, parse_markdown, transcript_markdown
+from chatllm.storage.conversations import Exchange, Store
+from chatllm.tasks.chat.conversation import Conversation
+from chatllm.tasks.chat.transcripts import parse_json, parse_markdown, transcript_markdown
 from tests.fakes import FakeEngine  # its defaults are a chat model's; test_repl imports it from here
 
 SAMPLING = Sampling(max_tokens=8, temperature=0)

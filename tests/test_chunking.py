@@ -7,7 +7,7 @@ import tracemalloc
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from chatllm.tasks.chunking import (
+from chatllm.tasks.text.chunking import (
     MAX_PIECE_CHARS,
     chunk_blocks,
     chunk_text,
@@ -139,7 +139,7 @@ def test_any_text_chunks_within_budget_and_loses_nothing(text, budget):
 
 
 def test_project_gutenberg_header_and_licence_are_dropped():
-    from chatllm.tasks.chunking import drop_gutenberg_frame
+    from chatllm.tasks.text.chunking import drop_gutenberg_frame
 
     book = ("The Project Gutenberg eBook of A Tale\n\nRelease date: 2008\n\n"
             "*** START OF THE PROJECT GUTENBERG EBOOK A TALE ***\n\nChapter 1\n\nOnce upon a time.\n\n"

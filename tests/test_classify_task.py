@@ -8,10 +8,10 @@ import math
 import pytest
 
 from chatllm.errors import ContextOverflowError, UsageError
-from chatllm.tasks.classify import Classifier, Result, clean, parse_labels, sentiment_labels
-from chatllm.tasks.fewshot import Example, load_examples
-from chatllm.tasks.presets import CANDIDATES, DEFAULT, SENTIMENT, Preset, choose
-from chatllm.tasks.text import detect_language
+from chatllm.tasks.classify.classifier import Classifier, Result, clean, parse_labels, sentiment_labels
+from chatllm.tasks.classify.fewshot import Example, load_examples
+from chatllm.tasks.classify.presets import CANDIDATES, DEFAULT, SENTIMENT, Preset, choose
+from chatllm.tasks.text.text_rules import detect_language
 from tests.fakes import FakeEngine
 
 CUES = {"positive": ("good", "好"), "negative": ("bad", "差"), "news": ("report",), "newsletter": ("subscribe",),
@@ -281,7 +281,7 @@ def test_user_examples_override_the_family_preset():
 
 
 def test_calibration_saved_for_one_preset_is_not_reused_by_another(tmp_path):
-    from chatllm.runtime.kv_cache import KVCache
+    from chatllm.storage.kv_cache import KVCache
 
     kv = KVCache(tmp_path / "kv")
     a = Preset("test/a", instruction="Sentiment of each text: {labels}.", always_instruct=True)

@@ -6,7 +6,7 @@ import inspect
 
 import pytest
 
-from chatllm.runtime.contract import Engine, GenerationStats
+from chatllm.engines.contract import Engine, GenerationStats
 from tests.fakes import SPLITS, FakeEngine
 
 METHODS = ["tokenize", "count_tokens", "detokenize", "prompt_tokens", "render_chat", "stream", "complete",
@@ -37,8 +37,8 @@ def test_each_contract_method_exists_with_the_contracts_signature(split, method)
 
 @pytest.mark.parametrize("method", METHODS)
 def test_both_remote_engines_keep_the_contracts_signatures(method):
-    from chatllm.runtime.remote import RemoteEngine
-    from chatllm.runtime.remote_chat import ChatRemoteEngine
+    from chatllm.engines.remote.chat_api_engine import ChatRemoteEngine
+    from chatllm.engines.remote.llama_server_engine import RemoteEngine
 
     for cls in (RemoteEngine, ChatRemoteEngine):
         assert parameters(getattr(cls, method)) == parameters(getattr(Engine, method)), (cls.__name__, method)

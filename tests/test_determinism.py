@@ -11,7 +11,7 @@ import itertools
 
 import pytest
 
-from chatllm.runtime.llamacpp import LlamaCppEngine, captured_log
+from chatllm.engines.llamacpp.llamacpp_engine import LlamaCppEngine, captured_log
 from chatllm.settings import Sampling
 
 pytestmark = pytest.mark.model

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from chatllm.collections_store import CollectionStore
 from chatllm.errors import ChatllmError, UsageError
-from chatllm.runtime.embedding import check_model_kind, declared_pooling
-from chatllm.runtime.registry import _load_table
-from chatllm.tasks.embed import embed_stream, embed_texts, nearest, similar, store_stream
+from chatllm.models.model_kinds import check_model_kind, declared_pooling
+from chatllm.models.registry import _load_table
+from chatllm.storage.collections import CollectionStore
+from chatllm.tasks.retrieval.embeddings import embed_stream, embed_texts, nearest, similar, store_stream
 from tests.fakes import FakeEngine
 
 TEXTS = ["the cat sat on the mat", "a dog barked at the mailman", "stock markets fell sharply today",
@@ -154,14 +154,14 @@ def test_registry_kind_is_checked(tmp_path: Path):
 
 
 def test_shipped_embedding_models_are_marked():
-    from chatllm.runtime.registry import shipped_registry_path
+    from chatllm.models.registry import shipped_registry_path
 
     marked = {a for a, s in _load_table(shipped_registry_path(), "builtin").items() if s.kind == "embedding"}
     assert {"bge-small-en-v1.5", "nomic-embed-text-v1.5", "qwen3-embedding-0.6b", "bge-m3"} <= marked
 
 
 def test_remote_engine_embeds_through_v1_embeddings():
-    from chatllm.runtime.remote import RemoteEngine
+    from chatllm.engines.remote.llama_server_engine import RemoteEngine
 
     class Server:
         def __init__(self):

@@ -7,9 +7,9 @@ import sys
 
 import pytest
 
+from chatllm.engines.llamacpp.llamacpp_engine import LlamaCppEngine
+from chatllm.engines.stop_strings import StopFilter
 from chatllm.errors import ChatllmError, ContextOverflowError
-from chatllm.runtime.llamacpp import LlamaCppEngine
-from chatllm.runtime.stops import StopFilter
 from chatllm.settings import Sampling
 
 pytestmark = pytest.mark.model
@@ -111,7 +111,7 @@ def test_model_without_template_refuses_chat_but_override_works(gemma_path):
 
 def test_loading_prints_nothing_on_stderr(gemma_path):
     code = (
-        "import sys; from chatllm.runtime.llamacpp import LlamaCppEngine, captured_log;"
+        "import sys; from chatllm.engines.llamacpp.llamacpp_engine import LlamaCppEngine, captured_log;"
         f"e = LlamaCppEngine({str(gemma_path)!r}, n_ctx=256); e.close();"
         "sys.stdout.write(str(len(captured_log())))"
     )

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from chatllm.tasks.entities import EntityTracker, capitalised_runs, cjk_ngrams, core, invented_names, name_candidates
-from chatllm.tasks.summarize_guard import NameGuard, clean_note, cover_problem, is_heading
+from chatllm.tasks.summarize.names.entities import EntityTracker, invented_names
+from chatllm.tasks.summarize.names.name_patterns import capitalised_runs, cjk_ngrams, core, name_candidates
+from chatllm.tasks.summarize.summary_guard import NameGuard, clean_note, cover_problem, is_heading
 
 
 def harbour_report(parts: int = 6) -> list[str]:

@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, currently_in_test_context, event, given, set
 from hypothesis import strategies as st
 
 from chatllm.errors import ChatllmError
-from chatllm.runtime.gguf import GGML_TYPES, GGUFError, read_header
+from chatllm.models.gguf_header import GGML_TYPES, GGUFError, read_header
 from tests.conftest import run_chatllm
 from tests.gguf_writer import (
     ARRAY,

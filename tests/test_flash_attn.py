@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from chatllm.engines.llamacpp import flash_attn
+from chatllm.engines.llamacpp.flash_attn import CPU_FLASH_MAX_DEPTH, TEMPLATE_SLACK, choose_flash_attn, one_shot_depth
 from chatllm.errors import UsageError
-from chatllm.runtime import flash_attn
-from chatllm.runtime.flash_attn import CPU_FLASH_MAX_DEPTH, TEMPLATE_SLACK, choose_flash_attn, one_shot_depth
 from chatllm.settings import load_settings, parse_flash_attn
 from tests.conftest import run_chatllm
 
@@ -38,7 +38,7 @@ def test_the_choice(crossover, setting, gpu_layers, depth, n_ctx, expected):
 
 
 def test_the_one_shot_depth_bounds_the_real_prompt_from_above(smollm_path):
-    from chatllm.runtime.llamacpp import LlamaCppEngine
+    from chatllm.engines.llamacpp.llamacpp_engine import LlamaCppEngine
 
     texts = [("Be brief.", "What is the capital of France?"), (None, "日本語の文章です。絵文字も 🎉🎉 あります。"),
              ("Réponds en français, s'il te plaît.", "Écris un poème sur la mer " * 20)]
@@ -78,7 +78,7 @@ def test_the_flag_wins_over_the_environment_which_wins_over_the_config(monkeypat
 
 
 def test_the_engine_chooses_by_its_depth_hint_and_keeps_one_state_key_for_deep_runs(crossover, smollm_path):
-    from chatllm.runtime.llamacpp import LlamaCppEngine
+    from chatllm.engines.llamacpp.llamacpp_engine import LlamaCppEngine
 
     with LlamaCppEngine(smollm_path, n_ctx=1024, device="cpu", depth_hint=SHALLOW) as short:
         assert short.flash_attn is True

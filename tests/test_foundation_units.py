@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
+from chatllm.engines.llamacpp.devices import choose_gpu_layers, extra_buffers_safe
+from chatllm.engines.llamacpp.threads import physical_cores
 from chatllm.errors import ChatllmError, UsageError, from_exception, redact
-from chatllm.runtime.devices import choose_gpu_layers, extra_buffers_safe
-from chatllm.runtime.registry import load_registry, parse_ref, pick_quant_file, shipped_registry_path, split_parts
-from chatllm.runtime.threads import physical_cores
+from chatllm.models.registry import load_registry, parse_ref, pick_quant_file, shipped_registry_path, split_parts
 from chatllm.settings import load_settings
 
 

@@ -15,10 +15,10 @@ from hypothesis import strategies as st
 
 from chatllm.errors import ChatllmError
 from chatllm.inputs import csv_column_items
-from chatllm.tasks.fewshot import load_examples
-from chatllm.tasks.languages import parse_glossary
-from chatllm.tasks.prompt_templates import load_template, render_prompt
-from chatllm.tasks.structured import decode, json_spec
+from chatllm.tasks.ask.prompt_templates import load_template, render_prompt
+from chatllm.tasks.ask.structured_output import decode, json_spec
+from chatllm.tasks.classify.fewshot import load_examples
+from chatllm.tasks.translate.languages import parse_glossary
 
 FUZZ = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 TEXT = st.text(st.characters(blacklist_categories=("Cs",)), max_size=120)

@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 
 from chatllm.errors import ChatllmError
-from chatllm.runtime.kv_cache import SUFFIX, KVCache, max_bytes_setting
 from chatllm.settings import Sampling, Settings
-from chatllm.store import Store
-from chatllm.tasks.chat import Conversation
-from chatllm.tasks.classify import Classifier
+from chatllm.storage.conversations import Store
+from chatllm.storage.kv_cache import SUFFIX, KVCache, max_bytes_setting
+from chatllm.tasks.chat.conversation import Conversation
+from chatllm.tasks.classify.classifier import Classifier
 from tests.fakes import FakeEngine
 
 SAMPLING = Sampling(max_tokens=8, temperature=0)

@@ -237,8 +237,8 @@ def test_a_batch_with_nothing_shared_but_the_template_saves_nothing_and_another_
 
 
 def test_the_shared_prefix_is_a_prefix_of_every_rows_prompt(smollm_path):
-    from chatllm.runtime.llamacpp import LlamaCppEngine
-    from chatllm.tasks.batch import shared_prefix
+    from chatllm.engines.llamacpp.llamacpp_engine import LlamaCppEngine
+    from chatllm.tasks.ask.batch import shared_prefix
 
     def instruction_first(row: str) -> str:
         return f"Summarize in one line:\n\n{row}"

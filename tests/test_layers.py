@@ -1,4 +1,4 @@
-"""The architecture as tests: tasks never import llama_cpp, imports point down the layers, `--help` stays light."""
+"""The architecture as tests: which package may import which, no import circles, `--help` stays light."""
 
 from __future__ import annotations
 
@@ -14,19 +14,21 @@ import chatllm
 import chatllm.tasks
 
 PACKAGE = Path(chatllm.__file__).parent
-# Each layer may import itself and the layers listed after it, never one before it (docs/ARCHITECTURE.md).
-LAYERS = ["__main__", "cli", "repl", "tasks", "runtime", "base"]
-BASE = {"errors", "settings", "output", "stdio", "inputs", "store", "collections_store", "__init__"}
+# The packages from the top down; each may import itself and the ones after it, never one before it.
+LAYERS = ["__main__", "cli", "repl", "tasks", "engines", "models", "storage", "base"]
+BASE = {"errors", "settings", "output", "stdio", "inputs", "__init__"}
+# What a job sees of the engines: the capability contract, nothing that runs a model.
+TASKS_SEE_OF_ENGINES = {"chatllm.engines.contract", "chatllm.engines.chat_formats"}
 
 
 def layer_of(module: str) -> str:
-    """The layer of a chatllm module name (chatllm.tasks.chat -> tasks; `python -m chatllm` is the top)."""
+    """The layer of a chatllm module name (chatllm.tasks.chat.conversation -> tasks; `python -m chatllm` is the top)."""
     part = module.split(".")[1] if "." in module else "__init__"
     return "base" if part in BASE else part
 
 
 def chatllm_imports(path: Path, known: set[str]) -> set[str]:
-    """Every chatllm module a file imports, at any depth of its code (lazy imports included)."""
+    """Every chatllm module a file imports, at any depth of its code (lazy and TYPE_CHECKING imports included)."""
     found = set()
     for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
         if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "chatllm":
@@ -47,12 +49,23 @@ def modules() -> list[tuple[str, Path]]:
     return out
 
 
+def import_graph() -> dict[str, set[str]]:
+    """module -> the chatllm modules it imports (a package's own __init__ left out: importing a submodule runs it)."""
+    known = {m for m, _ in modules()}
+    graph = {}
+    for name, path in modules():
+        graph[name] = {t for t in chatllm_imports(path, known) if t != "chatllm" and not name.startswith(t + ".")}
+    return graph
+
+
 def test_every_task_module_imports_without_llama_cpp():
-    names = [f"chatllm.tasks.{m.name}" for m in pkgutil.iter_modules(chatllm.tasks.__path__)]
-    assert {"chatllm.tasks.chat", "chatllm.tasks.summarize", "chatllm.tasks.classify", "chatllm.tasks.oneshot"} <= set(names)
+    names = [m.name for m in pkgutil.walk_packages(chatllm.tasks.__path__, "chatllm.tasks.")]
+    assert {"chatllm.tasks.chat.conversation", "chatllm.tasks.summarize.summarizer", "chatllm.tasks.classify.classifier",
+            "chatllm.tasks.ask.oneshot"} <= set(names)
     code = ("import importlib, sys\n"
             f"for name in {names!r}:\n    importlib.import_module(name)\n"
-            "sys.stdout.write(repr([m for m in ('llama_cpp', 'huggingface_hub', 'prompt_toolkit', 'typer') if m in sys.modules]))")
+            "sys.stdout.write(repr([m for m in ('llama_cpp', 'huggingface_hub', 'prompt_toolkit', 'typer', 'mcp') "
+            "if m in sys.modules]))")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     assert r.stdout == "[]"
@@ -67,6 +80,40 @@ def test_imports_point_down_the_layers(name, path):
         assert LAYERS.index(layer_of(target)) >= own, f"{name} ({layer_of(name)}) imports {target} ({layer_of(target)})"
 
 
+def test_tasks_see_only_the_engine_capabilities():
+    for name, targets in import_graph().items():
+        if layer_of(name) in ("tasks", "repl"):
+            seen = {t for t in targets if layer_of(t) == "engines"}
+            assert seen <= TASKS_SEE_OF_ENGINES, f"{name} imports {sorted(seen - TASKS_SEE_OF_ENGINES)}"
+            assert not {t for t in targets if layer_of(t) == "models"}, f"{name} imports the model files' layer"
+
+
+def test_the_tasks_package_holds_only_packages():
+    loose = [p.name for p in (PACKAGE / "tasks").glob("*.py") if p.name != "__init__.py"]
+    assert not loose, f"every job is a package under tasks/: {loose}"
+
+
+def test_no_import_circles():
+    graph = import_graph()
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(node: str) -> None:
+        state[node] = 1
+        stack.append(node)
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == 1:
+                raise AssertionError("import circle: " + " -> ".join(stack[stack.index(nxt):] + [nxt]))
+            if nxt in graph and state.get(nxt) is None:
+                visit(nxt)
+        stack.pop()
+        state[node] = 2
+
+    for node in sorted(graph):
+        if state.get(node) is None:
+            visit(node)
+
+
 def test_only_the_llama_cpp_engine_imports_llama_cpp():
     importers = []
     for name, path in modules():
@@ -76,13 +123,7 @@ def test_only_the_llama_cpp_engine_imports_llama_cpp():
                 [node.module or ""] if isinstance(node, ast.ImportFrom) else []
             if any(n == "llama_cpp" or n.startswith("llama_cpp.") for n in names):
                 importers.append(name)
-    assert set(importers) <= {"chatllm.runtime.llamacpp", "chatllm.runtime.llamacpp_grammar",
-                                "chatllm.runtime.llamacpp_embed"}, importers
-
-
-def test_no_module_is_much_over_400_lines():
-    long = {name: n for name, path in modules() if (n := len(path.read_text(encoding="utf-8").splitlines())) > 450}
-    assert not long, long
+    assert importers and all(n.startswith("chatllm.engines.llamacpp.") for n in importers), importers
 
 
 def test_history_does_not_import_prompt_toolkit(tmp_path):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from chatllm.tasks.name_evidence import PER_NAME, SENTENCE_CHARS, NameEvidence, sentence_at
+from chatllm.tasks.summarize.names.name_evidence import PER_NAME, SENTENCE_CHARS, NameEvidence, sentence_at
 
 
 def test_the_sentence_of_a_mention_is_cut_at_its_stops_and_blank_lines_with_wrapped_lines_joined():

@@ -1,4 +1,4 @@
-"""The ordered concurrent map (chatllm.tasks.parallel) and the tasks that use it, on fake engines (no model, no server)."""
+"""The ordered concurrent map (chatllm.tasks.text.parallel_map) and the tasks that use it, on fake engines (no model, no server)."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import pytest
 
 from chatllm.errors import ChatllmError, EngineUnavailable
 from chatllm.settings import Sampling
-from chatllm.tasks import batch
-from chatllm.tasks.parallel import ordered_map
+from chatllm.tasks.ask import batch
 from chatllm.tasks.summarize import Summarizer, SummaryOptions
+from chatllm.tasks.text.parallel_map import ordered_map
 from tests.fakes import FakeEngine
 
 

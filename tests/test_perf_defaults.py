@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from llama_cpp import _internals as internals
 
-from chatllm.runtime.llamacpp import LlamaCppEngine
-from chatllm.runtime.threads import default_threads, other_busy_cores
+from chatllm.engines.llamacpp.llamacpp_engine import LlamaCppEngine
+from chatllm.engines.llamacpp.threads import default_threads, other_busy_cores
 from chatllm.settings import Sampling
 
 
@@ -25,7 +25,7 @@ def test_other_busy_cores_reads_this_machine():
 
 
 def test_a_task_that_is_runnable_only_for_an_instant_costs_no_thread(monkeypatch):
-    import chatllm.runtime.threads as devices
+    import chatllm.engines.llamacpp.threads as devices
 
     readings = iter([(1.4, 3), (1.4, 1), (1.4, 3), (1.4, 2)])  # a blip of one other task, then a steady one
     monkeypatch.setattr(devices, "_loadavg", lambda: next(readings))

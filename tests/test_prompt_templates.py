@@ -8,7 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from chatllm.errors import ChatllmError, UsageError
-from chatllm.tasks.prompt_templates import (
+from chatllm.tasks.ask.prompt_templates import (
     list_templates,
     load_template,
     remove_template,

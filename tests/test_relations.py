@@ -1,10 +1,10 @@
-"""Family ties in generated text, checked against what the document writes (chatllm.tasks.relations)."""
+"""Family ties in generated text, checked against what the document writes (chatllm.tasks.summarize.names.kinship)."""
 
 from __future__ import annotations
 
 from chatllm.settings import Sampling
-from chatllm.tasks.relations import KinshipIndex, claims
-from chatllm.tasks.summarize import summarize
+from chatllm.tasks.summarize.names.kinship import KinshipIndex, claims
+from chatllm.tasks.summarize.summarizer import summarize
 from tests.fakes import FakeEngine
 
 NOVEL = [

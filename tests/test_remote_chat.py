@@ -19,11 +19,11 @@ from pathlib import Path
 
 import pytest
 
-from chatllm.runtime.contract import Engine
-from chatllm.runtime.registry import ModelSpec
-from chatllm.runtime.remote_chat import ChatRemoteEngine, connect_remote
-from chatllm.runtime.remote_chat_tokens import END_ID, START_ID, EstimateTokenizer, parse, render, split_text
-from chatllm.runtime.serve import PYTHON_SERVER, plan_server
+from chatllm.engines.contract import Engine
+from chatllm.engines.remote.chat_api_engine import ChatRemoteEngine, connect_remote
+from chatllm.engines.remote.chat_api_tokens import END_ID, START_ID, EstimateTokenizer, parse, render, split_text
+from chatllm.models.registry import ModelSpec
+from chatllm.models.serve import PYTHON_SERVER, plan_server
 from chatllm.settings import Sampling
 from tests.conftest import run_chatllm
 from tests.llama_server import free_port, repack_safe
@@ -97,7 +97,7 @@ def test_the_probe_picks_the_chat_engine_and_its_exact_tokenizer(engine, smollm_
     assert isinstance(engine, ChatRemoteEngine) and isinstance(engine, Engine)
     assert engine.tokenizer.exact and "/extras/tokenize" in engine.token_counts
     assert engine.ctx == CTX and engine.n_ctx == CTX - engine.margin and engine.margin > 0  # room for the server's template
-    from chatllm.runtime.llamacpp import LlamaCppEngine
+    from chatllm.engines.llamacpp.llamacpp_engine import LlamaCppEngine
 
     text = "Hello world, this is a test of 42 tokens. Ça va? 你好"
     with LlamaCppEngine(smollm_path, n_ctx=256, repack=False) as local:
@@ -128,7 +128,7 @@ def test_the_estimate_is_reversible_and_not_below_the_real_count(engine):
 
 
 def test_a_conversation_sends_its_history_as_messages(engine):
-    from chatllm.tasks.chat import Conversation
+    from chatllm.tasks.chat.conversation import Conversation
 
     sent: list[dict] = []
     events = engine.server.events
@@ -148,8 +148,8 @@ def test_a_conversation_sends_its_history_as_messages(engine):
 
 
 def test_without_a_tokenizer_the_counts_are_estimates_and_the_margin_grows(engine, py_server):
+    from chatllm.engines.remote.llama_server_engine import connect_server
     from chatllm.output import format_stats
-    from chatllm.runtime.remote import connect_server
 
     spec = ModelSpec(alias="py-est", url=py_server, remote_model=ALIAS, api_key_env=KEY_ENV)
     with ChatRemoteEngine(connect_server(spec), name="py-est", model=ALIAS, ctx=CTX, tokenizer=EstimateTokenizer()) as est:
@@ -166,7 +166,7 @@ def test_without_a_tokenizer_the_counts_are_estimates_and_the_margin_grows(engin
 
 
 def test_a_lead_in_the_prompt_is_joined_to_the_reply_once():
-    from chatllm.runtime.remote_chat import _Lead
+    from chatllm.engines.remote.chat_api_engine import _Lead
 
     def run(lead: str, pieces: list[str]) -> str:
         joined = _Lead(lead)

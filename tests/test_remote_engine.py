@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 
+from chatllm.engines.contract import Engine
+from chatllm.engines.remote.llama_server_engine import RemoteEngine
 from chatllm.errors import ChatllmError, ContextOverflowError
-from chatllm.runtime.contract import Engine
-from chatllm.runtime.registry import ModelSpec, parse_ref
-from chatllm.runtime.remote import RemoteEngine
+from chatllm.models.registry import ModelSpec, parse_ref
 from chatllm.settings import Sampling
 from tests.conftest import run_chatllm
 from tests.llama_server import ALIAS, LlamaServer, server_binary
@@ -63,7 +63,7 @@ def engine(server):
 
 @pytest.fixture(scope="session")
 def local(smollm_path):
-    from chatllm.runtime.llamacpp import LlamaCppEngine
+    from chatllm.engines.llamacpp.llamacpp_engine import LlamaCppEngine
 
     eng = LlamaCppEngine(smollm_path, n_ctx=2048, repack=False)
     yield eng
@@ -396,7 +396,7 @@ def test_tls_is_verified_unless_the_entry_says_not(cli_env, tls_proxy):
 def test_transport_failures_map_to_one_line_errors():
     import httpx
 
-    from chatllm.runtime.remote_http import Server
+    from chatllm.engines.remote.http_client import Server
 
     srv = Server("http://gpu-box:8080/v1", name="box", key_env="BOX_KEY")
     try:
@@ -456,7 +456,7 @@ class Scripted:
 
 
 def test_busy_answers_are_retried_honouring_retry_after():
-    from chatllm.runtime.remote_http import Server
+    from chatllm.engines.remote.http_client import Server
 
     busy = (503, {"Retry-After": "1"}, b'{"error": {"code": 503, "message": "Loading model"}}')
     ok = (200, {"Content-Type": "application/json"}, b'{"data": [{"id": "m"}]}')
@@ -493,8 +493,8 @@ def test_a_broken_stream_is_one_error(body, phrase):
 
 
 def test_a_schema_reaches_llama_server_and_its_answer_validates(engine):
-    from chatllm.tasks import oneshot
-    from chatllm.tasks.structured import json_spec
+    from chatllm.tasks.ask import oneshot
+    from chatllm.tasks.ask.structured_output import json_spec
 
     spec = json_spec("name, age int, 城市")
     for seed in range(2):

@@ -20,11 +20,11 @@ from pathlib import Path
 
 import pytest
 
+from chatllm.engines.remote.chat_api_engine import connect_remote
+from chatllm.engines.remote.http_client import SPARE_EVENTS
+from chatllm.engines.remote.llama_server_engine import RemoteEngine
 from chatllm.errors import ChatllmError
-from chatllm.runtime.registry import ModelSpec
-from chatllm.runtime.remote import RemoteEngine
-from chatllm.runtime.remote_chat import connect_remote
-from chatllm.runtime.remote_http import SPARE_EVENTS
+from chatllm.models.registry import ModelSpec
 from chatllm.settings import Sampling
 from tests.fault_server import HUGE, FaultServer
 from tests.llama_server import ALIAS, LlamaServer, server_binary
@@ -302,7 +302,7 @@ def test_an_endless_chat_completions_stream_is_bounded(env, fault):
 
 
 def test_stream_lines_end_at_any_line_break_and_are_bounded():
-    from chatllm.runtime.remote_http import MAX_EVENT_BYTES, Server
+    from chatllm.engines.remote.http_client import MAX_EVENT_BYTES, Server
 
     srv = Server("http://127.0.0.1:9/v1", name="x")
     try:

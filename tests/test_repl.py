@@ -18,8 +18,8 @@ from chatllm.repl.loop import Repl
 from chatllm.repl.session import SlashCompleter, make_session
 from chatllm.repl.views import LiveMarkdownView, markdown_tail
 from chatllm.settings import Sampling, Settings
-from chatllm.store import Store
-from chatllm.tasks.chat import Conversation
+from chatllm.storage.conversations import Store
+from chatllm.tasks.chat.conversation import Conversation
 from tests.fakes import FakeEngine
 
 SAMPLING = Sampling(max_tokens=16, temperature=0)

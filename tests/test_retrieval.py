@@ -8,10 +8,10 @@ import pytest
 
 from chatllm.errors import UsageError
 from chatllm.inputs import gather_files
-from chatllm.runtime.search_index import SearchIndex, index_text, match_expression, query_terms
 from chatllm.settings import Sampling
-from chatllm.tasks import retrieval
-from chatllm.tasks.retrieval import Doc, Passage, approx_tokens, cite, line_chunks, select
+from chatllm.storage.search_index import SearchIndex, index_text, match_expression, query_terms
+from chatllm.tasks.retrieval import file_answers as retrieval
+from chatllm.tasks.retrieval.file_answers import Doc, Passage, approx_tokens, cite, line_chunks, select
 from tests.fakes import FakeEngine
 
 PARAGRAPHS = [
@@ -189,7 +189,7 @@ def test_gather_files_walks_a_folder_and_skips_binary_with_a_note(tmp_path):
 
 
 def test_fusion_ranks_by_reciprocal_rank_across_both_lists():
-    from chatllm.runtime.search_index import Hit
+    from chatllm.storage.search_index import Hit
 
     a, b, c = (Hit("s", i, i, i, t, 0.0) for i, t in enumerate("abc"))
     fused = retrieval.fuse([[a, b], [b, c]], k=3)

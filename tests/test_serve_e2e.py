@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from chatllm.runtime import serve
+from chatllm.models import serve
 from tests.conftest import run_chatllm
 from tests.llama_server import free_port, server_binary
 

@@ -10,7 +10,7 @@ import textwrap
 import pytest
 
 from chatllm.errors import ChatllmError, UsageError
-from chatllm.store import MIGRATIONS, Exchange, Store, first_line
+from chatllm.storage.conversations import MIGRATIONS, Exchange, Store, first_line
 
 
 def test_new_store_is_migrated_to_the_latest_schema_in_wal_mode(tmp_path):
@@ -106,7 +106,7 @@ def test_committed_exchanges_survive_a_killed_process(tmp_path):
     path = tmp_path / "chat.db"
     code = textwrap.dedent(f"""
         import os, signal
-        from chatllm.store import Exchange, Store
+        from chatllm.storage.conversations import Exchange, Store
         store = Store({str(path)!r})
         conv = store.create("m", None)
         store.put_exchange(conv, 0, Exchange("saved question", "saved answer"))

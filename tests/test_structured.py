@@ -11,8 +11,8 @@ from hypothesis import strategies as st
 
 from chatllm.errors import ChatllmError, UsageError
 from chatllm.settings import Sampling
-from chatllm.tasks import oneshot
-from chatllm.tasks.structured import ANY_OBJECT, concise_schema, decode, json_spec
+from chatllm.tasks.ask import oneshot
+from chatllm.tasks.ask.structured_output import ANY_OBJECT, concise_schema, decode, json_spec
 from tests.fakes import FakeEngine
 
 

@@ -10,8 +10,8 @@ import jsonschema
 import pytest
 
 from chatllm.settings import Sampling
-from chatllm.tasks import oneshot
-from chatllm.tasks.structured import json_spec
+from chatllm.tasks.ask import oneshot
+from chatllm.tasks.ask.structured_output import json_spec
 
 pytestmark = pytest.mark.model
 
@@ -85,7 +85,7 @@ SCHEMAS = [
 def test_hot_sampling_still_validates_every_time(smollm_path, schema):
     # At temperature 1.5 the free choice is often outside the grammar: every answer exercises the resample path,
     # and bounded strings make every answer finish.
-    from chatllm.runtime.llamacpp import LlamaCppEngine
+    from chatllm.engines.llamacpp.llamacpp_engine import LlamaCppEngine
 
     spec = json_spec(json.dumps(schema))
     with LlamaCppEngine(smollm_path, n_ctx=1024) as engine:
@@ -98,8 +98,8 @@ def test_hot_sampling_still_validates_every_time(smollm_path, schema):
 def test_the_grammar_forbids_raw_control_characters_inside_strings(smollm_path):
     # JSON forbids a raw newline inside a string; the converter's own rule admitted it and json.loads then failed.
     # Here the prompt begs for a multi-line poem inside a string: the answer must still parse strictly.
-    from chatllm.runtime.llamacpp import LlamaCppEngine
-    from chatllm.runtime.llamacpp_grammar import json_schema_grammar
+    from chatllm.engines.llamacpp.grammar_sampling import json_schema_grammar
+    from chatllm.engines.llamacpp.llamacpp_engine import LlamaCppEngine
 
     schema = json_spec("poem: four lines; one per line")
     assert r"\x00-\x1F" in json_schema_grammar(schema.wire_text)

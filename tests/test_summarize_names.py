@@ -5,7 +5,8 @@ from __future__ import annotations
 import math
 
 from chatllm.settings import Sampling
-from chatllm.tasks.summarize import COVER_MIN_ROOM, COVER_ROOM, COVER_TOKENS, Summarizer, SummaryOptions, summarize
+from chatllm.tasks.summarize import SummaryOptions
+from chatllm.tasks.summarize.summarizer import COVER_MIN_ROOM, COVER_ROOM, COVER_TOKENS, Summarizer, summarize
 from tests.fakes import FakeEngine
 from tests.test_entities import chinese_story, harbour_report
 
@@ -204,7 +205,7 @@ def test_the_json_record_says_whether_its_token_counts_are_estimated():
 
 
 def test_tidy_note_drops_loops_repeats_lists_of_names_and_talk_of_the_summary():
-    from chatllm.tasks.summarize_guard import tidy_note
+    from chatllm.tasks.summarize.summary_guard import tidy_note
 
     story = "The story follows Holmes on the moor. Watson writes to him."
     assert tidy_note(f"{story} {story} The story follows Holmes on the moor.") == story

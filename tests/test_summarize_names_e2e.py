@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from chatllm.tasks.entities import EntityTracker, invented_names
+from chatllm.tasks.summarize.names.entities import EntityTracker, invented_names
 
 pytestmark = pytest.mark.model
 MAIN = ["Orla Venn", "Ansel Ruud", "Tamsin", "Kestrel Bay"]

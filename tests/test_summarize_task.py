@@ -9,16 +9,9 @@ import pytest
 
 from chatllm.errors import ChatllmError
 from chatllm.settings import Sampling
-from chatllm.tasks.summarize import (
-    TOKENS_PER_WORD,
-    Progress,
-    Summarizer,
-    SummaryOptions,
-    final_instruction,
-    join_notes,
-    summarize,
-)
-from chatllm.tasks.text import guess_language
+from chatllm.tasks.summarize.summarizer import Summarizer, summarize
+from chatllm.tasks.summarize.summary_prompts import TOKENS_PER_WORD, Progress, SummaryOptions, final_instruction, join_notes
+from chatllm.tasks.text.text_rules import guess_language
 from tests.fakes import FakeEngine
 
 TEMPLATE_OPEN, TEMPLATE_CLOSE = "<|user|>\n", "<|end|>\n<|assistant|>\n"

@@ -8,8 +8,8 @@ import pytest
 
 from chatllm.errors import UsageError
 from chatllm.settings import Sampling
-from chatllm.tasks import doc_structure as ds
-from chatllm.tasks.translate import (
+from chatllm.tasks.translate import doc_structure as ds
+from chatllm.tasks.translate.translator import (
     TranslateOptions,
     Translator,
     clean_reply,
@@ -256,7 +256,7 @@ def test_names_and_code_may_stay_as_they_are():
 
 
 def test_numbers_are_checked_but_never_rejected():
-    from chatllm.tasks.translate_checks import numbers_missing
+    from chatllm.tasks.translate.translation_checks import numbers_missing
 
     assert numbers_missing("In 2013 he had 4 dogs.", "2013年他有四只狗。", ZH) == []
     assert numbers_missing("In 2013 he had 4 dogs.", "他有狗。", ZH) == ["2013", "4"]

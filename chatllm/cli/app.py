@@ -45,12 +45,12 @@ def root(
 
 def _register() -> None:
     """Every command, in the order `chatllm --help` lists them."""
-    from chatllm.cli import cache, chat, classify, embed, models, oneshot, serve, summarize, templates, translate
+    from chatllm.cli import ask, chat, classify, embed, kv_cache, models, prompt_templates, serve, summarize, translate
 
     commands: list[tuple[str, Callable, dict]] = [
         ("chat", chat.chat, {}),
-        ("ask", oneshot.ask, {"cls": oneshot.PairedParams}),
-        ("generate", oneshot.generate, {}),
+        ("ask", ask.ask, {"cls": ask.PairedParams}),
+        ("generate", ask.generate, {}),
         ("summarize", summarize.summarize, {}),
         ("translate", translate.translate, {}),
         ("sentiment", classify.sentiment, {}),
@@ -69,8 +69,8 @@ def _register() -> None:
         app.command(name, **extra)(func)
     app.add_typer(chat.history_app, name="history")
     app.add_typer(embed.collections_app, name="collections")
-    app.add_typer(cache.cache_app, name="cache")
-    app.add_typer(templates.templates_app, name="templates")
+    app.add_typer(kv_cache.cache_app, name="cache")
+    app.add_typer(prompt_templates.templates_app, name="templates")
 
 
 _register()

@@ -4,7 +4,7 @@ from typing import TYPE_CHECKING, Annotated, Optional, TextIO, cast
 
 import typer
 
-from chatllm.cli.cache import NoCache, open_kv_cache
+from chatllm.cli.kv_cache import NoCache, open_kv_cache
 from chatllm.cli.options import (
     ChatFormat,
     Ctx,
@@ -27,8 +27,8 @@ from chatllm.output import Output
 from chatllm.settings import Settings
 
 if TYPE_CHECKING:
-    from chatllm.runtime.contract import Engine
-    from chatllm.tasks.chat import Conversation
+    from chatllm.engines.contract import Engine
+    from chatllm.tasks.chat.conversation import Conversation
 
 
 def chat(
@@ -51,10 +51,10 @@ def chat(
                               top_p=top_p, top_k=top_k, seed=seed, stop=stop)
     import sys
 
+    from chatllm.engines.loader import load_engine
     from chatllm.inputs import stdin_is_piped
-    from chatllm.runtime.loader import load_engine
-    from chatllm.store import Store
-    from chatllm.tasks.chat import Conversation, require_chat_template
+    from chatllm.storage.conversations import Store
+    from chatllm.tasks.chat.conversation import Conversation, require_chat_template
 
     if cont and resume is not None:
         raise UsageError("--continue and --resume cannot be used together", "--continue picks the latest; "
@@ -123,7 +123,7 @@ history_app = typer.Typer(
 
 
 def _store():
-    from chatllm.store import Store
+    from chatllm.storage.conversations import Store
 
     return Store(plain_settings().db_path)
 
@@ -167,7 +167,7 @@ def history_show(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of markdown.")] = False,
 ) -> None:
     """Print one conversation as markdown (rendered in a terminal)."""
-    from chatllm.tasks.transcripts import conversation_json, transcript_markdown
+    from chatllm.tasks.chat.transcripts import conversation_json, transcript_markdown
 
     out = Output(as_json=as_json)
     store = _store()
@@ -185,7 +185,7 @@ def history_rm(
     conv_ids: Annotated[list[int], typer.Argument(metavar="ID...", help="Conversation ids to delete.")],
 ) -> None:
     """Delete saved conversations (and their KV states saved on disk)."""
-    from chatllm.runtime.kv_cache import KVCache, cache_dir
+    from chatllm.storage.kv_cache import KVCache, cache_dir
 
     out = Output()
     settings = plain_settings()

@@ -6,14 +6,14 @@ from typing import TYPE_CHECKING, Annotated, Iterator, List, Optional
 
 import typer
 
-from chatllm.cli.cache import NoCache, open_kv_cache
+from chatllm.cli.kv_cache import NoCache, open_kv_cache
 from chatllm.cli.options import ChatFormat, Ctx, Device, GpuLayers, Model, Offline, Parallel, Threads, model_settings
 from chatllm.errors import UsageError
 from chatllm.output import Output
 from chatllm.settings import Settings
 
 if TYPE_CHECKING:
-    from chatllm.tasks.classify import Classifier, Result
+    from chatllm.tasks.classify.classifier import Classifier, Result
 
 TextArg = Annotated[Optional[List[str]], typer.Argument(help="The text (else -f FILE or piped stdin).", show_default=False)]
 FileOpt = Annotated[Optional[Path], typer.Option("--file", "-f", help="Read the input from FILE (`-` for stdin).")]
@@ -56,7 +56,7 @@ def sentiment(
     """
     settings = model_settings(model=model, device=device, gpu_layers=gpu_layers, ctx=ctx, threads=threads,
                               chat_format=chat_format, offline=offline)
-    from chatllm.tasks.classify import NEUTRAL, parse_labels, sentiment_labels
+    from chatllm.tasks.classify.classifier import NEUTRAL, parse_labels, sentiment_labels
 
     chosen = parse_labels(labels) if labels else sentiment_labels(neutral)
     if neutral and NEUTRAL not in chosen:
@@ -87,7 +87,7 @@ def classify(
     """
     settings = model_settings(model=model, device=device, gpu_layers=gpu_layers, ctx=ctx, threads=threads,
                               chat_format=chat_format, offline=offline)
-    from chatllm.tasks.classify import parse_labels
+    from chatllm.tasks.classify.classifier import parse_labels
 
     chosen = parse_labels(labels) if labels else None
     _run("classify", chosen, _descriptions(describe), examples, text=text, file=file, lines=lines, column=column,
@@ -111,8 +111,8 @@ def _run(task: str, labels: Optional[List[str]], descriptions: dict, examples_pa
          explain: bool = False) -> None:
     """Check everything the user gave, then load the model once and classify one text or every line."""
     from chatllm.inputs import line_items, nonempty_items, whole_text
-    from chatllm.tasks.classify import Classifier, check_setup
-    from chatllm.tasks.fewshot import load_examples
+    from chatllm.tasks.classify.classifier import Classifier, check_setup
+    from chatllm.tasks.classify.fewshot import load_examples
 
     out = Output(as_json=as_json)
     if lang not in ("auto", "en", "zh"):
@@ -126,7 +126,7 @@ def _run(task: str, labels: Optional[List[str]], descriptions: dict, examples_pa
 
     def build(workers: Optional[int] = 1) -> "list[Classifier]":
         """Load the model, once every input has been checked, and a classifier per worker around it."""
-        from chatllm.runtime.loader import load_engines
+        from chatllm.engines.loader import load_engines
 
         engines = load_engines(settings, out, workers)
         first = Classifier(engines[0], labels, task=task, descriptions=descriptions, examples=shots,
@@ -165,7 +165,7 @@ def _explain(out: Output, result: "Result", shown: set) -> None:
 
 def _run_lines(classifiers: "list[Classifier]", items: "Iterator[tuple[str, str | None]]", out: Output,
                explain: bool = False) -> None:
-    from chatllm.tasks.parallel import ordered_map
+    from chatllm.tasks.text.parallel_map import ordered_map
 
     shown: set = set()
     start, done, failed, cut = time.perf_counter(), 0, 0, 0
@@ -190,7 +190,7 @@ def _run_lines(classifiers: "list[Classifier]", items: "Iterator[tuple[str, str 
 
 
 def _classify_row(classifier: "Classifier", text: str, error: Optional[str]) -> "Result":
-    from chatllm.tasks.classify import Result
+    from chatllm.tasks.classify.classifier import Result
 
     if error:
         return Result(text=text, error=error)

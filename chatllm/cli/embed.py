@@ -11,7 +11,7 @@ from chatllm.output import Output
 from chatllm.settings import Settings
 
 if TYPE_CHECKING:
-    from chatllm.collections_store import CollectionStore
+    from chatllm.storage.collections import CollectionStore
 
 TextArg = Annotated[Optional[List[str]], typer.Argument(help="The text (else -f FILE or piped stdin).", show_default=False)]
 FileOpt = Annotated[Optional[Path], typer.Option("--file", "-f", help="Read the input from FILE (`-` for stdin).")]
@@ -22,7 +22,7 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON.
 
 
 def _collections(settings: Settings) -> "CollectionStore":
-    from chatllm.collections_store import CollectionStore
+    from chatllm.storage.collections import CollectionStore
 
     return CollectionStore(settings.home / "collections.db")
 
@@ -50,8 +50,8 @@ def embed(
         raise UsageError("the input has no text to embed", "give one text per line")
     from itertools import chain
 
-    from chatllm.runtime.loader import load_engine
-    from chatllm.tasks.embed import embed_stream, store_stream
+    from chatllm.engines.loader import load_engine
+    from chatllm.tasks.retrieval.embeddings import embed_stream, store_stream
 
     engine = load_engine(settings, out, embedding=True)
     long: list[int] = []
@@ -122,8 +122,8 @@ def similar(
     try:
         found = collections.require(name)
         settings = model_settings(model=model or found.model, device=device, threads=threads, offline=offline)
-        from chatllm.runtime.loader import load_engine
-        from chatllm.tasks.embed import similar as find_similar
+        from chatllm.engines.loader import load_engine
+        from chatllm.tasks.retrieval.embeddings import similar as find_similar
 
         engine = load_engine(settings, out, embedding=True)
         try:

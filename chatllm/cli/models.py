@@ -27,8 +27,8 @@ def pull(
     force: Annotated[bool, typer.Option("--force", help="Download again even if present and verified.")] = False,
 ) -> None:
     """Download a model from the Hugging Face Hub and verify its sha256 and GGUF header."""
-    from chatllm.runtime import download
-    from chatllm.runtime.loader import resolve_spec
+    from chatllm.engines.loader import resolve_spec
+    from chatllm.models import download
 
     out = Output()
     settings = plain_settings(model)
@@ -47,8 +47,8 @@ def list_models(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """List the registry's models (remote ones too) and the GGUF files already downloaded."""
-    from chatllm.runtime import download
-    from chatllm.runtime.registry import load_registry
+    from chatllm.models import download
+    from chatllm.models.registry import load_registry
 
     out = Output(as_json=as_json)
     settings = plain_settings()
@@ -74,10 +74,10 @@ def show(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Show a model's metadata, read from the GGUF header without loading the weights (or asked of its server)."""
-    from chatllm.runtime import download
-    from chatllm.runtime.gguf import format_params, read_header
-    from chatllm.runtime.loader import model_path, resolve_spec
-    from chatllm.runtime.verify import file_sha256
+    from chatllm.engines.loader import model_path, resolve_spec
+    from chatllm.models import download
+    from chatllm.models.gguf_header import format_params, read_header
+    from chatllm.storage.file_hashes import file_sha256
 
     out = Output(as_json=as_json)
     settings = plain_settings(model)
@@ -95,7 +95,7 @@ def show(
         "file": spec.file or path.name,
         "path": str(path),
         "size": info.size,
-        "sha256": file_sha256(spec, path, settings),
+        "sha256": file_sha256(path, settings.home),
         "architecture": info.architecture,
         "parameters": info.n_params,
         "context_length": info.context_length,
@@ -119,8 +119,8 @@ def show(
 
 
 def _show_remote(spec, out: Output) -> None:
-    from chatllm.runtime.gguf import format_params
-    from chatllm.runtime.remote_chat import describe_remote as describe
+    from chatllm.engines.remote.chat_api_engine import describe_remote as describe
+    from chatllm.models.gguf_header import format_params
 
     data = describe(spec)
 
@@ -152,9 +152,9 @@ def rm(
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask.")] = False,
 ) -> None:
     """Remove a model's downloaded files (and nothing else)."""
+    from chatllm.engines.loader import resolve_spec
     from chatllm.errors import ChatllmError
-    from chatllm.runtime import download
-    from chatllm.runtime.loader import resolve_spec
+    from chatllm.models import download
 
     out = Output()
     settings = plain_settings(model)
@@ -181,10 +181,10 @@ def info(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = 
     import platform
 
     from chatllm import __version__
-    from chatllm.runtime.devices import extra_buffers_safe
-    from chatllm.runtime.llamacpp import build_info
-    from chatllm.runtime.loader import resolve_spec
-    from chatllm.runtime.threads import physical_cores
+    from chatllm.engines.llamacpp.devices import extra_buffers_safe
+    from chatllm.engines.llamacpp.llamacpp_engine import build_info
+    from chatllm.engines.llamacpp.threads import physical_cores
+    from chatllm.engines.loader import resolve_spec
 
     out = Output(as_json=as_json)
     settings = plain_settings()
@@ -211,7 +211,7 @@ def info(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = 
         "weight_repacking": "on" if extra_buffers_safe(build["system_info"]) else "on, without llama.cpp's AMX buffers (they crash)",
         "cpu_features": build["system_info"],
     }
-    from chatllm.cli.cache import cache_summary
+    from chatllm.cli.kv_cache import cache_summary
 
     data.update(cache_summary(settings))
     out.result(data, lambda: _print_fields(out, data, width=18, skip_empty=False))

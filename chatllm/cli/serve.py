@@ -41,9 +41,9 @@ def serve(
         key = os.environ.get(api_key_env)
         if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", api_key_env) or not key:
             raise UsageError(f"--api-key-env names ${api_key_env}, which is not set", f"export {api_key_env}=... first")
-    from chatllm.runtime import serve as server
-    from chatllm.runtime.gguf import read_header
-    from chatllm.runtime.loader import model_path, resolve_spec
+    from chatllm.engines.loader import model_path, resolve_spec
+    from chatllm.models import serve as server
+    from chatllm.models.gguf_header import read_header
     from chatllm.settings import DEFAULT_CTX
 
     kind, command = server.find_server()  # no server to run: said before any download
@@ -55,9 +55,9 @@ def serve(
     info = read_header(path)
     n_ctx = settings.n_ctx or spec.context or min(info.context_length or DEFAULT_CTX, DEFAULT_CTX)
     alias = spec.alias or Path(spec.file or path.name).stem
-    from chatllm.runtime.devices import extra_buffers_safe
-    from chatllm.runtime.llamacpp import build_info
-    from chatllm.runtime.threads import default_threads
+    from chatllm.engines.llamacpp.devices import extra_buffers_safe
+    from chatllm.engines.llamacpp.llamacpp_engine import build_info
+    from chatllm.engines.llamacpp.threads import default_threads
 
     build = build_info()
     plan = server.plan_server(kind, command, path, alias, host=host, port=port, parallel=parallel, ctx=n_ctx,

@@ -171,7 +171,7 @@ def summarize(
     options = _options(length, words, style, lang, focus, chunk_tokens, settings, notes, cover_names)
     sources = gather_sources(files, out.warn)  # every input is checked before the model loads
 
-    from chatllm.runtime.loader import load_engines
+    from chatllm.engines.loader import load_engines
 
     engine, *workers = load_engines(settings, out, parallel, spare=True)  # with --parallel: workers for the map calls
     if combine and len(sources) > 1:

@@ -29,13 +29,13 @@ from chatllm.settings import Sampling
 
 if TYPE_CHECKING:
     from chatllm.inputs import Source
-    from chatllm.tasks.translate import Progress, TranslateOptions
+    from chatllm.tasks.translate.translator import Progress, TranslateOptions
 
 
 def _options(to: str, source: Optional[str], glossary: Optional[Path], part_tokens: Optional[int], cap: Optional[int],
              out: Output) -> "TranslateOptions":
     from chatllm.inputs import read_text
-    from chatllm.tasks.translate import DEFAULT_PART_TOKENS, TranslateOptions, parse_glossary, resolve_language
+    from chatllm.tasks.translate.translator import DEFAULT_PART_TOKENS, TranslateOptions, parse_glossary, resolve_language
 
     target = resolve_language(to)
     src = resolve_language(source) if source else None
@@ -84,7 +84,7 @@ def translate(
 
     Example: chatllm translate README.md --to zh; cat notes.txt | chatllm translate --to English
     """
-    from chatllm.tasks.translate import DEFAULT_TEMPERATURE
+    from chatllm.tasks.translate.translator import DEFAULT_TEMPERATURE
 
     if not to:
         raise UsageError("no target language", "give one with --to: chatllm translate notes.txt --to zh")
@@ -103,7 +103,7 @@ def translate(
     if output_dir is not None:
         output_dir.mkdir(parents=True, exist_ok=True)
 
-    from chatllm.runtime.loader import load_engine
+    from chatllm.engines.loader import load_engine
 
     engine = load_engine(settings, out)
     many = len(sources) > 1
@@ -126,7 +126,7 @@ def translate(
 
 def _run(engine, src: "Source", sampling: Sampling, options, out: Output, fh):
     """Translate one input: parts to stdout (or the file) as they finish, a progress bar on stderr in a terminal."""
-    from chatllm.tasks.translate import Translator
+    from chatllm.tasks.translate.translator import Translator
 
     bar = ProgressBar(out, f"{src.name}: translating", total=1000 if src.size_hint else None, counted=False)
     last = [""]

@@ -27,8 +27,8 @@ from chatllm.inputs import unwrap_block
 from chatllm.output import Output, format_date, format_stats, short_model
 from chatllm.repl.commands import COMMANDS, INPUT_HELP, parse_set, sampling_text, setting_name
 from chatllm.repl.views import LiveMarkdownView, PlainView, ReplyView, chat_markdown
-from chatllm.store import first_line
-from chatllm.tasks.chat import Conversation, Turn
+from chatllm.storage.conversations import first_line
+from chatllm.tasks.chat.conversation import Conversation, Turn
 
 if TYPE_CHECKING:
     from prompt_toolkit import PromptSession

@@ -1,1 +1,1 @@
-"""Task logic written against the one engine contract (chatllm.runtime.contract): never imports llama_cpp."""
+"""Task logic written against the one engine contract (chatllm.engines.contract): never imports llama_cpp."""

@@ -1,0 +1,1 @@
+"""Model files: the registry (models.toml), Hub downloads, sha256 verification, the GGUF header, `serve`."""

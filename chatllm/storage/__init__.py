@@ -1,0 +1,1 @@
+"""Everything chatllm keeps on disk: the conversation store, collections, the search index, the KV cache files."""

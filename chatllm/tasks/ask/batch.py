@@ -1,0 +1,251 @@
+"""Batches of prompts: rows from plain lines or JSON Lines, answered in input order on one engine (or concurrently on
+several connections to one server), and the ids an earlier run already wrote (for --resume).
+
+The engine's KV cache keeps the longest common token prefix of consecutive prompts, so a shared system prompt and
+an instruction composed before each row's text are evaluated once: each row costs only its own tokens (a server
+does the same per slot, with cache_prompt). That shared prefix is also saved on disk (storage/kv_cache.py), so the
+next batch with the same instruction starts warm; a batch whose rows share no more than the chat template's own
+header saves nothing.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence
+
+from chatllm.engines.contract import Engine, GenerationStats
+from chatllm.errors import ChatllmError, EngineUnavailable, NoChatTemplateError, UsageError
+from chatllm.settings import Sampling
+from chatllm.tasks.ask.oneshot import Answer, ask
+from chatllm.tasks.ask.structured_output import JsonSpec
+from chatllm.tasks.text.parallel_map import ordered_map
+
+if TYPE_CHECKING:
+    from chatllm.storage.kv_cache import KVCache
+
+# Row texts that begin with characters of different kinds: what their prompts share is what every row's prompt shares
+# (whitespace before a row's text tokenizes by what follows it: "\n\n" is one token before "4", two before "Good"),
+# and a token less for a kind not probed here.
+_PROBES = ("A", "b", "4", "\u00bf", '"')
+
+
+@dataclass
+class Row:
+    """One prompt: its id (the row's own, else its 1-based line number), its text and system prompt, or why it is unusable."""
+
+    id: Any
+    line: int
+    prompt: str = ""
+    system: str | None = None
+    error: str | None = None
+
+
+@dataclass
+class RowResult:
+    """What one row gave: the answer, or the error that stopped it (with the counts of any generation it got to)."""
+
+    row: Row
+    answer: Answer | None = None
+    error: str | None = None
+    stats: GenerationStats | None = None
+
+    def record(self, structured: bool) -> dict:
+        """The --json row: id, text (data under a schema), token counts, finish reason and error (null when it worked)."""
+        s = self.stats or GenerationStats()
+        answer = self.answer if self.error is None else None
+        body = {"data": answer.data if answer else None} if structured else {"text": answer.text if answer else None}
+        return {
+            "id": self.row.id,
+            **body,
+            "prompt_tokens": s.prompt_tokens,
+            "cached_tokens": s.cached_tokens,
+            "completion_tokens": s.completion_tokens,
+            "finish_reason": s.finish_reason if self.stats is not None else None,
+            "error": self.error,
+        }
+
+    def line(self, structured: bool) -> str:
+        """The plain output line: the answer on one line, compact JSON under a schema, "" for a failed row."""
+        if self.answer is None or self.error is not None:
+            return ""
+        if structured:
+            return json.dumps(self.answer.data, ensure_ascii=False)
+        return one_line(self.answer.text.rstrip())
+
+
+def one_line(text: str) -> str:
+    r"""Text on one line, reversibly: backslash, newline and carriage return written as \\, \n and \r."""
+    return text.replace("\\", "\\\\").replace("\n", "\\n").replace("\r", "\\r")
+
+
+# -- reading rows ---------------------------------------------------------------------------------
+
+
+def read_rows(lines: Iterable[str], *, jsonl: bool | None = None) -> Iterator[Row]:
+    """Rows from input lines, blank lines skipped. JSON Lines when jsonl, or (None) when the first row is {"prompt": ...}."""
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        if jsonl is None:
+            jsonl = _is_json_row(line)
+        yield _json_row(line, number) if jsonl else Row(number, number, line.strip())
+
+
+def nonempty_rows(rows: Iterator[Row], name: str) -> Iterator[Row]:
+    """The same rows, after reading up to the first: an input without a single prompt is a UsageError."""
+    first = next(rows, None)
+    if first is None:
+        raise UsageError(f"{name} has no prompts (every line is empty)", "give one prompt per line, or JSON Lines rows {\"prompt\": ...}")
+    return itertools.chain([first], rows)
+
+
+def _is_json_row(line: str) -> bool:
+    try:
+        value = json.loads(line)
+    except ValueError:
+        return False
+    return isinstance(value, dict) and "prompt" in value
+
+
+def _json_row(line: str, number: int) -> Row:
+    try:
+        value = json.loads(line)
+    except ValueError as exc:
+        where = f" ({exc.msg} at column {exc.colno})" if isinstance(exc, json.JSONDecodeError) else ""
+        return Row(number, number, error=f"line {number} is not a JSON row{where}")
+    if not isinstance(value, dict):
+        return Row(number, number, error=f"line {number} is not a JSON object")
+    row_id = value.get("id")
+    if row_id is None:
+        row_id = number
+    elif isinstance(row_id, bool) or not isinstance(row_id, (str, int, float)):
+        return Row(number, number, error=f'line {number}: "id" must be a string or a number')
+    prompt, system = value.get("prompt"), value.get("system")
+    if not isinstance(prompt, str) or not prompt.strip():
+        return Row(row_id, number, error='the row has no "prompt" text')
+    if system is not None and not isinstance(system, str):
+        return Row(row_id, number, error='"system" must be a string')
+    return Row(row_id, number, prompt.strip(), system)
+
+
+# -- answering ------------------------------------------------------------------------------------
+
+
+def run_rows(engine: Engine, rows: Iterable[Row], sampling: Sampling, *, compose: Callable[[str], str],
+             system: str | None = None, spec: JsonSpec | None = None, workers: Sequence[Engine] = (),
+             kv_cache: "KVCache | None" = None) -> Iterator[RowResult]:
+    """Answer the rows in input order, on `engine` or concurrently on `workers` (one thread each); a failed row
+    carries its error and the batch goes on, but an unreachable engine stops it (rows before it are all yielded).
+    With a kv_cache, the rows' shared prefix is restored from disk, or saved there (for the next batch) at the end."""
+    if not engine.has_chat_template:  # would fail every row alike: once, up front
+        raise NoChatTemplateError(engine.name)
+    pending: list[int] | None = None
+    if kv_cache is not None and len(workers) <= 1 and kv_cache.identity(engine)[0] is not None:  # a state to save
+        try:
+            pending = warm_start(engine, kv_cache, shared_prefix(engine, compose, system, spec))
+        except ChatllmError:
+            pass  # a template that refuses these messages fails each row alike, with the row's own error
+
+    def one(worker: Engine, row: Row) -> RowResult:
+        return answer_row(worker, row, sampling, compose=compose, system=system, spec=spec)
+
+    last = None
+    for last in ordered_map(one, rows, list(workers) or [engine]):
+        yield last
+    # Saved after the last row, not the first: cutting the engine's cache back to the prefix would cost the next row
+    # the tokens it shares with the one before. Only when that row's prompt began with the prefix.
+    if kv_cache is not None and pending and last is not None and last.row.system is None and last.stats is not None \
+            and last.stats.prompt_tokens > len(pending):
+        kv_cache.save(engine, n_tokens=len(pending), background=True)
+
+
+def shared_prefix(engine: Engine, compose: Callable[[str], str], system: str | None, spec: JsonSpec | None) -> list[int]:
+    """The prompt tokens every row shares (a row's own system prompt aside), or [] when that is only the chat
+    template's header: the batch's instruction, system prompt or schema must put something of its own there."""
+    def tokens(text: str, sys_text: str | None) -> list[int]:
+        if spec is not None:  # as ask() tells the model about the schema
+            sys_text = f"{sys_text}\n\n{spec.instruction()}" if sys_text else spec.instruction()
+        messages = ([{"role": "system", "content": sys_text}] if sys_text else []) + [{"role": "user", "content": text}]
+        return engine.prompt_tokens(engine.render_chat(messages))
+
+    from chatllm.storage.kv_cache import common_prefix
+
+    def common(prompts: list[list[int]]) -> int:
+        return min(common_prefix(prompts[0], other) for other in prompts[1:]) - 1
+
+    rows = [tokens(compose(p), system) for p in _PROBES]
+    shared = rows[0][: max(common(rows), 0)]
+    return shared if len(shared) > common([tokens(p, None) for p in _PROBES]) else []
+
+
+def warm_start(engine: Engine, kv_cache: "KVCache", prefix: list[int]) -> list[int] | None:
+    """Load the saved state of the batch's shared prefix into the engine; the prefix when it is still to be saved
+    (once the rows have evaluated it: a batch without a saved state runs as it did without a cache), else None."""
+    from chatllm.storage.kv_cache import MIN_TOKENS
+
+    if len(prefix) < MIN_TOKENS or len(prefix) >= engine.n_ctx - 1:
+        return None  # short: cheaper to evaluate than to load; too long: each row fails on its own
+    entry = kv_cache.restore(engine, prefix)
+    return None if entry is not None and entry.tokens == prefix else prefix
+
+
+def answer_row(engine: Engine, row: Row, sampling: Sampling, *, compose: Callable[[str], str],
+               system: str | None = None, spec: JsonSpec | None = None) -> RowResult:
+    """One row through `ask`: the row's system prompt overrides the shared one; a ChatllmError becomes the row's error."""
+    if row.error is not None:
+        return RowResult(row, error=row.error)
+    before = engine.last_stats
+    try:
+        answer = ask(engine, compose(row.prompt), sampling, system=row.system if row.system is not None else system, spec=spec)
+    except (UsageError, EngineUnavailable):
+        raise  # the flags' fault (a schema the grammar cannot take) or a server gone, not the row's: all would fail alike
+    except ChatllmError as err:
+        # a fresh stats object means the row got as far as generating; otherwise the counts are the last row's
+        stats = engine.last_stats if engine.last_stats is not before else None
+        return RowResult(row, error=err.message, stats=stats)
+    return RowResult(row, answer, stats=answer.stats)
+
+
+# -- resuming -------------------------------------------------------------------------------------
+
+
+def id_key(value: Any) -> str:
+    """A row id as a set key: 3 and "3" stay two ids, as they are two JSON values."""
+    return json.dumps(value, ensure_ascii=False)
+
+
+def finished_ids(path: Path) -> set[str]:
+    """The ids (as id_key) of the rows an earlier run wrote to OUT; a last row cut short by a kill is cut from the file."""
+    keys: set[str] = set()
+    good = 0  # the offset just past the last whole row
+    add_newline = False
+    try:
+        with open(path, "r+b") as fh:
+            for number, raw in enumerate(fh, 1):
+                complete = raw.endswith(b"\n")
+                if not raw.strip():
+                    good += len(raw)
+                    continue
+                try:
+                    value = json.loads(raw)
+                except ValueError:
+                    value = None
+                if not isinstance(value, dict) or "id" not in value:
+                    if complete:
+                        raise UsageError(f"{path} line {number} is not a row of `chatllm ask --lines`",
+                                         "resume into the file the batch wrote, or give a new -o file")
+                    break  # the row being written when the batch was killed: dropped, so it runs again
+                keys.add(id_key(value["id"]))
+                good += len(raw)
+                add_newline = not complete
+            if add_newline:  # a whole row whose newline never made it: keep the row, end its line
+                fh.seek(good)
+                fh.write(b"\n")
+            else:
+                fh.truncate(good)
+    except OSError as exc:
+        raise UsageError(f"cannot resume {path}: {exc.strerror or exc}", "check the file and its permissions")
+    return keys

@@ -1,0 +1,1 @@
+"""Conversations: turns through the chat template, the window, undo/retry, the store, transcripts."""

@@ -1,0 +1,133 @@
+"""Conversations as files: markdown transcripts and JSON documents, written and read back."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Sequence
+
+from chatllm.errors import UsageError
+from chatllm.output import format_date
+from chatllm.storage.conversations import Exchange
+
+INTERRUPTED_MARK = "*[interrupted]*"
+JSON_FORMAT = "chatllm.conversation"
+
+
+def transcript_markdown(system: str | None, exchanges: Sequence[Exchange], *, model: str = "",
+                        conv_id: int | None = None, created_at: float | None = None) -> str:
+    """A markdown transcript: `## System`, then `## User` / `## Assistant` sections."""
+    head = f"# Conversation {conv_id}" if conv_id is not None else "# Conversation"
+    info = " · ".join(x for x in (f"model: {model}" if model else "", format_date(created_at)) if x)
+    parts = [head, ""] + ([info, ""] if info else [])
+    if system:
+        parts += ["## System", "", system.strip(), ""]
+    for ex in exchanges:
+        parts += ["## User", "", ex.user.strip(), "", "## Assistant", "", ex.assistant.strip(), ""]
+        if ex.interrupted:
+            parts += [INTERRUPTED_MARK, ""]
+    return "\n".join(parts)
+
+
+def conversation_json(system: str | None, exchanges: Sequence[Exchange], *, model: str = "",
+                      conv_id: int | None = None, created_at: float | None = None) -> dict:
+    """A JSON-ready dict; `/load` reads it back."""
+    return {
+        "format": JSON_FORMAT,
+        "version": 1,
+        "id": conv_id,
+        "model": model,
+        "created_at": format_date(created_at),
+        "system": system,
+        "exchanges": [
+            {"user": ex.user, "assistant": ex.assistant, "interrupted": ex.interrupted, "model": ex.model,
+             "completion_tokens": ex.completion_tokens}
+            for ex in exchanges
+        ],
+    }
+
+
+_SECTION = re.compile(r"^##\s+(System|User|Assistant)\s*$", re.IGNORECASE)
+_FENCE = re.compile(r"^\s{0,3}(```|~~~)")
+
+
+def parse_markdown(text: str) -> tuple[str | None, list[Exchange]]:
+    """Read a transcript written by transcript_markdown (headings inside code fences are content)."""
+    sections: list[tuple[str, list[str]]] = []
+    fence = None
+    for line in text.splitlines():
+        m = _FENCE.match(line)
+        if m:
+            fence = None if fence == m.group(1) else (fence or m.group(1))
+        head = _SECTION.match(line) if fence is None else None
+        if head:
+            sections.append((head.group(1).lower(), []))
+        elif sections:
+            sections[-1][1].append(line)
+    if not sections:
+        raise UsageError("no conversation found in the file",
+                         "give a transcript saved with /save (## User / ## Assistant sections) or a .json file")
+    system = None
+    exchanges: list[Exchange] = []
+    pending: str | None = None
+    for role, lines in sections:
+        body = "\n".join(lines).strip()
+        if role == "system":
+            system = body or None
+        elif role == "user":
+            if pending is not None:
+                exchanges.append(Exchange(pending, "", interrupted=True))
+            pending = body
+        else:
+            interrupted = body.endswith(INTERRUPTED_MARK)
+            if interrupted:
+                body = body[: -len(INTERRUPTED_MARK)].rstrip()
+            exchanges.append(Exchange(pending or "", body, interrupted=interrupted))
+            pending = None
+    return system, exchanges
+
+
+def parse_json(data: object) -> tuple[str | None, list[Exchange]]:
+    """Read a chatllm JSON conversation, or a plain list of {role, content} messages."""
+    if isinstance(data, dict) and isinstance(data.get("exchanges"), list):
+        exchanges = []
+        for item in data["exchanges"]:
+            if not isinstance(item, dict) or not isinstance(item.get("user"), str):
+                raise UsageError("malformed conversation file: an exchange has no user text",
+                                 "give a file saved with /save chat.json")
+            exchanges.append(Exchange(item["user"], str(item.get("assistant") or ""),
+                                      interrupted=bool(item.get("interrupted")), model=str(item.get("model") or "")))
+        system = data.get("system")
+        return (system if isinstance(system, str) and system else None), exchanges
+    messages = data.get("messages") if isinstance(data, dict) else data
+    if not isinstance(messages, list) or not all(isinstance(m, dict) and "role" in m for m in messages):
+        raise UsageError("not a conversation file", "give a file saved with /save chat.json, or a list of "
+                         '{"role": ..., "content": ...} messages')
+    system, exchanges, pending = None, [], None
+    for m in messages:
+        role, content = m.get("role"), str(m.get("content") or "")
+        if role == "system":
+            system = content or None
+        elif role == "user":
+            if pending is not None:
+                exchanges.append(Exchange(pending, "", interrupted=True))
+            pending = content
+        elif role == "assistant":
+            exchanges.append(Exchange(pending or "", content))
+            pending = None
+    return system, exchanges
+
+
+def read_conversation_file(path: Path) -> tuple[str | None, list[Exchange]]:
+    """Parse a .json or markdown conversation file."""
+    from chatllm.inputs import read_text
+
+    text = read_text(path)
+    if path.suffix.lower() == ".json":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise UsageError(f"{path} is not valid JSON: {exc}", "give a file saved with /save chat.json")
+        return parse_json(data)
+    return parse_markdown(text)

@@ -1,0 +1,1 @@
+"""Questions over files past the window (search, passages, citations) and sentence embeddings."""

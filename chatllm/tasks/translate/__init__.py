@@ -1,0 +1,1 @@
+"""Translation of documents of any length, structure kept, checked part by part."""
