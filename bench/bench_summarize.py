@@ -28,6 +28,8 @@ if str(ROOT) not in sys.path:
 
 import figures  # noqa: E402
 
+from chatllm.engines.contract import complete  # noqa: E402
+
 DOC = ROOT.parent / "shared" / "data" / "longdocs" / "alice_in_wonderland_pg11.txt"
 TEST_MODEL = Path.home() / ".cache" / "chatllm-test" / "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -41,7 +43,7 @@ def raw_rate(engine, tokens: list[int], length: int, repeats: int = 2) -> float:
         start = (r * 7919) % max(1, len(tokens) - length)
         prompt = tokens[start:start + length]
         engine._rewind(0)  # a cold cache: nothing of this slice may be reused from an earlier measurement
-        engine.complete(prompt, Sampling(max_tokens=1, temperature=0))
+        complete(engine, prompt, Sampling(max_tokens=1, temperature=0))
         stats = engine.last_stats
         rates.append((stats.prompt_tokens - stats.cached_tokens) / stats.first_token_seconds)
     return statistics.mean(rates)

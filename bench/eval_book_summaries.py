@@ -42,6 +42,8 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from chatllm.engines.contract import complete  # noqa: E402
+
 DATA = ROOT.parent / "shared" / "data" / "longdocs"
 CACHE = Path.home() / ".cache" / "chatllm-test"
 MODELS = {"smollm": CACHE / "SmolLM2-135M-Instruct.Q4_1.gguf", "qwen": CACHE / "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"}
@@ -125,7 +127,7 @@ def naive(engine, text: str, sampling) -> tuple[str, dict]:
     tokens = engine.tokenize(text)
     cut = engine.detokenize(tokens[:room]) if len(tokens) > room else text
     prompt = engine.render_chat([{"role": "user", "content": f"Summarize:\n{cut}"}])
-    summary = engine.complete(prompt, sampling).strip()
+    summary = complete(engine, prompt, sampling).strip()
     s = engine.last_stats
     return summary, {"input_tokens": min(len(tokens), room), "prompt_tokens": s.prompt_tokens - s.cached_tokens,
                      "completion_tokens": s.completion_tokens, "calls": 1, "chunks": 1}
@@ -137,7 +139,7 @@ def raw_rate(engine, doc_tokens: list[int], length: int) -> float:
 
     prompt = doc_tokens[:length]
     engine._rewind(0)
-    engine.complete(prompt, Sampling(max_tokens=1, temperature=0))
+    complete(engine, prompt, Sampling(max_tokens=1, temperature=0))
     s = engine.last_stats
     return (s.prompt_tokens - s.cached_tokens) / s.first_token_seconds
 

@@ -47,6 +47,7 @@ sys.path.insert(0, str(ROOT))
 
 import figures  # noqa: E402
 
+from chatllm.engines.contract import complete  # noqa: E402
 from chatllm.engines.llamacpp.llamacpp_engine import LlamaCppEngine  # noqa: E402
 from chatllm.settings import Sampling  # noqa: E402
 from chatllm.tasks.classify.classifier import Classifier, _log_normalize, _mean_logprobs, clean, detect_language  # noqa: E402
@@ -147,7 +148,7 @@ def naive(engine: LlamaCppEngine, rows, name: str = "sst2") -> dict:
                         f"\n\nText: {text}")
         else:
             question = f"Is the sentiment of this review positive or negative? Answer with one word.\n\nReview: {text}"
-        answer = engine.complete(engine.render_chat([{"role": "user", "content": question}]), sampling).lower()
+        answer = complete(engine, engine.render_chat([{"role": "user", "content": question}]), sampling).lower()
         found = answer_re.findall(answer)
         unparsed += not found
         right += bool(found) and ANSWER_LABEL.get(found[0], found[0]) == gold

@@ -26,6 +26,8 @@ if str(ROOT) not in sys.path:
 
 import figures  # noqa: E402
 
+from chatllm.engines.contract import complete  # noqa: E402
+
 DATA = ROOT.parent / "shared" / "data" / "summarization" / "scitldr_tune.jsonl"
 TEST_MODEL = Path.home() / ".cache" / "chatllm-test" / "SmolLM2-135M-Instruct.Q4_1.gguf"
 METRICS = ("rouge1", "rouge2", "rougeL")
@@ -51,7 +53,7 @@ def baseline(engine, text: str, sampling) -> str:
     if len(tokens) > room:
         text = engine.detokenize(tokens[:room])
     prompt = engine.render_chat([{"role": "user", "content": f"Summarize:\n{text}"}])
-    return engine.complete(prompt, sampling).strip()
+    return complete(engine, prompt, sampling).strip()
 
 
 def ours(engine, text: str, sampling, style: str, length: str):

@@ -29,6 +29,8 @@ if str(ROOT) not in sys.path:
 
 import figures  # noqa: E402
 
+from chatllm.engines.contract import complete  # noqa: E402
+
 DATA = ROOT.parent / "shared" / "data" / "translation"
 CACHE = Path.home() / ".cache" / "chatllm-test"
 MODELS = {"smollm": ("SmolLM2-135M Q4_1", CACHE / "SmolLM2-135M-Instruct.Q4_1.gguf"),
@@ -66,7 +68,7 @@ def naive(engine, text: str, target: str) -> str:
 
     cap = REPLY_RATIO * engine.count_tokens(text) + REPLY_EXTRA
     prompt = engine.render_chat([{"role": "user", "content": f"Translate to {target}:\n\n{text}"}])
-    return engine.complete(prompt, Sampling(temperature=0, max_tokens=cap)).strip()
+    return complete(engine, prompt, Sampling(temperature=0, max_tokens=cap)).strip()
 
 
 def ours(engine, text: str, target: str, **kw):
@@ -83,7 +85,7 @@ def raw_rate(engine, tokens: list[int], length: int = 512) -> float:
     from chatllm.settings import Sampling
 
     engine._rewind(0)
-    engine.complete(tokens[:length], Sampling(max_tokens=1, temperature=0))
+    complete(engine, tokens[:length], Sampling(max_tokens=1, temperature=0))
     stats = engine.last_stats
     return (stats.prompt_tokens - stats.cached_tokens) / stats.first_token_seconds
 

@@ -36,6 +36,7 @@ import figures  # noqa: E402
 from chat_ttft import run_once  # noqa: E402
 
 from chatllm.engines.llamacpp.llamacpp_engine import LlamaCppEngine  # noqa: E402
+from chatllm.engines.warm_start import with_warm_start  # noqa: E402
 from chatllm.settings import Sampling, load_settings  # noqa: E402
 from chatllm.storage.conversations import Exchange  # noqa: E402
 from chatllm.storage.kv_cache import KVCache  # noqa: E402
@@ -82,7 +83,7 @@ def resume(args, kv: KVCache, rows: list) -> None:
     for run in range(args.runs):
         for mode in (("cold", "warm") if run < args.cold_runs else ("warm",)):
             engine = LlamaCppEngine(SMOLLM)
-            conv = Conversation(engine, SAMPLING, kv_cache=kv if mode == "warm" else None)
+            conv = Conversation(with_warm_start(engine, kv) if mode == "warm" else engine, SAMPLING)
             conv.adopt(None, history)
             if mode == "warm":
                 start = time.perf_counter()
@@ -233,10 +234,11 @@ def ask_wall(args, home: Path, rows: list) -> None:
     env = run_all.hermetic_env(home, SMOLLM)
     # load, first token and the rest of the generation as the CLI's engine runs them, timed inside one process
     stages = ("import sys, time; from chatllm.engines.llamacpp.llamacpp_engine import LlamaCppEngine; "
+              "from chatllm.engines.contract import complete; "
               "from chatllm.settings import Sampling; "
               "t = time.perf_counter(); e = LlamaCppEngine(sys.argv[1], n_ctx=int(sys.argv[2]), n_threads=int(sys.argv[3]), "
               "flash_attn=sys.argv[4] == 'True'); load = time.perf_counter() - t; "
-              "e.complete(e.render_chat([{'role': 'user', 'content': sys.argv[5]}]), Sampling(max_tokens=int(sys.argv[6]), "
+              "complete(e, e.render_chat([{'role': 'user', 'content': sys.argv[5]}]), Sampling(max_tokens=int(sys.argv[6]), "
               "temperature=0)); s = e.last_stats; print(s.completion_tokens, s.finish_reason, load, s.first_token_seconds, "
               "s.seconds - s.first_token_seconds)")
     ask = [*run_all.chatllm_cmd(), "ask", run_all.ASK_PROMPT, "-n", str(run_all.ASK_TOKENS), "-t", "0", "--threads", str(threads)]

@@ -30,6 +30,7 @@ sys.path.insert(0, str(REPO / "bench"))
 
 import figures  # noqa: E402
 
+from chatllm.engines.contract import text_stream  # noqa: E402
 from chatllm.engines.remote.llama_server_engine import RemoteEngine  # noqa: E402
 from chatllm.models.registry import parse_ref  # noqa: E402
 from chatllm.settings import Sampling  # noqa: E402
@@ -89,7 +90,7 @@ def chat_speed(engine, runs: int, max_tokens: int) -> tuple[float, float]:
     for i in range(runs + 1):
         # a different leading word each run: the prompt is evaluated afresh, not taken from a cache
         text = prompt.replace("You are", f"Run {i}: you are", 1)
-        pieces = list(engine.stream(text, sampling))
+        pieces = list(text_stream(engine.stream(text, sampling)))
         s = engine.last_stats
         if i == 0 or not pieces:
             continue  # the first run warms up (page cache, server threads)

@@ -1,4 +1,5 @@
-"""One fake engine for the task tests: it implements chatllm.engines.contract.Engine without a model."""
+"""One fake engine for the task tests: the engine contract and every capability (scoring, embeddings, state snapshots),
+without a model."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import re
 from array import array
 from typing import Callable, ClassVar, Generator, Mapping, Sequence
 
-from chatllm.engines.contract import GenerationStats
+from chatllm.engines.contract import Event, GenerationStats, Text
 from chatllm.errors import ChatllmError, NoChatTemplateError
 from chatllm.settings import Sampling
 
@@ -155,7 +156,7 @@ class FakeEngine:
 
     # -- generation -------------------------------------------------------------------------------
 
-    def stream(self, prompt: str | Sequence[int], sampling: Sampling) -> Generator[str, None, None]:
+    def stream(self, prompt: str | Sequence[int], sampling: Sampling) -> Generator[Event, None, None]:
         tokens = self._tokens_of(prompt)
         self._check_usable(len(tokens))
         self.streamed.append(tokens)
@@ -173,15 +174,12 @@ class FakeEngine:
                     self.on_piece(i)
                 stats.completion_tokens += 1
                 self.cache.append(self._id(piece))
-                yield piece
+                yield Text(piece)
             if len(pieces) <= sampling.max_tokens:
                 stats.finish_reason = "stop"
         except (KeyboardInterrupt, GeneratorExit):
             stats.finish_reason = "interrupted"
             raise
-
-    def complete(self, prompt: str | Sequence[int], sampling: Sampling) -> str:
-        return "".join(self.stream(prompt, sampling))
 
     def _next_reply(self, tokens: list[int]) -> str:
         if self.replies:

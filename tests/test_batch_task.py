@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from chatllm.cli.context import CommandContext
 from chatllm.errors import ChatllmError, NoChatTemplateError, UsageError
 from chatllm.output import Output
 from chatllm.settings import Sampling, Settings
@@ -175,7 +176,7 @@ def run(tmp_path: Path, monkeypatch, lines: str, *, as_json=False, output=None, 
     settings = fake_settings(tmp_path)
     error = None
     try:
-        run_batch(settings, out, compose=compose, system=None, spec=spec, file=src, output=output, resume=resume)
+        run_batch(CommandContext(settings, out), compose=compose, system=None, spec=spec, file=src, output=output, resume=resume)
     except ChatllmError as exc:
         error = exc
     return stdout.getvalue(), stderr.getvalue(), error
@@ -232,7 +233,7 @@ def test_empty_input_fails_before_the_model_loads(tmp_path, monkeypatch):
     src = tmp_path / "empty.txt"
     src.write_text("\n  \n")
     with pytest.raises(UsageError, match="has no prompts"):
-        run_batch(fake_settings(tmp_path), Output(io.StringIO(), io.StringIO()), compose=compose, system=None, spec=None,
+        run_batch(CommandContext(fake_settings(tmp_path), Output(io.StringIO(), io.StringIO())), compose=compose, system=None, spec=None,
                   file=src, output=None, resume=False)
 
 
@@ -245,6 +246,7 @@ def test_a_terminal_stderr_gets_a_bar_and_a_summary_and_a_pipe_gets_neither(tmp_
     for tty in (True, False):
         stdout, stderr = io.StringIO(), io.StringIO()
         out = Output(stdout, stderr, stdout_tty=False, stderr_tty=tty, color=False)
-        run_batch(fake_settings(tmp_path), out, compose=compose, system=None, spec=None, file=src, output=dest, resume=False)
+        run_batch(CommandContext(fake_settings(tmp_path), out), compose=compose, system=None, spec=None, file=src, output=dest,
+                  resume=False)
         assert stdout.getvalue() == "" and len(dest.read_text().splitlines()) == 3
         assert ("3 rows in" in stderr.getvalue()) is tty and ("rows/s" in stderr.getvalue()) is tty

@@ -281,19 +281,20 @@ def test_user_examples_override_the_family_preset():
 
 
 def test_calibration_saved_for_one_preset_is_not_reused_by_another(tmp_path):
+    from chatllm.engines.warm_start import with_warm_start
     from chatllm.storage.kv_cache import KVCache
 
     kv = KVCache(tmp_path / "kv")
     a = Preset("test/a", instruction="Sentiment of each text: {labels}.", always_instruct=True)
     b = Preset("test/b", instruction="Sentiment of each text: {labels}.", always_instruct=True, content_free=("", "N/A"))
-    first = Classifier(FakeEngine(cues=CUES), ["positive", "negative"], kv_cache=kv, preset=a)
+    first = Classifier(with_warm_start(FakeEngine(cues=CUES), kv), ["positive", "negative"], preset=a)
     first.classify("a good film")
     kv.flush()
     again = FakeEngine(cues=CUES)
-    Classifier(again, ["positive", "negative"], kv_cache=kv, preset=a).classify("a good film")
+    Classifier(with_warm_start(again, kv), ["positive", "negative"], preset=a).classify("a good film")
     assert len(again.calls) == 1  # same preset: prefix and calibration from the cache
     other = FakeEngine(cues=CUES)
-    Classifier(other, ["positive", "negative"], kv_cache=kv, preset=b).classify("a good film")
+    Classifier(with_warm_start(other, kv), ["positive", "negative"], preset=b).classify("a good film")
     assert len(other.calls) == 1 + 2  # same prefix tokens, other content-free inputs: calibrated afresh
 
 

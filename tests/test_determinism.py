@@ -11,6 +11,7 @@ import itertools
 
 import pytest
 
+from chatllm.engines.contract import complete, text_stream
 from chatllm.engines.llamacpp.llamacpp_engine import LlamaCppEngine, captured_log
 from chatllm.settings import Sampling
 
@@ -60,35 +61,35 @@ def test_a_cached_prompt_gives_the_fresh_answer(smollm, gemma, sampling):
                            (smollm, user(smollm, "Tell me a story.")),
                            (gemma, gemma.prompt_tokens("The history of the printing press", special=False))):
         engine._rewind(0)  # nothing cached: the prompt is evaluated from scratch
-        fresh = engine.complete(prompt, sampling)
+        fresh = complete(engine, prompt, sampling)
         assert engine.last_stats.cached_tokens == 0
-        cached = engine.complete(prompt, sampling)
+        cached = complete(engine, prompt, sampling)
         assert engine.last_stats.cached_tokens == engine.last_stats.prompt_tokens - 1
-        streamed = "".join(engine.stream(prompt, sampling))
+        streamed = "".join(text_stream(engine.stream(prompt, sampling)))
         assert fresh == cached == streamed
 
 
 def test_retry_and_undo_repeat_the_reply_whatever_was_generated_since(smollm):
     smollm._rewind(0)
     first = user(smollm, "Name three colours.")
-    reply1 = smollm.complete(first, GREEDY)
+    reply1 = complete(smollm, first, GREEDY)
     second = user(smollm, "Name three colours.", reply1, "And three animals?")
-    reply2 = smollm.complete(second, GREEDY)
+    reply2 = complete(smollm, second, GREEDY)
     assert smollm.last_stats.cached_tokens > 0  # the first exchange came from the cache
-    assert smollm.complete(second, GREEDY) == reply2  # /retry: the cache holds the old reply past the prompt
-    assert smollm.complete(first, GREEDY) == reply1  # /undo back to the first turn: the cache holds more than it
+    assert complete(smollm, second, GREEDY) == reply2  # /retry: the cache holds the old reply past the prompt
+    assert complete(smollm, first, GREEDY) == reply1  # /undo back to the first turn: the cache holds more than it
     other = user(smollm, "Name three colours.", reply1, "And three cities?")
-    smollm.complete(other, GREEDY)  # an edited turn shares only part of the cache
-    assert smollm.complete(second, GREEDY) == reply2
+    complete(smollm, other, GREEDY)  # an edited turn shares only part of the cache
+    assert complete(smollm, second, GREEDY) == reply2
 
 
 def test_a_second_engine_gives_the_same_answer(smollm_path, smollm, kernels):
     prompt = user(smollm, "Tell me a story.")
-    smollm.complete(prompt, SEEDED)  # cached in the long-lived engine
-    expected = smollm.complete(prompt, SEEDED)
+    complete(smollm, prompt, SEEDED)  # cached in the long-lived engine
+    expected = complete(smollm, prompt, SEEDED)
     repack, flash = kernels
     with LlamaCppEngine(smollm_path, n_ctx=1024, repack=repack, flash_attn=flash) as other:  # a model switch, a new process
-        assert other.complete(prompt, SEEDED) == expected
+        assert complete(other, prompt, SEEDED) == expected
 
 
 def test_scores_do_not_depend_on_the_cache(smollm):

@@ -178,4 +178,3 @@ def test_remote_engine_embeds_through_v1_embeddings():
     with pytest.raises(ChatllmError, match="gave 2 vectors for 3 texts") as info:
         engine.embed(["a", "b", "c"])
     assert "--embeddings" in info.value.hint
-    assert engine.pooling is None

@@ -7,6 +7,7 @@ import sys
 
 import pytest
 
+from chatllm.engines.contract import complete, text_stream
 from chatllm.engines.llamacpp.llamacpp_engine import LlamaCppEngine
 from chatllm.engines.stop_strings import StopFilter
 from chatllm.errors import ChatllmError, ContextOverflowError
@@ -30,14 +31,14 @@ def chat(engine, text):
 @pytest.mark.parametrize("text", ["用中文写一句关于春天的诗。", "Reply with three emoji about cats 🐱🎉", "Écris une phrase en français."])
 def test_streamed_text_equals_whole_text_byte_for_byte(engine, text):
     prompt = chat(engine, text)
-    pieces = list(engine.stream(prompt, GREEDY))
-    whole = engine.complete(prompt, GREEDY)
+    pieces = list(text_stream(engine.stream(prompt, GREEDY)))
+    whole = complete(engine, prompt, GREEDY)
     assert "".join(pieces).encode() == whole.encode()
     assert all("\ufffd" not in p for p in pieces)  # no split multi-byte character
 
 
 def test_multibyte_pieces_are_whole_characters(engine):
-    pieces = list(engine.stream(chat(engine, "请用中文回答：天空为什么是蓝色的？"), GREEDY))
+    pieces = list(text_stream(engine.stream(chat(engine, "请用中文回答：天空为什么是蓝色的？"), GREEDY)))
     text = "".join(pieces)
     assert any("\u4e00" <= ch <= "\u9fff" for ch in text)
     for piece in pieces:
@@ -46,13 +47,13 @@ def test_multibyte_pieces_are_whole_characters(engine):
 
 def test_shared_prefix_is_reused_from_the_kv_cache(engine):
     first = engine.render_chat([{"role": "user", "content": "Name a colour."}])
-    engine.complete(first, GREEDY)
+    complete(engine, first, GREEDY)
     longer = engine.render_chat([
         {"role": "user", "content": "Name a colour."},
         {"role": "assistant", "content": "Blue."},
         {"role": "user", "content": "Another one?"},
     ])
-    engine.complete(longer, GREEDY)
+    complete(engine, longer, GREEDY)
     stats = engine.last_stats
     assert stats.cached_tokens >= len(engine.prompt_tokens(first)) - 2
     assert stats.cached_tokens < stats.prompt_tokens
@@ -67,12 +68,12 @@ def test_prompt_too_long_is_a_typed_error_naming_the_sizes(engine):
 def test_seeded_sampling_repeats_and_max_tokens_caps(engine):
     s = Sampling(temperature=0.9, seed=7, max_tokens=12)
     prompt = chat(engine, "Tell me a story.")
-    assert engine.complete(prompt, s) == engine.complete(prompt, s)
+    assert complete(engine, prompt, s) == complete(engine, prompt, s)
     assert engine.last_stats.completion_tokens <= 12
 
 
 def test_stop_string_cuts_the_output(engine):
-    text = engine.complete(chat(engine, "Count from 1 to 10, separated by commas."), GREEDY.replace(stop=("5",)))
+    text = complete(engine, chat(engine, "Count from 1 to 10, separated by commas."), GREEDY.replace(stop=("5",)))
     assert "5" not in text and "6" not in text
 
 
@@ -99,7 +100,7 @@ def test_model_without_template_refuses_chat_but_override_works(gemma_path):
         with pytest.raises(ChatllmError) as info:
             eng.render_chat([{"role": "user", "content": "hi"}])
         assert "no chat template" in info.value.message and "--chat-format" in info.value.hint
-        assert eng.complete(eng.prompt_tokens("The capital of France is", special=False), GREEDY.replace(max_tokens=8))
+        assert complete(eng, eng.prompt_tokens("The capital of France is", special=False), GREEDY.replace(max_tokens=8))
     finally:
         eng.close()
     eng = LlamaCppEngine(gemma_path, n_ctx=512, chat_format="gemma")

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from chatllm.engines.warm_start import with_warm_start
 from chatllm.errors import ChatllmError
 from chatllm.settings import Sampling, Settings
 from chatllm.storage.conversations import Store
@@ -223,7 +224,7 @@ def test_a_bad_cap_is_an_error_with_a_hint(monkeypatch, raw):
 
 def chat_once(kv, store, message, engine=None, resume=None):
     engine = engine or FakeEngine()
-    conv = Conversation(engine, SAMPLING, store=store, kv_cache=kv)
+    conv = Conversation(with_warm_start(engine, kv), SAMPLING, store=store)
     if resume is not None:
         conv.resume(store.load(resume))
         conv.warm_up()
@@ -249,11 +250,11 @@ def test_a_resumed_conversation_starts_from_the_saved_state(kv, tmp_path):
 
 def test_a_classifier_reuses_the_saved_prefix_and_calibration(kv):
     cues = {"positive": ["good"], "negative": ["bad"]}
-    first = Classifier(FakeEngine(cues=cues), ["positive", "negative"], kv_cache=kv)
+    first = Classifier(with_warm_start(FakeEngine(cues=cues), kv), ["positive", "negative"])
     a = first.classify("a good film")
     kv.flush()
     engine = FakeEngine(cues=cues)
-    second = Classifier(engine, ["positive", "negative"], kv_cache=kv)
+    second = Classifier(with_warm_start(engine, kv), ["positive", "negative"])
     b = second.classify("a good film")
     assert a.scores == b.scores and engine.loaded_states == 1
     assert len(engine.calls) == 1  # only the item: the calibration came from the cache

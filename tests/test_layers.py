@@ -19,6 +19,8 @@ LAYERS = ["__main__", "cli", "repl", "tasks", "engines", "models", "storage", "b
 BASE = {"errors", "settings", "output", "stdio", "inputs", "__init__"}
 # What a job sees of the engines: the capability contract, nothing that runs a model.
 TASKS_SEE_OF_ENGINES = {"chatllm.engines.contract", "chatllm.engines.chat_formats"}
+# ... and of storage: the stores it keeps things in, and the passage index's interface, never the index or the KV cache
+TASKS_NEVER_SEE = {"chatllm.storage.kv_cache", "chatllm.storage.search_index"}
 
 
 def layer_of(module: str) -> str:
@@ -86,6 +88,7 @@ def test_tasks_see_only_the_engine_capabilities():
             seen = {t for t in targets if layer_of(t) == "engines"}
             assert seen <= TASKS_SEE_OF_ENGINES, f"{name} imports {sorted(seen - TASKS_SEE_OF_ENGINES)}"
             assert not {t for t in targets if layer_of(t) == "models"}, f"{name} imports the model files' layer"
+            assert not targets & TASKS_NEVER_SEE, f"{name} imports {sorted(targets & TASKS_NEVER_SEE)}"
 
 
 def test_the_tasks_package_holds_only_packages():

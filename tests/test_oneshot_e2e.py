@@ -42,12 +42,21 @@ def test_ask_with_piped_stdin_streams_plain_text(chatllm):
     assert "red" in r.stdout.lower()
 
 
+def test_ask_json_is_the_record_of_the_plain_answer(chatllm):
+    # --json says what the command did; it never changes what the model is asked (a cut answer is still an answer)
+    r = chatllm("ask", "-t", "0", "-n", "8", "--json", "Say hi")
+    assert r.returncode == 0, r.stderr
+    data = json.loads(r.stdout)
+    plain = chatllm("ask", "-t", "0", "-n", "8", "Say hi")
+    assert data["text"] == plain.stdout.rstrip("\n") and "data" not in data and data["finish_reason"] == "length"
+
+
 def test_ask_json_has_counts_and_speed_and_a_json_answer(chatllm):
-    r = chatllm("ask", "-t", "0", "-n", "64", "--json", "-s", "Answer briefly.", "Say hello")
+    r = chatllm("ask", "-t", "0", "-n", "64", "--json", "--schema", "object", "-s", "Answer briefly.", "Say hello")
     assert r.returncode == 0, r.stderr
     data = json.loads(r.stdout)
     assert data["text"] and data["completion_tokens"] >= 1 and data["prompt_tokens"] > 5
-    assert isinstance(data["data"], dict) and json.loads(data["text"]) == data["data"]  # --json alone: any JSON object
+    assert isinstance(data["data"], dict) and json.loads(data["text"]) == data["data"]  # --schema object: any JSON object
     assert data["model"].endswith(".gguf") and data["seconds"] > 0
     assert set(data) >= {"tokens_per_second", "first_token_seconds", "finish_reason"}
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from llama_cpp import _internals as internals
 
+from chatllm.engines.contract import complete
 from chatllm.engines.llamacpp.llamacpp_engine import LlamaCppEngine
 from chatllm.engines.llamacpp.threads import default_threads, other_busy_cores
 from chatllm.settings import Sampling
@@ -63,19 +64,19 @@ def engine(smollm_path):
                          + [Sampling(temperature=t, seed=k, max_tokens=40) for k, t in ((1, 0.7), (2, 1.3))])
 def test_top_k_before_penalties_samples_exactly_the_same(engine, sampling, monkeypatch):
     prompt = engine.render_chat([{"role": "user", "content": "List ten animals, one per line."}])
-    fast = engine.complete(prompt, sampling)
+    fast = complete(engine, prompt, sampling)
     monkeypatch.setattr(LlamaCppEngine, "_sampler", _unfiltered_sampler)
-    assert engine.complete(prompt, sampling) == fast
+    assert complete(engine, prompt, sampling) == fast
 
 
 @pytest.mark.model
 def test_stop_at_max_tokens_keeps_the_cache_usable(engine):
     prompt = engine.render_chat([{"role": "user", "content": "Write a poem about rain."}])
     tokens = engine.prompt_tokens(prompt)
-    answer = engine.complete(tokens, Sampling(temperature=0, max_tokens=6))
+    answer = complete(engine, tokens, Sampling(temperature=0, max_tokens=6))
     stats = engine.last_stats
     assert stats.completion_tokens == 6 and stats.finish_reason == "length"
     # the next prompt extends the previous one: everything but the unevaluated last token comes from the cache
     follow = tokens + engine.tokenize(answer) + engine.tokenize(" More.")
-    engine.complete(follow, Sampling(temperature=0, max_tokens=2))
+    complete(engine, follow, Sampling(temperature=0, max_tokens=2))
     assert engine.last_stats.cached_tokens >= len(tokens) + 4

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from chatllm.engines.contract import Engine
+from chatllm.engines.contract import Engine, complete
 from chatllm.engines.remote.chat_api_engine import ChatRemoteEngine, connect_remote
 from chatllm.engines.remote.chat_api_tokens import END_ID, START_ID, EstimateTokenizer, parse, render, split_text
 from chatllm.models.registry import ModelSpec
@@ -156,11 +156,11 @@ def test_without_a_tokenizer_the_counts_are_estimates_and_the_margin_grows(engin
         assert not est.tokenizer.exact and est.token_counts.startswith("estimated")
         assert est.n_ctx == CTX - est.margin and est.margin >= CTX * 0.15 > engine.margin
         prompt = est.render_chat([{"role": "user", "content": "What is the capital of France?"}])
-        reply = est.complete(prompt, Sampling(temperature=0, max_tokens=10))
+        reply = complete(est, prompt, Sampling(temperature=0, max_tokens=10))
         assert reply.strip() and est.last_stats.estimated and est.last_stats.completion_tokens > 0
         assert "(estimated)" in format_stats(est.last_stats)
         # generate-style raw text goes to /v1/completions, and is estimated too
-        assert "Paris" in est.complete(est.prompt_tokens("The capital of France is", special=False),
+        assert "Paris" in complete(est, est.prompt_tokens("The capital of France is", special=False),
                                        Sampling(temperature=0, max_tokens=4))
         assert est.last_stats.estimated
 
@@ -188,7 +188,7 @@ def test_piped_chat_keeps_two_turns(env):
 
 
 def test_ask_and_generate_flag_their_token_counts(env):
-    r = cli(env, "ask", "-t", "0", "-n", "48", "--json", "Say hi.")  # --json: a JSON answer, in a record with the counts
+    r = cli(env, "ask", "-t", "0", "-n", "48", "--json", "--schema", "object", "Say hi.")  # a JSON answer, in a record
     assert r.returncode == 0, r.stderr
     data = json.loads(r.stdout)
     assert isinstance(data["data"], dict) and data["model"] == "py-chat"

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from chatllm.engines.contract import Engine
+from chatllm.engines.contract import Engine, complete, text_stream
 from chatllm.engines.remote.llama_server_engine import RemoteEngine
 from chatllm.errors import ChatllmError, ContextOverflowError
 from chatllm.models.registry import ModelSpec, parse_ref
@@ -127,29 +127,29 @@ def test_render_chat_is_the_local_rendering(engine, local):
 
 def test_stream_and_complete_agree_at_temperature_zero(engine):
     prompt = engine.render_chat([{"role": "user", "content": "Name three fruits."}])
-    pieces = list(engine.stream(prompt, GREEDY))
+    pieces = list(text_stream(engine.stream(prompt, GREEDY)))
     first = engine.last_stats
     assert len(pieces) > 1 and first.completion_tokens > 0 and first.prompt_tokens == len(engine.prompt_tokens(prompt))
     assert 0 < first.first_token_seconds <= first.seconds and first.finish_reason in ("stop", "length")
-    again = engine.complete(prompt, GREEDY)
+    again = complete(engine, prompt, GREEDY)
     assert again == "".join(pieces)
     assert engine.last_stats.cached_tokens >= engine.last_stats.prompt_tokens - 1  # the server kept the prompt
 
 
 def test_stop_strings_and_max_tokens(engine):
     tokens = engine.prompt_tokens("One, two, three, four, five, six,", special=False)
-    full = engine.complete(tokens, GREEDY.replace(max_tokens=16))
+    full = complete(engine, tokens, GREEDY.replace(max_tokens=16))
     assert engine.last_stats.finish_reason == "length" and engine.last_stats.completion_tokens == 16
     word = full.split()[1]  # something the model does write
-    cut = engine.complete(tokens, GREEDY.replace(max_tokens=16, stop=(word,)))
+    cut = complete(engine, tokens, GREEDY.replace(max_tokens=16, stop=(word,)))
     assert engine.last_stats.finish_reason == "stop"
     assert word not in cut and full.startswith(cut)
-    assert engine.complete(tokens, GREEDY.replace(max_tokens=3)) and engine.last_stats.completion_tokens == 3
+    assert complete(engine, tokens, GREEDY.replace(max_tokens=3)) and engine.last_stats.completion_tokens == 3
 
 
 def test_closing_the_stream_stops_the_request(engine, server):
     prompt = engine.render_chat([{"role": "user", "content": "Write a very long story about a lighthouse keeper."}])
-    gen = engine.stream(prompt, Sampling(temperature=0, max_tokens=1500))
+    gen = text_stream(engine.stream(prompt, Sampling(temperature=0, max_tokens=1500)))
     next(gen)
     next(gen)
     gen.close()
@@ -205,8 +205,9 @@ def test_ask_generate_and_chat(remote_env, cli_env, server):
     assert r.stdout.strip() and r.stderr == ""
     local = cli(cli_env, *question).stdout
     assert "blue" in r.stdout and r.stdout[:40] == local[:40], (r.stdout, local)
-    r = cli(remote_env, "ask", "--json", "-t", "0", "-n", "48", "-m", f"openai:{server.url}#{ALIAS}", "Say hi.")
-    data = json.loads(r.stdout)  # --json alone: the answer is a JSON object too, decoded under the server's grammar
+    r = cli(remote_env, "ask", "--json", "--schema", "object", "-t", "0", "-n", "48", "-m", f"openai:{server.url}#{ALIAS}",
+            "Say hi.")
+    data = json.loads(r.stdout)  # --schema object: the answer is a JSON object, decoded under the server's grammar
     assert r.returncode == 0 and data["finish_reason"] == "stop" and isinstance(data["data"], dict), (data, r.stderr)
     r = cli(remote_env, "generate", "-t", "0", "-n", "12", "Once upon a time")
     assert r.returncode == 0 and r.stdout.strip(), r.stderr
@@ -487,7 +488,7 @@ def test_a_broken_stream_is_one_error(body, phrase):
         with RemoteEngine.connect(ModelSpec(url=script.url)) as eng:
             assert eng.n_ctx == 512
             with pytest.raises(ChatllmError, match=phrase):
-                eng.complete([1, 2, 3], GREEDY)
+                complete(eng, [1, 2, 3], GREEDY)
     finally:
         script.close()
 

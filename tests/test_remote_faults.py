@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from chatllm.engines.contract import text_stream
 from chatllm.engines.remote.chat_api_engine import connect_remote
 from chatllm.engines.remote.http_client import SPARE_EVENTS
 from chatllm.engines.remote.llama_server_engine import RemoteEngine
@@ -207,7 +208,7 @@ def test_an_endless_stream_is_hung_up_on(fault, monkeypatch):
             fault.reset("endless", endless_text=text)
             start = time.monotonic()
             if text:
-                assert len(list(engine.stream([1, 2, 3], Sampling(max_tokens=8)))) == 8
+                assert len(list(text_stream(engine.stream([1, 2, 3], Sampling(max_tokens=8))))) == 8
                 assert engine.last_stats.finish_reason == "length"
             else:
                 with pytest.raises(ChatllmError, match=f"streamed over {8 + SPARE_EVENTS} events"):

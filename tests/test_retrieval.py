@@ -189,7 +189,7 @@ def test_gather_files_walks_a_folder_and_skips_binary_with_a_note(tmp_path):
 
 
 def test_fusion_ranks_by_reciprocal_rank_across_both_lists():
-    from chatllm.storage.search_index import Hit
+    from chatllm.storage.passage_index import Hit
 
     a, b, c = (Hit("s", i, i, i, t, 0.0) for i, t in enumerate("abc"))
     fused = retrieval.fuse([[a, b], [b, c]], k=3)

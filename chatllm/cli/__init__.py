@@ -36,12 +36,12 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         sys.exit(128 + signal.SIGTERM if _TERMINATED else INTERRUPTED)
     except ChatllmError as err:
-        _report(out, err)
+        _report(out, err, debug=_debug(args))
     except Exception as exc:  # the last line of defence: known library failures become ChatllmErrors
         mapped = from_exception(exc)
         if mapped is None:
             mapped = ChatllmError(f"internal error: {type(exc).__name__}: {exc}", "rerun with --debug and report the traceback")
-        _report(out, mapped, exc)
+        _report(out, mapped, exc, debug=_debug(args))
 
 
 def print_version() -> None:
@@ -60,14 +60,23 @@ def _interrupt(signum, frame) -> None:
     raise KeyboardInterrupt
 
 
-def _debug() -> bool:
-    from chatllm.cli.options import GlobalFlags
+def _debug(args: list[str]) -> bool:
+    """--debug among the global flags (those before the command), or CHATLLM_DEBUG."""
+    value_next = False
+    for word in args:
+        if value_next:
+            value_next = False
+        elif word == "--debug":
+            return True
+        elif word == "--flash-attn":
+            value_next = True
+        elif not word.startswith("-"):
+            break  # the command: what follows is its own
+    return os.environ.get("CHATLLM_DEBUG", "").lower() in {"1", "true", "yes"}
 
-    return GlobalFlags.debug or os.environ.get("CHATLLM_DEBUG", "").lower() in {"1", "true", "yes"}
 
-
-def _report(out: Output, err: ChatllmError, exc: BaseException | None = None) -> None:
-    if _debug():
+def _report(out: Output, err: ChatllmError, exc: BaseException | None = None, *, debug: bool = False) -> None:
+    if debug:
         import traceback
 
         out.stderr.write(redact("".join(traceback.format_exception(exc or err))))

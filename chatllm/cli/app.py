@@ -5,7 +5,7 @@ from typing import Annotated, Callable, Optional
 import typer
 
 from chatllm.cli import print_version
-from chatllm.cli.options import GlobalFlags
+from chatllm.cli.context import GlobalOptions
 
 app = typer.Typer(
     name="chatllm",
@@ -26,6 +26,7 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def root(
+    cli: typer.Context,
     version: Annotated[Optional[bool], typer.Option("--version", "-V", callback=_version, is_eager=True,
                                                     help="Show the version and exit.")] = None,
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks for errors [env CHATLLM_DEBUG=1].")] = False,
@@ -37,15 +38,12 @@ def root(
                                                     "[env CHATLLM_FLASH_ATTN].")] = None,
 ) -> None:
     """Global flags go before the command: `chatllm --debug ask ...`."""
-    GlobalFlags.debug = debug
-    GlobalFlags.verbose = verbose
-    GlobalFlags.offline = offline
-    GlobalFlags.flash_attn = flash_attn
+    cli.obj = GlobalOptions(debug=debug, verbose=verbose, offline=offline, flash_attn=flash_attn)
 
 
 def _register() -> None:
     """Every command, in the order `chatllm --help` lists them."""
-    from chatllm.cli import ask, chat, classify, embed, kv_cache, models, prompt_templates, serve, summarize, translate
+    from chatllm.cli import ask, chat, classify, embed, history, kv_cache, models, prompt_templates, serve, summarize, translate
 
     commands: list[tuple[str, Callable, dict]] = [
         ("chat", chat.chat, {}),
@@ -67,7 +65,7 @@ def _register() -> None:
     ]
     for name, func, extra in commands:
         app.command(name, **extra)(func)
-    app.add_typer(chat.history_app, name="history")
+    app.add_typer(history.history_app, name="history")
     app.add_typer(embed.collections_app, name="collections")
     app.add_typer(kv_cache.cache_app, name="cache")
     app.add_typer(prompt_templates.templates_app, name="templates")

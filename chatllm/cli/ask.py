@@ -6,7 +6,7 @@ from typing import Annotated, Any, Callable, List, Optional
 import typer
 from typer.core import TyperCommand
 
-from chatllm.cli.kv_cache import NoCache
+from chatllm.cli.context import SAMPLING_FLAGS, CommandContext, command_context
 from chatllm.cli.options import (
     ChatFormat,
     Ctx,
@@ -14,6 +14,7 @@ from chatllm.cli.options import (
     GpuLayers,
     MaxTokens,
     Model,
+    NoCache,
     Offline,
     Parallel,
     Seed,
@@ -22,15 +23,14 @@ from chatllm.cli.options import (
     Threads,
     TopK,
     TopP,
-    model_settings,
 )
+from chatllm.errors import UsageError
 from chatllm.output import Output, format_stats
-from chatllm.settings import Settings
 
 PANEL_STRUCTURED = "Structured output"
 PANEL_BATCH = "Batches and templates"
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON record (text, data, token counts); without --schema "
-                                                      "the answer is held to any JSON object.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON record of what was done (text, data, token counts, "
+                                                      "timings) instead of the plain answer; the model is asked the same.")]
 FileOpt = Annotated[Optional[List[Path]], typer.Option(
     "--file", "-f", metavar="FILE|DIR", help="Read more input from FILE (repeatable; a folder gives its text files). Past the "
                                             "window, the question is answered from the passages that match it, with citations.")]
@@ -40,8 +40,9 @@ EmbedModelOpt = Annotated[Optional[str], typer.Option(
                                                  "model's vectors (default: embed_model in config.toml, or BM25 alone).",
     show_default=False)]
 SchemaOpt = Annotated[Optional[str], typer.Option(
-    "--schema", metavar="SCHEMA", help="The answer must match this JSON Schema: a file, inline JSON, or 'name, age int, tags str[], bio: "
-                     "a short bio'. Stdout is exactly the JSON.", rich_help_panel=PANEL_STRUCTURED, show_default=False)]
+    "--schema", metavar="SCHEMA", help="The answer must match this JSON Schema: a file, inline JSON, 'name, age int, tags str[], "
+                     "bio: a short bio', or `object` for any JSON object. Stdout is exactly the JSON.",
+    rich_help_panel=PANEL_STRUCTURED, show_default=False)]
 SchemaMultiOpt = Annotated[Optional[str], typer.Option(
     "--schema-multi", metavar="SCHEMA", help="Like --schema, for a list of such objects: {\"items\": [...]}",
     rich_help_panel=PANEL_STRUCTURED, show_default=False)]
@@ -91,6 +92,7 @@ def join_param_pairs(args: List[str]) -> List[str]:
 
 
 def ask(
+    cli: typer.Context,
     prompt: Annotated[Optional[List[str]], typer.Argument(help="The instruction; piped stdin is appended.", show_default=False)] = None,
     system: Annotated[Optional[str], typer.Option("--system", "-s", help="System prompt.")] = None,
     file: FileOpt = None,
@@ -116,8 +118,7 @@ def ask(
     Examples: cat notes.txt | chatllm ask "what are the action items?"; chatllm ask -f docs/ "how do I log in?"
     chatllm ask --schema 'name, age int' "Invent a person"; chatllm ask --lines "Translate to French:" < phrases.txt
     """
-    sampling: dict[str, Any] = {"max_tokens": max_tokens, "temperature": temperature, "top_p": top_p, "top_k": top_k,
-                                "seed": seed, "stop": stop}
+    sampling: dict[str, Any] = {key: cli.params[key] for key in SAMPLING_FLAGS}
     _check_one_schema(schema, schema_multi)
     if save:
         _save_template(save, prompt, system=system, schema=schema_multi or schema, multi=schema_multi is not None,
@@ -133,51 +134,39 @@ def ask(
         sampling = {k: v if v is not None else tpl.sampling.get(k) for k, v in sampling.items()}
         compose = _template_compose(tpl, param or [], prompt, lines)
     elif param:
-        from chatllm.errors import UsageError
-
         raise UsageError("-p sets a template variable, and no --template was given", "chatllm ask --template NAME -p KEY VALUE")
-    settings = model_settings(model=model, device=device, gpu_layers=gpu_layers, ctx=ctx, threads=threads,
-                              chat_format=chat_format, offline=offline, **sampling)
-    if embed_model:
-        settings = settings.replace(embed_model=embed_model)
-    spec = _spec(schema, schema_multi, any_object=as_json and not lines)
-    out = Output(as_json=as_json)
+    context = command_context(cli, model=model, **sampling)
+    spec = _spec(schema, schema_multi)
     one_file = _one_file(file, lines, bool(prompt))
     if lines:
         from chatllm.cli.ask_lines import run_batch
 
-        run_batch(settings, out, compose=compose, system=system, spec=spec, file=one_file, output=output, resume=resume,
-                  parallel=parallel, no_cache=no_cache)
+        run_batch(context, compose=compose, system=system, spec=spec, file=one_file, output=output, resume=resume,
+                  parallel=parallel)
         return
     if output is not None or resume or parallel is not None:
-        from chatllm.errors import UsageError
-
         raise UsageError("-o/--output, --resume and --parallel go with --lines", "chatllm ask --lines -o out.jsonl < prompts.txt")
     if file and prompt:  # a question over files: the whole text when it fits, else retrieval with citations
-        _ask_files(prompt, file, settings, out, system=system, spec=_spec(schema, schema_multi, any_object=False),
-                   compose=compose if template else None, show_sources=sources)
+        _ask_files(prompt, file, context, system=system, spec=spec, compose=compose if template else None,
+                   show_sources=sources)
         return
     if sources or embed_model:
-        from chatllm.errors import UsageError
-
         flag = "--sources" if sources else "--embed-model"
         raise UsageError(f"{flag} goes with -f FILE and a question", f'chatllm ask -f notes.txt {flag} ... "who signed it?"')
-    _one_shot("ask", prompt, one_file, settings, out, system=system, spec=spec,
-              compose=compose if template else None)
+    _one_shot("ask", prompt, one_file, context, system=system, spec=spec, compose=compose if template else None)
 
 
 def _one_file(files: Optional[List[Path]], lines: bool, question: bool) -> Optional[Path]:
     """The one -f file of --lines, or of a prompt with no question words; several need a question."""
     if not files or len(files) == 1 or question and not lines:
         return files[0] if files else None
-    from chatllm.errors import UsageError
-
     if lines:
         raise UsageError("--lines reads one -f FILE", "join the files first: cat a.txt b.txt | chatllm ask --lines ...")
     raise UsageError("several -f files need a question to search them with", 'chatllm ask -f a.txt -f b.txt "what changed?"')
 
 
 def generate(
+    cli: typer.Context,
     prompt: Annotated[Optional[List[str]], typer.Argument(help="Text to continue; piped stdin is appended.", show_default=False)] = None,
     file: Annotated[Optional[Path], typer.Option("--file", "-f", help="Read the text from FILE.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON record with text and token counts.")] = False,
@@ -192,22 +181,17 @@ def generate(
 
     Example: chatllm generate "Once upon a time" --max-tokens 50
     """
-    settings = model_settings(model=model, device=device, gpu_layers=gpu_layers, ctx=ctx, threads=threads,
-                              chat_format=chat_format, offline=offline, max_tokens=max_tokens, temperature=temperature,
-                              top_p=top_p, top_k=top_k, seed=seed, stop=stop)
     _check_one_schema(schema, schema_multi)
-    _one_shot("generate", prompt, file, settings, Output(as_json=as_json), spec=_spec(schema, schema_multi, any_object=False))
+    _one_shot("generate", prompt, file, command_context(cli), spec=_spec(schema, schema_multi))
 
 
 def _check_one_schema(schema: Optional[str], schema_multi: Optional[str]) -> None:
     if schema is not None and schema_multi is not None:
-        from chatllm.errors import UsageError
-
         raise UsageError("give --schema or --schema-multi, not both", "--schema-multi takes the schema of one item")
 
 
-def _spec(schema: Optional[str], schema_multi: Optional[str], any_object: bool):
-    if schema is None and schema_multi is None and not any_object:
+def _spec(schema: Optional[str], schema_multi: Optional[str]):
+    if schema is None and schema_multi is None:
         return None
     from chatllm.tasks.ask.structured_output import json_spec
 
@@ -230,8 +214,6 @@ def _load_template(name: str):
 
 
 def _param_values(params: List[str]) -> dict[str, str]:
-    from chatllm.errors import UsageError
-
     values: dict[str, str] = {}
     for pair in params:
         key, sep, value = pair.partition("\0") if "\0" in pair else pair.partition("=")
@@ -248,7 +230,6 @@ def _template_system(tpl, params: List[str]) -> Optional[str]:
 
 
 def _template_compose(tpl, params: List[str], words: Optional[List[str]], lines: bool) -> Callable[[str], str]:
-    from chatllm.errors import UsageError
     from chatllm.tasks.ask.prompt_templates import render_prompt
 
     values = _param_values(params)
@@ -266,10 +247,11 @@ def _save_template(name: str, words: Optional[List[str]], **fields) -> None:
     Output().status(f"saved template {name!r} to {path}")
 
 
-def _one_shot(kind: str, words: Optional[List[str]], file: Optional[Path], settings: Settings, out: Output,
+def _one_shot(kind: str, words: Optional[List[str]], file: Optional[Path], context: CommandContext,
               system: Optional[str] = None, spec=None, compose: Optional[Callable[[str], str]] = None) -> None:
-    from chatllm.engines.loader import load_engine
     from chatllm.inputs import gather_prompt
+
+    settings, out = context.settings, context.out
 
     # read before the model loads: bad input fails fast
     text = gather_prompt(words, file, out.warn, settings.n_ctx, allow_empty=compose is not None)
@@ -279,13 +261,7 @@ def _one_shot(kind: str, words: Optional[List[str]], file: Optional[Path], setti
 
     # how deep this context can get, known before the load: it decides flash attention on the CPU
     depth = one_shot_depth((system, text, spec.instruction() if spec is not None else None), settings.sampling.max_tokens)
-    settings = settings.replace(context_hint=depth)
-    answer_text(kind, text, load_engine(settings, out), out, system=system, spec=spec, settings=settings)
-
-
-def answer_text(kind: str, text: str, engine, out: Output, system: Optional[str] = None, spec=None, *,
-                settings: Settings) -> None:
-    """Run ask or generate on the prompt text with a loaded engine and print the answer (or its --json record)."""
+    engine = context.replace(context_hint=depth).load_engine()
     from chatllm.tasks.ask import oneshot
 
     on_text = None if out.as_json or spec is not None else out.write
@@ -313,14 +289,14 @@ def _show_answer(answer, out: Output, spec) -> None:
 INDEX_FILE = "index.db"
 
 
-def _ask_files(words: List[str], files: List[Path], settings: Settings, out: Output, *, system: Optional[str], spec,
+def _ask_files(words: List[str], files: List[Path], context: CommandContext, *, system: Optional[str], spec,
                compose: Optional[Callable[[str], str]], show_sources: bool) -> None:
     """A question over files: the inputs are checked and read (when they may fit) before the model loads."""
-    from chatllm.engines.loader import load_engine
     from chatllm.inputs import gather_files, prompt_char_limit, read_prompt, read_text, stdin_is_piped
     from chatllm.storage.search_index import SearchIndex
     from chatllm.tasks.retrieval import file_answers
 
+    settings, out = context.settings, context.out
     question = " ".join(words).strip()
     paths = gather_files(files, out.warn)  # before the model loads: bad input fails fast
     piped = read_prompt("-", out.warn, settings.n_ctx, allow_empty=True) if stdin_is_piped() else ""
@@ -331,8 +307,8 @@ def _ask_files(words: List[str], files: List[Path], settings: Settings, out: Out
     embedder = None
     try:
         docs = file_answers.file_docs(index, paths, texts, piped)
-        engine = load_engine(settings, out)
-        embedder = _load_embedder(settings, out) if settings.embed_model else None
+        engine = context.load_engine()
+        embedder = _load_embedder(context) if settings.embed_model else None
         on_text = None if out.as_json or spec is not None else out.write
         result = file_answers.ask_files(engine, index, docs, question, settings.sampling,
                                         read=lambda d: read_text(d.name, out.warn), system=system, on_text=on_text,
@@ -350,13 +326,12 @@ def _ask_files(words: List[str], files: List[Path], settings: Settings, out: Out
     _show_answer(result, out, spec)
 
 
-def _load_embedder(settings: Settings, out: Output):
+def _load_embedder(context: CommandContext):
     """The embedding model of hybrid retrieval; a refusal's hint names --embed-model, the flag that chose it."""
-    from chatllm.engines.loader import load_engine
     from chatllm.errors import ChatllmError
 
     try:
-        return load_engine(settings, out, settings.embed_model, embedding=True)
+        return context.load_engine(context.settings.embed_model, embedding=True)
     except ChatllmError as exc:
         if exc.hint and " -m " in exc.hint:
             exc.hint = exc.hint.replace(" -m ", " --embed-model ")

@@ -15,17 +15,18 @@ from chatllm.output import Output, ProgressBar
 from chatllm.settings import Settings
 
 if TYPE_CHECKING:
-    from chatllm.storage.kv_cache import KVCache
+    from chatllm.cli.context import CommandContext
     from chatllm.tasks.ask.batch import Row, RowResult
     from chatllm.tasks.ask.structured_output import JsonSpec
 
 SYNC_SECONDS = 1.0  # fsync OUT at most this often: a flush per row already survives a killed process
 
 
-def run_batch(settings: Settings, out: Output, *, compose: Callable[[str], str], system: Optional[str],
+def run_batch(context: "CommandContext", *, compose: Callable[[str], str], system: Optional[str],
               spec: "Optional[JsonSpec]", file: Optional[Path], output: Optional[Path], resume: bool,
-              parallel: Optional[int] = None, no_cache: bool = False) -> None:
+              parallel: Optional[int] = None) -> None:
     """Check the input and OUT, load the model once, answer every row in order, write each as it finishes."""
+    settings, out = context.settings, context.out
     from chatllm.inputs import input_lines, stdin_is_piped
     from chatllm.tasks.ask import batch
 
@@ -41,24 +42,19 @@ def run_batch(settings: Settings, out: Output, *, compose: Callable[[str], str],
     rows = batch.nonempty_rows(batch.read_rows(lines, jsonl=jsonl), name)  # empty or binary input fails before the load
     done = batch.finished_ids(output) if resume and output is not None and output.exists() else set()
     sink = RowSink(out, output, structured=spec is not None, append=resume)
-    kv = None
+    engines: list = []
     try:
-        from chatllm.cli.kv_cache import open_kv_cache
-        from chatllm.engines.loader import load_engines
-
-        engines = load_engines(settings, out, parallel)
-        kv = open_kv_cache(settings, out, no_cache)
+        engines = context.load_engines(parallel)
         _answer_all(engines, rows, done, sink, out, settings=settings, compose=compose, system=system, spec=spec,
-                    total=_count_rows(file) if _shows_bar(out, output) else None, kv_cache=kv)
+                    total=_count_rows(file) if _shows_bar(out, output) else None)
     finally:
-        if kv is not None:
-            kv.flush()  # the shared prefix's state reaches the disk before the process ends
+        for engine in engines:
+            engine.close()  # the shared prefix's saved state reaches the disk before the process ends
         sink.close()
 
 
 def _answer_all(engines: list, rows: "Iterator[Row]", done: set[str], sink: "RowSink", out: Output, *, settings: Settings,
-                compose: Callable[[str], str], system: Optional[str], spec: "Optional[JsonSpec]", total: Optional[int],
-                kv_cache: "Optional[KVCache]" = None) -> None:
+                compose: Callable[[str], str], system: Optional[str], spec: "Optional[JsonSpec]", total: Optional[int]) -> None:
     from chatllm.tasks.ask import batch
 
     skipped = [0]
@@ -76,7 +72,7 @@ def _answer_all(engines: list, rows: "Iterator[Row]", done: set[str], sink: "Row
     try:
         with _bar(out, sink.path, total) as bar:
             for result in batch.run_rows(engines[0], unfinished(), settings.sampling, compose=compose, system=system, spec=spec,
-                                         workers=engines, kv_cache=kv_cache):
+                                         workers=engines):
                 sink.write(result)
                 count += 1
                 if result.error is not None:

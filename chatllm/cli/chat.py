@@ -1,10 +1,10 @@
-"""`chatllm chat` (the REPL) and `chatllm history` (saved conversations)."""
+"""`chatllm chat`: the REPL on a model, every exchange saved."""
 
 from typing import TYPE_CHECKING, Annotated, Optional, TextIO, cast
 
 import typer
 
-from chatllm.cli.kv_cache import NoCache, open_kv_cache
+from chatllm.cli.context import command_context
 from chatllm.cli.options import (
     ChatFormat,
     Ctx,
@@ -12,6 +12,7 @@ from chatllm.cli.options import (
     GpuLayers,
     MaxTokens,
     Model,
+    NoCache,
     Offline,
     Seed,
     Stop,
@@ -19,8 +20,6 @@ from chatllm.cli.options import (
     Threads,
     TopK,
     TopP,
-    model_settings,
-    plain_settings,
 )
 from chatllm.errors import UsageError
 from chatllm.output import Output
@@ -32,6 +31,7 @@ if TYPE_CHECKING:
 
 
 def chat(
+    cli: typer.Context,
     system: Annotated[Optional[str], typer.Option("--system", "-s", help="System prompt for the conversation.")] = None,
     cont: Annotated[bool, typer.Option("--continue", "-c", help="Resume the most recent conversation.")] = False,
     resume: Annotated[Optional[int], typer.Option("--resume", "-r", metavar="ID",
@@ -44,14 +44,12 @@ def chat(
     """Chat with a model: replies stream as they are written, and every exchange is saved.
 
     Type /help inside for the commands. With stdin piped, each line is one message (slash commands work) and
-    the replies come out as plain text: printf 'Hello\\n/exit\\n' | chatllm chat
+    the replies come out as plain text.
     """
-    settings = model_settings(model=model, device=device, gpu_layers=gpu_layers, ctx=ctx, threads=threads,
-                              chat_format=chat_format, offline=offline, max_tokens=max_tokens, temperature=temperature,
-                              top_p=top_p, top_k=top_k, seed=seed, stop=stop)
+    context = command_context(cli)
+    settings, out = context.settings, context.out
     import sys
 
-    from chatllm.engines.loader import load_engine
     from chatllm.inputs import stdin_is_piped
     from chatllm.storage.conversations import Store
     from chatllm.tasks.chat.conversation import Conversation, require_chat_template
@@ -59,7 +57,6 @@ def chat(
     if cont and resume is not None:
         raise UsageError("--continue and --resume cannot be used together", "--continue picks the latest; "
                          "--resume ID a given one")
-    out = Output()
     piped = stdin_is_piped()
     store = Store(settings.db_path)
     try:
@@ -69,14 +66,13 @@ def chat(
             if conv_id is None:
                 raise UsageError("no saved conversation to continue", "start one with `chatllm chat`")
             stored = store.load(conv_id)  # before loading the model: a wrong id fails fast
-        engine = require_chat_template(load_engine(settings, out))
+        engine = require_chat_template(context.load_engine())
 
         def open_engine(name: str) -> "Engine":
-            return load_engine(settings.replace(model=name), out)
+            return context.replace(model=name).load_engine()
 
-        kv = open_kv_cache(settings, out, no_cache)
         conv = Conversation(engine, settings.sampling, system=system, store=store, notice=out.status,
-                            open_engine=open_engine, kv_cache=kv)
+                            open_engine=open_engine)
         if stored is not None:
             conv.resume(stored, system)
             if stored.model and stored.model != engine.name:
@@ -85,9 +81,7 @@ def chat(
         try:
             _run(conv, out, settings, piped, sys.stdin)
         finally:
-            if kv is not None:
-                kv.flush()  # the last reply's state reaches the disk before the process ends
-            conv.engine.close()
+            conv.engine.close()  # waits for the last reply's state to reach the disk
     finally:
         store.close()
 
@@ -112,89 +106,3 @@ def _run(conv: "Conversation", out: Output, settings: Settings, piped: bool, std
         output = create_output(stdout=cast(TextIO, out.stderr))
     session = make_session(settings.home / "chat_history", output=output, color=out.color)
     Repl(conv, out, session=session).run_interactive()
-
-
-history_app = typer.Typer(
-    help="Saved conversations: list them (id, model, first line, turns, date), `show ID` as markdown, `rm ID`.",
-    invoke_without_command=True,
-    no_args_is_help=False,
-    rich_markup_mode=None,
-)
-
-
-def _store():
-    from chatllm.storage.conversations import Store
-
-    return Store(plain_settings().db_path)
-
-
-@history_app.callback()
-def history(
-    ctx: typer.Context,
-    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON list.")] = False,
-    limit: Annotated[int, typer.Option("--limit", "-n", help="Show at most N conversations (0: all).")] = 0,
-) -> None:
-    """List saved conversations, most recent first: id, model, first line, turns, date.
-
-    Example: chatllm history; chatllm history show 3; chatllm chat --resume 3
-    """
-    if ctx.invoked_subcommand is not None:
-        return
-    if limit < 0:
-        raise UsageError("--limit must be 0 or more", "0 shows all")
-    from chatllm.output import format_date, short_model
-
-    out = Output(as_json=as_json)
-    store = _store()
-    try:
-        rows = store.list(limit or None)
-    finally:
-        store.close()
-
-    def human() -> None:
-        if not rows:
-            out.status("no saved conversations yet; start one with `chatllm chat`")
-            return
-        out.table(["id", "model", "first line", "turns", "date"],
-                  [[r.id, short_model(r.model), r.title, r.turns, format_date(r.updated_at)] for r in rows])
-
-    out.result([r.as_dict() for r in rows], human)
-
-
-@history_app.command("show")
-def history_show(
-    conv_id: Annotated[int, typer.Argument(metavar="ID", help="Conversation id from `chatllm history`.")],
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of markdown.")] = False,
-) -> None:
-    """Print one conversation as markdown (rendered in a terminal)."""
-    from chatllm.tasks.chat.transcripts import conversation_json, transcript_markdown
-
-    out = Output(as_json=as_json)
-    store = _store()
-    try:
-        conv = store.load(conv_id)
-    finally:
-        store.close()
-    kw = dict(model=conv.model, conv_id=conv.id, created_at=conv.created_at)
-    out.result(conversation_json(conv.system, conv.exchanges, **kw),
-               lambda: out.markdown(transcript_markdown(conv.system, conv.exchanges, **kw)))
-
-
-@history_app.command("rm")
-def history_rm(
-    conv_ids: Annotated[list[int], typer.Argument(metavar="ID...", help="Conversation ids to delete.")],
-) -> None:
-    """Delete saved conversations (and their KV states saved on disk)."""
-    from chatllm.storage.kv_cache import KVCache, cache_dir
-
-    out = Output()
-    settings = plain_settings()
-    store = _store()
-    try:
-        for conv_id in conv_ids:
-            store.delete(conv_id)
-            # its KV state holds the conversation's text too: it goes with it
-            KVCache(cache_dir(settings), settings=settings).drop_slot(f"chat:{conv_id}")
-            out.status(f"deleted conversation {conv_id}")
-    finally:
-        store.close()

@@ -6,11 +6,10 @@ from typing import TYPE_CHECKING, Annotated, Iterator, List, Optional
 
 import typer
 
-from chatllm.cli.kv_cache import NoCache, open_kv_cache
-from chatllm.cli.options import ChatFormat, Ctx, Device, GpuLayers, Model, Offline, Parallel, Threads, model_settings
+from chatllm.cli.context import CommandContext, command_context
+from chatllm.cli.options import ChatFormat, Ctx, Device, GpuLayers, Model, NoCache, Offline, Parallel, Threads
 from chatllm.errors import UsageError
 from chatllm.output import Output
-from chatllm.settings import Settings
 
 if TYPE_CHECKING:
     from chatllm.tasks.classify.classifier import Classifier, Result
@@ -36,6 +35,7 @@ ERROR_LABEL = "error"
 
 
 def sentiment(
+    cli: typer.Context,
     text: TextArg = None,
     file: FileOpt = None,
     lines: LinesOpt = False,
@@ -54,18 +54,17 @@ def sentiment(
 
     Example: cut -f1 reviews.tsv | chatllm sentiment --lines --json > out.jsonl
     """
-    settings = model_settings(model=model, device=device, gpu_layers=gpu_layers, ctx=ctx, threads=threads,
-                              chat_format=chat_format, offline=offline)
     from chatllm.tasks.classify.classifier import NEUTRAL, parse_labels, sentiment_labels
 
     chosen = parse_labels(labels) if labels else sentiment_labels(neutral)
     if neutral and NEUTRAL not in chosen:
         chosen.append(NEUTRAL)
-    _run("sentiment", chosen, {}, examples, text=text, file=file, lines=lines, column=column, as_json=as_json, lang=lang,
-         calibrate=calibrate, settings=settings, no_cache=no_cache, parallel=parallel, explain=explain)
+    _run("sentiment", chosen, {}, examples, text=text, file=file, lines=lines, column=column, lang=lang,
+         calibrate=calibrate, context=command_context(cli), parallel=parallel, explain=explain)
 
 
 def classify(
+    cli: typer.Context,
     text: TextArg = None,
     labels: Annotated[Optional[str], typer.Option("--labels", "-l", help="Comma-separated labels, e.g. news,blog,ad.")] = None,
     describe: Annotated[Optional[List[str]], typer.Option(
@@ -85,14 +84,11 @@ def classify(
 
     Example: chatllm classify --labels news,blog,ad "Buy one, get one free this weekend only!"
     """
-    settings = model_settings(model=model, device=device, gpu_layers=gpu_layers, ctx=ctx, threads=threads,
-                              chat_format=chat_format, offline=offline)
     from chatllm.tasks.classify.classifier import parse_labels
 
     chosen = parse_labels(labels) if labels else None
     _run("classify", chosen, _descriptions(describe), examples, text=text, file=file, lines=lines, column=column,
-         as_json=as_json, lang=lang, calibrate=calibrate, settings=settings, no_cache=no_cache, parallel=parallel,
-         explain=explain)
+         lang=lang, calibrate=calibrate, context=command_context(cli), parallel=parallel, explain=explain)
 
 
 def _descriptions(pairs: Optional[List[str]]) -> dict[str, str]:
@@ -106,15 +102,14 @@ def _descriptions(pairs: Optional[List[str]]) -> dict[str, str]:
 
 
 def _run(task: str, labels: Optional[List[str]], descriptions: dict, examples_path: Optional[Path], *,
-         text: Optional[List[str]], file: Optional[Path], lines: bool, column: Optional[str], as_json: bool, lang: str,
-         calibrate: Optional[bool], settings: Settings, no_cache: bool = False, parallel: Optional[int] = None,
-         explain: bool = False) -> None:
+         text: Optional[List[str]], file: Optional[Path], lines: bool, column: Optional[str], lang: str,
+         calibrate: Optional[bool], context: CommandContext, parallel: Optional[int] = None, explain: bool = False) -> None:
     """Check everything the user gave, then load the model once and classify one text or every line."""
     from chatllm.inputs import line_items, nonempty_items, whole_text
     from chatllm.tasks.classify.classifier import Classifier, check_setup
     from chatllm.tasks.classify.fewshot import load_examples
 
-    out = Output(as_json=as_json)
+    out = context.out
     if lang not in ("auto", "en", "zh"):
         raise UsageError(f"unknown --lang {lang!r}", "use auto, en or zh")
     shots = load_examples(examples_path, out.warn) if examples_path is not None else None
@@ -126,11 +121,9 @@ def _run(task: str, labels: Optional[List[str]], descriptions: dict, examples_pa
 
     def build(workers: Optional[int] = 1) -> "list[Classifier]":
         """Load the model, once every input has been checked, and a classifier per worker around it."""
-        from chatllm.engines.loader import load_engines
-
-        engines = load_engines(settings, out, workers)
+        engines = context.load_engines(workers)
         first = Classifier(engines[0], labels, task=task, descriptions=descriptions, examples=shots,
-                           calibrate=calibrate, lang=lang, kv_cache=open_kv_cache(settings, out, no_cache))
+                           calibrate=calibrate, lang=lang)
         return [first] + [first.on_engine(e) for e in engines[1:]]
 
     if column is not None or lines:

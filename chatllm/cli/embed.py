@@ -5,7 +5,8 @@ from typing import TYPE_CHECKING, Annotated, Iterator, List, Optional
 
 import typer
 
-from chatllm.cli.options import Ctx, Device, GpuLayers, Model, Offline, Threads, model_settings, plain_settings
+from chatllm.cli.context import command_context
+from chatllm.cli.options import Ctx, Device, GpuLayers, Model, Offline, Threads
 from chatllm.errors import UsageError
 from chatllm.output import Output
 from chatllm.settings import Settings
@@ -28,6 +29,7 @@ def _collections(settings: Settings) -> "CollectionStore":
 
 
 def embed(
+    cli: typer.Context,
     text: TextArg = None,
     file: FileOpt = None,
     lines: LinesOpt = False,
@@ -42,18 +44,17 @@ def embed(
     """
     if store is not None and not store.strip():
         raise UsageError("--store needs a collection name", "for example --store notes")
-    settings = model_settings(model=model, device=device, gpu_layers=gpu_layers, ctx=ctx, threads=threads, offline=offline)
-    out = Output(as_json=as_json)
+    context = command_context(cli)
+    settings, out = context.settings, context.out
     items = _items(text, file, lines, out)
     first = next(items, None)  # the input is checked before the model loads
     if first is None:
         raise UsageError("the input has no text to embed", "give one text per line")
     from itertools import chain
 
-    from chatllm.engines.loader import load_engine
     from chatllm.tasks.retrieval.embeddings import embed_stream, store_stream
 
-    engine = load_engine(settings, out, embedding=True)
+    engine = context.load_engine(embedding=True)
     long: list[int] = []
     try:
         embedded = embed_stream(engine, chain([first], items), on_long=long.append)
@@ -97,6 +98,7 @@ def _items(text: Optional[List[str]], file: Optional[Path], lines: bool, out: Ou
 
 
 def similar(
+    cli: typer.Context,
     name: Annotated[str, typer.Argument(metavar="NAME", help="The collection (see `chatllm collections`).")],
     query: Annotated[Optional[List[str]], typer.Argument(help="The query text (else piped stdin).", show_default=False)] = None,
     top: Annotated[int, typer.Option("--top", "-k", help="How many items to show.")] = 10,
@@ -116,16 +118,14 @@ def similar(
     text = " ".join(query) if query else (read_text("-", None).strip() if stdin_is_piped() else "")
     if not text.strip():
         raise UsageError("no query", f'give one: chatllm similar {name} "what to look for"')
-    out = Output(as_json=as_json)
-    plain = plain_settings(offline=offline)
-    collections = _collections(plain)
+    context = command_context(cli)
+    out = context.out
+    collections = _collections(context.settings)
     try:
         found = collections.require(name)
-        settings = model_settings(model=model or found.model, device=device, threads=threads, offline=offline)
-        from chatllm.engines.loader import load_engine
         from chatllm.tasks.retrieval.embeddings import similar as find_similar
 
-        engine = load_engine(settings, out, embedding=True)
+        engine = context.load_engine(model or found.model, embedding=True)
         try:
             matches = find_similar(engine, collections, name, text, top)
         finally:
@@ -158,8 +158,9 @@ def collections(ctx: typer.Context, as_json: JsonOpt = False) -> None:
         return
     from chatllm.output import format_date, short_model
 
-    out = Output(as_json=as_json)
-    store = _collections(plain_settings())
+    context = command_context(ctx)
+    out = context.out
+    store = _collections(context.settings)
     try:
         rows = store.collections()
     finally:
@@ -176,10 +177,14 @@ def collections(ctx: typer.Context, as_json: JsonOpt = False) -> None:
 
 
 @collections_app.command("rm")
-def collections_rm(names: Annotated[List[str], typer.Argument(metavar="NAME...", help="Collections to delete.")]) -> None:
+def collections_rm(
+    cli: typer.Context,
+    names: Annotated[List[str], typer.Argument(metavar="NAME...", help="Collections to delete.")],
+) -> None:
     """Delete collections and their vectors."""
-    out = Output()
-    store = _collections(plain_settings())
+    context = command_context(cli)
+    out = context.out
+    store = _collections(context.settings)
     try:
         for name in names:
             store.remove(name)

@@ -1,25 +1,11 @@
 """`chatllm cache` (the KV states saved on disk: list, clear) and the --no-cache flag the model commands share."""
 
-from typing import TYPE_CHECKING, Annotated, Optional
+from typing import Annotated
 
 import typer
 
-from chatllm.cli.options import plain_settings
-from chatllm.output import Output
+from chatllm.cli.context import command_context
 from chatllm.settings import Settings
-
-if TYPE_CHECKING:
-    from chatllm.storage.kv_cache import KVCache
-
-NoCache = Annotated[bool, typer.Option(
-    "--no-cache", help="Neither load nor save the model's KV state on disk (see `chatllm cache`).")]
-
-
-def open_kv_cache(settings: Settings, out: Output, no_cache: bool) -> "Optional[KVCache]":
-    """The KV cache for a command, or None under --no-cache (or CHATLLM_KV_CACHE_MAX=0)."""
-    from chatllm.storage.kv_cache import open_cache
-
-    return open_cache(settings, out.warn, disabled=no_cache)
 
 
 def cache_summary(settings: Settings) -> dict:
@@ -55,8 +41,8 @@ def cache(
     from chatllm.output import format_date, short_model
     from chatllm.storage.kv_cache import KVCache, cache_dir, max_bytes_setting
 
-    out = Output(as_json=as_json)
-    settings = plain_settings()
+    context = command_context(ctx)
+    out, settings = context.out, context.settings
     cap = max_bytes_setting()
     kv = KVCache(cache_dir(settings), cap, notice=out.warn)
     entries = list(reversed(kv.entries()))
@@ -76,11 +62,12 @@ def cache(
 
 
 @cache_app.command("clear")
-def cache_clear() -> None:
+def cache_clear(cli: typer.Context) -> None:
     """Delete every saved KV state (they are rebuilt as needed)."""
     from chatllm.storage.kv_cache import KVCache, cache_dir
 
-    out = Output()
-    kv = KVCache(cache_dir(plain_settings()))
+    context = command_context(cli)
+    out = context.out
+    kv = KVCache(cache_dir(context.settings))
     count = kv.clear()
     out.status(f"removed {count} KV cache {'entry' if count == 1 else 'entries'} from {kv.directory}")

@@ -4,7 +4,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from chatllm.cli.options import plain_settings
+from chatllm.cli.context import command_context
 from chatllm.output import Output
 
 ModelArg = Annotated[str, typer.Argument(help="Alias, hf:owner/repo:QUANT, hf:owner/repo/file.gguf[@rev] or a .gguf path.",
@@ -23,6 +23,7 @@ def _human(size: Optional[int]) -> str:
 
 
 def pull(
+    cli: typer.Context,
     model: ModelArg,
     force: Annotated[bool, typer.Option("--force", help="Download again even if present and verified.")] = False,
 ) -> None:
@@ -30,8 +31,8 @@ def pull(
     from chatllm.engines.loader import resolve_spec
     from chatllm.models import download
 
-    out = Output()
-    settings = plain_settings(model)
+    context = command_context(cli)
+    out, settings = context.out, context.settings
     spec = resolve_spec(settings, model)
     if spec.local_path is not None:
         out.status(f"{spec.local_path} is a local file: nothing to pull")
@@ -44,14 +45,15 @@ def pull(
 
 
 def list_models(
+    cli: typer.Context,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """List the registry's models (remote ones too) and the GGUF files already downloaded."""
     from chatllm.models import download
     from chatllm.models.registry import load_registry
 
-    out = Output(as_json=as_json)
-    settings = plain_settings()
+    context = command_context(cli)
+    out, settings = context.out, context.settings
     registry = load_registry(settings)
     rows = download.inventory({a: s for a, s in registry.items() if not s.is_remote}, settings)
     rows += [{"name": alias, "remote": True, "url": s.url, "model": s.remote_model, "params": s.params, "quant": "",
@@ -70,6 +72,7 @@ def list_models(
 
 
 def show(
+    cli: typer.Context,
     model: ModelArg,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
@@ -79,8 +82,8 @@ def show(
     from chatllm.models.gguf_header import format_params, read_header
     from chatllm.storage.file_hashes import file_sha256
 
-    out = Output(as_json=as_json)
-    settings = plain_settings(model)
+    context = command_context(cli)
+    out, settings = context.out, context.settings
     spec = resolve_spec(settings, model)
     if spec.is_remote:
         _show_remote(spec, out)
@@ -148,6 +151,7 @@ def _print_fields(out: Output, data: dict, width: int = 16, skip_empty: bool = T
 
 
 def rm(
+    cli: typer.Context,
     model: ModelArg,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask.")] = False,
 ) -> None:
@@ -156,8 +160,8 @@ def rm(
     from chatllm.errors import ChatllmError
     from chatllm.models import download
 
-    out = Output()
-    settings = plain_settings(model)
+    context = command_context(cli)
+    out, settings = context.out, context.settings
     spec = resolve_spec(settings, model)
     if spec.local_path is not None:
         raise ChatllmError(f"{spec.local_path} is your own file, not a download", "delete it yourself if you mean to")
@@ -176,7 +180,7 @@ def rm(
     out.status(f"removed {spec.name} ({_human(total)})")
 
 
-def info(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
+def info(cli: typer.Context, as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
     """Versions, the compute backend this build supports, threads, paths and defaults."""
     import platform
 
@@ -186,8 +190,8 @@ def info(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = 
     from chatllm.engines.llamacpp.threads import physical_cores
     from chatllm.engines.loader import resolve_spec
 
-    out = Output(as_json=as_json)
-    settings = plain_settings()
+    context = command_context(cli)
+    out, settings = context.out, context.settings
     build = build_info()
     try:
         default_model = resolve_spec(settings).name

@@ -1,22 +1,11 @@
-"""Flags shared by the commands, as plain `Annotated` aliases, and the one place that turns them into Settings."""
+"""Flags shared by the commands, as plain `Annotated` aliases; cli/context.py turns the ones a command has into Settings."""
 
 from typing import Annotated, List, Optional
 
 import typer
 
-from chatllm.settings import Settings, load_settings
-
 PANEL_MODEL = "Model and device"
 PANEL_SAMPLING = "Sampling"
-
-
-class GlobalFlags:
-    """Flags given before the command (`chatllm --debug ask ...`)."""
-
-    debug: bool = False
-    verbose: bool = False
-    offline: bool = False
-    flash_attn: Optional[str] = None
 
 
 def _model_opt(*decls: str, help: str):
@@ -48,40 +37,5 @@ TopP = Annotated[Optional[float], _sampling_opt("--top-p", help="Nucleus samplin
 TopK = Annotated[Optional[int], _sampling_opt("--top-k", help="Top-k sampling, 0 for off [default: 40]")]
 Seed = Annotated[Optional[int], _sampling_opt("--seed", help="Random seed for reproducible sampling")]
 Stop = Annotated[Optional[List[str]], _sampling_opt("--stop", help="Stop when this text appears (repeatable)")]
-
-
-def model_settings(
-    *,
-    model: Optional[str] = None,
-    device: Optional[str] = None,
-    gpu_layers: Optional[str] = None,
-    ctx: Optional[int] = None,
-    threads: Optional[int] = None,
-    chat_format: Optional[str] = None,
-    offline: bool = False,
-    flash_attn: Optional[str] = None,
-    max_tokens: Optional[int] = None,
-    temperature: Optional[float] = None,
-    top_p: Optional[float] = None,
-    top_k: Optional[int] = None,
-    seed: Optional[int] = None,
-    stop: Optional[List[str]] = None,
-) -> Settings:
-    """Settings from the shared model, device and sampling flags (and the global ones), checked once."""
-    if threads is not None and threads < 0:
-        from chatllm.errors import UsageError
-
-        raise UsageError(f"--threads must be 0 (auto) or more, not {threads}", "for example --threads 4, or leave it out")
-    settings = load_settings(
-        model=model, device=device, gpu_layers=gpu_layers, ctx=ctx, threads=threads,
-        offline=offline or GlobalFlags.offline, flash_attn=flash_attn or GlobalFlags.flash_attn,
-        verbose=GlobalFlags.verbose, debug=GlobalFlags.debug,
-        max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k, seed=seed, stop=stop,
-    )
-    return settings.replace(chat_format=chat_format) if chat_format else settings
-
-
-def plain_settings(model: Optional[str] = None, offline: bool = False) -> Settings:
-    """Settings for commands that manage models without running them."""
-    return load_settings(model=model, offline=offline or GlobalFlags.offline, verbose=GlobalFlags.verbose,
-                         debug=GlobalFlags.debug)
+NoCache = Annotated[bool, typer.Option(
+    "--no-cache", help="Neither load nor save the model's KV state on disk (see `chatllm cache`).")]

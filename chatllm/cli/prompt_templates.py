@@ -4,7 +4,7 @@ from typing import Annotated, List
 
 import typer
 
-from chatllm.output import Output
+from chatllm.cli.context import command_context
 
 templates_app = typer.Typer(
     help="Saved prompt templates: list them (name, model, variables, first line), `show NAME`, `rm NAME`.",
@@ -31,7 +31,7 @@ def templates(ctx: typer.Context, as_json: JsonFlag = False) -> None:
         return
     from chatllm.tasks.ask.prompt_templates import list_templates, templates_dir
 
-    out = Output(as_json=as_json)
+    out = command_context(ctx).out
     found = list_templates(_config_dir(), on_error=lambda exc: out.warn(f"{exc.message} (skipped)"))
 
     def human() -> None:
@@ -54,13 +54,14 @@ def _first_line(text: str | None) -> str:
 
 @templates_app.command("show")
 def templates_show(
+    cli: typer.Context,
     name: Annotated[str, typer.Argument(metavar="NAME", help="Template name from `chatllm templates`.")],
     as_json: JsonFlag = False,
 ) -> None:
     """Print a template's file: its path as a comment, then its TOML (or the checked template as JSON)."""
     from chatllm.tasks.ask.prompt_templates import load_template
 
-    out = Output(as_json=as_json)
+    out = command_context(cli).out
     tpl = load_template(_config_dir(), name)
 
     def human() -> None:
@@ -72,12 +73,13 @@ def templates_show(
 
 @templates_app.command("rm")
 def templates_rm(
+    cli: typer.Context,
     names: Annotated[List[str], typer.Argument(metavar="NAME...", help="Templates to delete.")],
 ) -> None:
     """Delete saved templates."""
     from chatllm.tasks.ask.prompt_templates import load_path
 
-    out = Output()
+    out = command_context(cli).out
     paths = [load_path(_config_dir(), name) for name in names]  # every name checked before any file goes
     for path in paths:
         path.unlink(missing_ok=True)

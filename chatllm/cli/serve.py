@@ -7,14 +7,15 @@ from typing import Annotated, Optional
 
 import typer
 
-from chatllm.cli.options import Ctx, Model, Offline, Threads, model_settings
+from chatllm.cli.context import command_context
+from chatllm.cli.options import Ctx, Model, Offline, Threads
 from chatllm.errors import UsageError
-from chatllm.output import Output
 
 DEFAULT_PORT = 8080
 
 
 def serve(
+    cli: typer.Context,
     model: Model = None,
     host: Annotated[str, typer.Option("--host", help="Address to listen on; anything but loopback is reachable from other "
                                                      "machines.")] = "127.0.0.1",
@@ -32,8 +33,8 @@ def serve(
 
     Example: chatllm serve -m smollm2 --parallel 4, then chatllm sentiment --lines --parallel 4 -m openai:http://127.0.0.1:8080/v1#smollm2
     """
-    settings = model_settings(model=model, ctx=ctx, threads=threads, offline=offline)
-    out = Output()
+    context = command_context(cli)
+    settings, out = context.settings, context.out
     if not 1 <= parallel <= 256:
         raise UsageError(f"--parallel must be 1 to 256, not {parallel}", "for example --parallel 4")
     key = None

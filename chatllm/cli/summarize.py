@@ -4,6 +4,7 @@ from typing import TYPE_CHECKING, Annotated, Iterator, List, Optional
 
 import typer
 
+from chatllm.cli.context import command_context
 from chatllm.cli.options import (
     ChatFormat,
     Ctx,
@@ -19,7 +20,6 @@ from chatllm.cli.options import (
     Threads,
     TopK,
     TopP,
-    model_settings,
 )
 from chatllm.errors import UsageError
 from chatllm.output import Output, ProgressBar
@@ -129,6 +129,7 @@ def _stats_line(result) -> str:
 
 
 def summarize(
+    cli: typer.Context,
     files: Annotated[Optional[List[str]], typer.Argument(
         help="Text files to summarize; - reads stdin (stdin is also read when piped and no FILE is given).",
         show_default=False, metavar="FILE")] = None,
@@ -160,20 +161,16 @@ def summarize(
 
     Example: chatllm summarize report.txt --length short; curl -s URL | chatllm summarize --style bullets
     """
-    settings = model_settings(model=model, device=device, gpu_layers=gpu_layers, ctx=ctx, threads=threads,
-                              chat_format=chat_format, offline=offline, max_tokens=max_tokens, temperature=temperature,
-                              top_p=top_p, top_k=top_k, seed=seed, stop=stop)
+    context = command_context(cli)
+    settings, out = context.settings, context.out
     from chatllm.inputs import gather_sources
 
-    out = Output(as_json=as_json)
     if notes and not as_json:
         raise UsageError("--notes goes with --json", "add --json to get each level's notes in the JSON record")
     options = _options(length, words, style, lang, focus, chunk_tokens, settings, notes, cover_names)
     sources = gather_sources(files, out.warn)  # every input is checked before the model loads
 
-    from chatllm.engines.loader import load_engines
-
-    engine, *workers = load_engines(settings, out, parallel, spare=True)  # with --parallel: workers for the map calls
+    engine, *workers = context.load_engines(parallel, spare=True)  # with --parallel: workers for the map calls
     if combine and len(sources) > 1:
         groups = [("all files", sources)]
     else:

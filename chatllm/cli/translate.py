@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Annotated, List, Optional
 
 import typer
 
+from chatllm.cli.context import command_context
 from chatllm.cli.options import (
     ChatFormat,
     Ctx,
@@ -21,7 +22,6 @@ from chatllm.cli.options import (
     Threads,
     TopK,
     TopP,
-    model_settings,
 )
 from chatllm.errors import UsageError
 from chatllm.output import Output, ProgressBar
@@ -59,6 +59,7 @@ def _out_path(directory: Path, source: "Source", code: str) -> Path:
 
 
 def translate(
+    cli: typer.Context,
     files: Annotated[Optional[List[str]], typer.Argument(
         help="Text or markdown files; - reads stdin (stdin is also read when piped and no FILE is given).",
         show_default=False, metavar="FILE")] = None,
@@ -88,13 +89,10 @@ def translate(
 
     if not to:
         raise UsageError("no target language", "give one with --to: chatllm translate notes.txt --to zh")
-    settings = model_settings(model=model, device=device, gpu_layers=gpu_layers, ctx=ctx, threads=threads,
-                              chat_format=chat_format, offline=offline, max_tokens=max_tokens,
-                              temperature=DEFAULT_TEMPERATURE if temperature is None else temperature,
-                              top_p=top_p, top_k=top_k, seed=seed, stop=stop)
+    context = command_context(cli, temperature=DEFAULT_TEMPERATURE if temperature is None else temperature)
+    settings, out = context.settings, context.out
     from chatllm.inputs import gather_sources
 
-    out = Output(as_json=as_json)
     cap = settings.sampling.max_tokens if max_tokens is not None else None
     options = _options(to, source, glossary, part_tokens, cap, out)
     if output_dir is not None and output_dir.exists() and not output_dir.is_dir():
@@ -103,9 +101,7 @@ def translate(
     if output_dir is not None:
         output_dir.mkdir(parents=True, exist_ok=True)
 
-    from chatllm.engines.loader import load_engine
-
-    engine = load_engine(settings, out)
+    engine = context.load_engine()
     many = len(sources) > 1
     for i, src in enumerate(sources):
         if output_dir is not None:

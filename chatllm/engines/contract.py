@@ -1,19 +1,26 @@
-"""The one engine contract every task is written against: the llama.cpp engine implements it, so does a remote one.
+"""What tasks are written against: a core generation contract and small capabilities an engine may add.
 
-A task never asks which engine it has. Tokens are ints, prompts are either text (tokenized with the model's
-special markers parsed) or token lists, and every generation leaves its counts in `last_stats`.
+`Engine` is the core every engine implements: tokenize and count, render a chat, stream a reply as typed events,
+stats, close. The capabilities are separate Protocols: `LabelScorer` (log-probabilities of continuations),
+`Embedder` (sentence vectors), `StateSnapshots` (the KV state as bytes) and `WarmStart` (saved states on disk, which
+the loader adds by wrapping an engine that has snapshots). A task that needs one asks for it with `require()`; an
+engine without it is a one-line error naming the engine and the capability, never a stub that returns nothing.
+
+A reply streams as events: `Text` is the answer, `Reasoning` a thinking model's trace; more kinds (tool calls) are
+added beside them. A task that wants only the answer reads `text_stream(...)`, which passes text and skips any other
+kind, so adding an event kind touches only the tasks that use it.
 
 A prompt is opaque outside its engine: what render_chat returns (and the tokens of it) is only ever given back to the
-same engine, cut, counted and joined as tokens. The chat-completions engine (engines/remote/chat_api_engine.py) relies on it:
-its render_chat writes a transcript whose turn markers are token ids of its own, so stream() reads the messages back
-out of the tokens, and a task never needs to know whether a server wants text or messages.
+same engine, cut, counted and joined as tokens. The chat-completions engine relies on it: its render_chat writes a
+transcript whose turn markers are token ids of its own, so stream() reads the messages back out of the tokens.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Generator, Protocol, Sequence, runtime_checkable
+from typing import Any, Generator, Iterable, Protocol, Sequence, Union, runtime_checkable
 
+from chatllm.errors import ChatllmError
 from chatllm.settings import Sampling
 
 
@@ -26,8 +33,12 @@ class GenerationStats:
     completion_tokens: int = 0
     first_token_seconds: float = 0.0
     seconds: float = 0.0
-    finish_reason: str = "stop"  # stop | length | interrupted
+    finish_reason: str = "stop"  # stop | length | interrupted | tool_calls
     estimated: bool = False  # the token counts are chatllm's estimate, not the model's tokenizer's (a server without one)
+    reasoning_tokens: int = 0  # of completion_tokens, how many were a thinking model's trace
+    reasoning_seconds: float = 0.0  # from the first reasoning token to the first answer token
+    drafted_tokens: int = 0  # proposed by prompt-lookup drafts (speculative decoding)
+    accepted_tokens: int = 0  # of those, the ones the model agreed with
 
     @property
     def tokens_per_second(self) -> float:
@@ -37,9 +48,60 @@ class GenerationStats:
         return n / gen_time if n > 0 and gen_time > 0 else 0.0
 
 
+# -- the events of a streamed reply ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Text:
+    """A piece of the answer (whole characters only)."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class Reasoning:
+    """A piece of a thinking model's reasoning trace: never part of the answer."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    """A call the model made: its tool's name and arguments (a JSON object), or why they could not be read."""
+
+    name: str
+    arguments: dict
+    id: str = ""
+    raw: str = ""  # the call as the model wrote it
+    error: str | None = None  # the call was malformed (not JSON, no name...): what went wrong
+
+
+Event = Union[Text, Reasoning, ToolCall]
+
+
+def text_stream(events: Iterable[Event]) -> Generator[str, None, None]:
+    """The answer's text pieces of a stream, every other kind of event skipped; closing it closes the stream."""
+    try:
+        for event in events:
+            if isinstance(event, Text) and event.text:
+                yield event.text
+    finally:
+        close = getattr(events, "close", None)
+        if close is not None:
+            close()
+
+
+def complete(engine: "Engine", prompt: str | Sequence[int], sampling: Sampling) -> str:
+    """The whole answer at once."""
+    return "".join(text_stream(engine.stream(prompt, sampling)))
+
+
+# -- the core contract and its capabilities -------------------------------------------------------
+
+
 @runtime_checkable
 class Engine(Protocol):
-    """A loaded model: tokenize and count, render a chat, stream a reply with stats, score continuations."""
+    """A loaded model that generates: tokenize and count, render a chat, stream a reply with stats."""
 
     name: str
     n_ctx: int
@@ -63,10 +125,6 @@ class Engine(Protocol):
         """How many tokens the text costs."""
         ...
 
-    def detokenize(self, tokens: Sequence[int]) -> str:
-        """Token ids back to text."""
-        ...
-
     def prompt_tokens(self, prompt: str, special: bool = True) -> list[int]:
         """A whole prompt's tokens, BOS added where the model wants one."""
         ...
@@ -75,29 +133,43 @@ class Engine(Protocol):
         """Messages ({"role", "content"}) as the model's prompt text; ChatllmError when it has no template."""
         ...
 
-    def stream(self, prompt: str | Sequence[int], sampling: Sampling) -> Generator[str, None, None]:
-        """Text pieces as they are generated (whole characters only); close() it to stop; stats in last_stats."""
+    def stream(self, prompt: str | Sequence[int], sampling: Sampling) -> Generator[Event, None, None]:
+        """The reply as events while it is generated; close() it to stop; counts and timings in last_stats."""
         ...
 
-    def complete(self, prompt: str | Sequence[int], sampling: Sampling) -> str:
-        """The whole generated text at once."""
+    def close(self) -> None:
+        """Free the model; the engine is unusable afterwards."""
         ...
+
+
+@runtime_checkable
+class LabelScorer(Protocol):
+    """Scores continuations: what sentiment and classify need."""
 
     def score_continuations(self, prefix: str | Sequence[int], continuations: Sequence[Sequence[int]]) -> list[float]:
         """Log-probability of each token sequence following the prefix."""
         ...
 
-    @property
-    def pooling(self) -> str | None:
-        """The sentence pooling the model declares (mean, cls, last), None when it has none or the engine cannot tell."""
-        ...
+
+@runtime_checkable
+class Embedder(Protocol):
+    """Sentence vectors: what embed, similar and hybrid retrieval need."""
+
+    name: str
 
     def embed(self, texts: Sequence[str]) -> list[list[float]]:
-        """L2-normalised sentence vectors of the texts, in input order (an embedding model, loaded for embeddings)."""
+        """L2-normalised sentence vectors of the texts, in input order."""
         ...
 
+
+@runtime_checkable
+class StateSnapshots(Protocol):
+    """The KV state as bytes, so it can be kept on disk and restored by another process."""
+
+    name: str
+
     def state_key(self) -> dict | None:
-        """What a saved KV state depends on (model file, context, template, kernels); None when it cannot be saved."""
+        """What a saved state depends on (model file, context, template, kernels); None when it cannot be saved."""
         ...
 
     def save_state(self, n_tokens: int | None = None) -> tuple[list[int], memoryview] | None:
@@ -108,6 +180,47 @@ class Engine(Protocol):
         """Make the KV cache hold `tokens` from state bytes save_state gave; tokens restored (0: failed, cache empty)."""
         ...
 
-    def close(self) -> None:
-        """Free the model; the engine is unusable afterwards."""
+
+@dataclass
+class SavedPrefix:
+    """A state restored from disk: the tokens the engine's cache now holds, and what was saved with them."""
+
+    tokens: list[int]
+    extra: dict
+
+
+@runtime_checkable
+class WarmStart(Protocol):
+    """Saved KV states on disk: restore the longest saved prefix of a prompt, save the current one (in the background)."""
+
+    min_tokens: int  # a shorter prefix is cheaper to evaluate than to load: it is neither restored nor saved
+
+    def restore_prefix(self, tokens: Sequence[int]) -> SavedPrefix | None:
+        """Load the saved state sharing the longest prefix with `tokens` (at least a few tokens); None when none does."""
         ...
+
+    def save_prefix(self, *, n_tokens: int | None = None, slot: str | None = None, extra: dict | None = None) -> bool:
+        """Save the state's first n_tokens (all of it by default); a slot replaces that slot's older state."""
+        ...
+
+
+class MissingCapability(ChatllmError):
+    """The engine cannot do what the task needs (e.g. embeddings on a chat-only server)."""
+
+
+def as_label_scorer(engine: object, what: str) -> LabelScorer:
+    """The engine as a LabelScorer, or a one-line error naming the engine and the capability."""
+    return _require(engine, LabelScorer, "label scoring", what)
+
+
+def as_embedder(engine: object, what: str) -> Embedder:
+    """The engine as an Embedder, or a one-line error naming the engine and the capability."""
+    return _require(engine, Embedder, "embeddings", what)
+
+
+def _require(engine: object, capability: Any, wanted: str, what: str) -> Any:
+    if not isinstance(engine, capability):
+        name = getattr(engine, "name", type(engine).__name__)
+        raise MissingCapability(f"{name} cannot do {what}: it has no {wanted}",
+                                "pick a model that can (`chatllm models` lists them), e.g. a local GGUF model")
+    return engine

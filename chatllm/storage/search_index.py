@@ -2,8 +2,8 @@
 
 One database (CHATLLM_HOME/index.db) holds every file ever indexed, keyed by the sha256 of its bytes: a second
 question over the same files reads nothing again (a stat memo maps path + size + mtime to the hash), and a changed
-file gets a new hash and new chunks. It lives in runtime/ (beside the KV cache on disk) because tests/test_layers.py
-admits no new base module; tasks/retrieval/file_answers.py uses it.
+file gets a new hash and new chunks. It implements storage/passage_index.py's PassageIndex, which is all that
+tasks/retrieval sees of it.
 
 Two tokenizer schemes: "words" (unicode61 + porter stemming for alphabetic text, every CJK run rewritten as its
 characters and overlapping bigrams, so 1- and 2-character Chinese queries match) and "trigram" (FTS5's own trigram
@@ -18,13 +18,13 @@ from __future__ import annotations
 import os
 import re
 import sqlite3
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
 from chatllm.errors import ChatllmError
 from chatllm.storage.conversations import enable_wal
 from chatllm.storage.file_hashes import sha256_file
+from chatllm.storage.passage_index import STOPWORDS, Hit
 
 SCHEMES = ("words", "trigram")
 DEFAULT_SCHEME = "words"
@@ -33,24 +33,6 @@ VECTOR_BLOCK = 4096  # vectors scored per step of a nearest-chunk scan
 BUSY_SECONDS = 30.0
 _CJK = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uac00-\ud7af]+")
 _WORD = re.compile(r"[^\W_]+", re.UNICODE)
-# Question words and glue: they match nearly every chunk, so they only slow an OR query down and blur its ranking.
-STOPWORDS = frozenset("""a an and are as at be by did do does for from had has have how i in into is it its of on or
-that the their them then there these they this to was were what when where which who whom whose why will with
-""".split())
-
-
-@dataclass
-class Hit:
-    """One chunk found by a search: where it is in its file, its text and its BM25 score (higher is better)."""
-
-    sha: str
-    seq: int
-    start_line: int
-    end_line: int
-    text: str
-    score: float
-
-
 def _cjk_terms(run: str) -> list[str]:
     """A CJK run as overlapping bigrams (the run itself when it is one character)."""
     return [run] if len(run) == 1 else [run[i:i + 2] for i in range(len(run) - 1)]

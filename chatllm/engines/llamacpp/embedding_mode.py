@@ -10,7 +10,7 @@ import llama_cpp
 
 from chatllm.engines.contract import GenerationStats
 from chatllm.errors import ChatllmError, UsageError
-from chatllm.models.model_kinds import POOLING_NAMES, SENTENCE_POOLINGS, declared_pooling
+from chatllm.models.model_kinds import POOLING_NAMES, SENTENCE_POOLINGS
 
 
 class _Host(Protocol):
@@ -34,16 +34,11 @@ PACK_TOKENS = 512  # tokens per llama_decode: a non-causal model attends across 
 
 
 class EmbeddingMixin:
-    """The embedding half of LlamaCppEngine's contract: `pooling` and `embed`."""
+    """The Embedder capability of LlamaCppEngine: `embed`."""
 
     name: str
     metadata: dict
     embedding: bool
-
-    @property
-    def pooling(self) -> str | None:
-        """The pooling the GGUF declares (mean, cls, last, rank); None for a model without one (a chat model)."""
-        return declared_pooling(self.metadata)
 
     def embed(self, texts: Sequence[str]) -> list[list[float]]:
         """L2-normalised sentence vectors of the texts, in order, pooled as the GGUF declares (needs embedding=True)."""

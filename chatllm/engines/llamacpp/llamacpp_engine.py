@@ -18,7 +18,7 @@ from llama_cpp import _internals as internals
 from llama_cpp import llama_chat_format
 
 from chatllm.engines.chat_templates import ChatTemplate, check_fits
-from chatllm.engines.contract import GenerationStats
+from chatllm.engines.contract import Event, GenerationStats, Text
 from chatllm.engines.llamacpp.cpu_buffers import drop_amx_buffer
 from chatllm.engines.llamacpp.devices import choose_gpu_layers, extra_buffers_safe
 from chatllm.engines.llamacpp.embedding_mode import EmbeddingMixin, embedding_params
@@ -295,8 +295,17 @@ class LlamaCppEngine(EmbeddingMixin):
             self._grammars[schema] = json_schema_grammar(schema)
         return self._grammars[schema]
 
-    def stream(self, prompt: str | Sequence[int], sampling: Sampling) -> Generator[str, None, None]:
-        """Yield text pieces as tokens arrive; multi-byte characters come out whole. Stats in last_stats."""
+    def stream(self, prompt: str | Sequence[int], sampling: Sampling) -> Generator[Event, None, None]:
+        """The reply as Text events while tokens arrive (multi-byte characters whole); stats in last_stats."""
+        pieces = self._pieces(prompt, sampling)
+        try:
+            for piece in pieces:
+                yield Text(piece)
+        finally:
+            pieces.close()
+
+    def _pieces(self, prompt: str | Sequence[int], sampling: Sampling) -> Generator[str, None, None]:
+        """Text pieces as tokens arrive; multi-byte characters come out whole. Stats in last_stats."""
         tokens = self.prompt_tokens(prompt) if isinstance(prompt, str) else list(prompt)
         if not tokens:
             raise ChatllmError("empty prompt", "give some text")
@@ -342,10 +351,6 @@ class LlamaCppEngine(EmbeddingMixin):
             if constrained:
                 constrained.close()
             sampler.close()
-
-    def complete(self, prompt: str | Sequence[int], sampling: Sampling) -> str:
-        """The whole generated text at once."""
-        return "".join(self.stream(prompt, sampling))
 
     def score_continuations(self, prefix: str | Sequence[int], continuations: Sequence[Sequence[int]]) -> list[float]:
         """Log-probability of each token sequence following the prefix (the prefix stays cached)."""

@@ -27,7 +27,7 @@ from contextlib import ExitStack, contextmanager
 from typing import Any, Generator, Iterator, Sequence
 
 from chatllm.engines.chat_templates import check_fits
-from chatllm.engines.contract import Engine, GenerationStats
+from chatllm.engines.contract import Engine, Event, GenerationStats
 from chatllm.engines.remote.chat_api_tokens import Codec, Tokenizer, estimate_margin, parse, probe_tokenizer, render, split_text
 from chatllm.engines.remote.http_client import Server
 from chatllm.engines.remote.llama_server_engine import ServerEngine, connect_server, pick_model
@@ -163,8 +163,8 @@ class ChatRemoteEngine(ServerEngine):
 
     # -- generation -----------------------------------------------------------------------------
 
-    def stream(self, prompt: str | Sequence[int], sampling: Sampling) -> Generator[str, None, None]:
-        """Yield text pieces as the server streams them; close() stops the request. Stats in last_stats."""
+    def stream(self, prompt: str | Sequence[int], sampling: Sampling) -> Generator[Event, None, None]:
+        """The reply as events as the server streams them; close() stops the request. Stats in last_stats."""
         tokens = self.prompt_tokens(prompt) if isinstance(prompt, str) else list(prompt)
         if not tokens:
             raise ChatllmError("empty prompt", "give some text")
@@ -186,10 +186,6 @@ class ChatRemoteEngine(ServerEngine):
             stop=sampling.stop, lead=_Lead(text if chat else ""),
             piece_of=(lambda c: (c.get("delta") or {}).get("content")) if chat else (lambda c: c.get("text")),
             take_usage=lambda st, event: _take_usage(st, event, exact))
-
-    def complete(self, prompt: str | Sequence[int], sampling: Sampling) -> str:
-        """The whole generated text at once."""
-        return "".join(self.stream(prompt, sampling))
 
     def _body(self, s: Sampling, max_tokens: int) -> dict:
         body: dict[str, Any] = {"model": self.model, "stream": True, "stream_options": {"include_usage": True},

@@ -40,7 +40,7 @@ from collections import OrderedDict
 from typing import Any, Callable, ContextManager, Generator, Iterator, Protocol, Sequence, TypeVar
 
 from chatllm.engines.chat_templates import ChatTemplate, check_fits
-from chatllm.engines.contract import GenerationStats
+from chatllm.engines.contract import Event, GenerationStats, Text
 from chatllm.engines.remote.http_client import Server
 from chatllm.engines.stop_strings import StopFilter
 from chatllm.errors import ChatllmError, NoChatTemplateError, UsageError
@@ -84,17 +84,13 @@ class PieceFilter(Protocol):
 
 
 class ServerEngine:
-    """What every engine on a server shares: the server's own embeddings, no KV state here to save, a connection."""
+    """What every engine on a server shares: the server's own embeddings (Embedder) and a connection; the server keeps
+    its own KV cache, so there are no state snapshots here."""
 
     server: Server
     model: str
     name: str
     EMBED_HINT = "serve an embedding model (with the server's embedding option on)"
-
-    @property
-    def pooling(self) -> str | None:
-        """Unknown here: the server pools as it was started."""
-        return None
 
     def embed(self, texts: Sequence[str]) -> list[list[float]]:
         """L2-normalised vectors from the server's /v1/embeddings, in input order."""
@@ -108,26 +104,14 @@ class ServerEngine:
             vectors.append([x / norm for x in row["embedding"]])
         return vectors
 
-    def state_key(self) -> dict | None:
-        """None: the server keeps its own KV cache, there is nothing to save here."""
-        return None
-
-    def save_state(self, n_tokens: int | None = None) -> tuple[list[int], memoryview] | None:
-        """None: the server's KV cache is not ours to save."""
-        return None
-
-    def load_state(self, tokens: Sequence[int], data: memoryview) -> int:
-        """0: nothing can be restored into a server."""
-        return 0
-
     def close(self) -> None:
         """Close the connection to the server (the server keeps running)."""
         self.server.close()
 
     def _relay(self, opened: ContextManager[Iterator[dict]], stats: GenerationStats, *, max_tokens: int,
                stop: Sequence[str], piece_of: Callable[[dict], str | None], take_usage: Callable[[GenerationStats, dict], None],
-               lead: PieceFilter | None = None) -> Generator[str, None, None]:
-        """Yield a streamed reply's text: cut at max_tokens and at the stop strings; stats and finish reason set."""
+               lead: PieceFilter | None = None) -> Generator[Event, None, None]:
+        """A streamed reply as Text events: cut at max_tokens and at the stop strings; stats and finish reason set."""
         start = time.perf_counter()
         stops = StopFilter(stop)
         finish: str | None = None
@@ -147,7 +131,7 @@ class ServerEngine:
                             stats.first_token_seconds = time.perf_counter() - start
                         out = stops.feed(lead.feed(piece) if lead else piece)
                         if out:
-                            yield out
+                            yield Text(out)
                         if stops.stopped:
                             finish = "stop"
                             break  # closing the response cancels the rest on the server
@@ -157,7 +141,7 @@ class ServerEngine:
                                             "check the server's log: it may have crashed or restarted")
             tail = "" if stops.stopped else (stops.feed(lead.flush()) if lead else "") + stops.flush()
             if tail:
-                yield tail
+                yield Text(tail)
             stats.finish_reason = "length" if finish == "length" else "stop"
         except (KeyboardInterrupt, GeneratorExit):
             stats.finish_reason = "interrupted"
@@ -292,8 +276,8 @@ class RemoteEngine(ServerEngine):
             body["json_schema"] = json.loads(s.json_schema)
         return body
 
-    def stream(self, prompt: str | Sequence[int], sampling: Sampling) -> Generator[str, None, None]:
-        """Yield text pieces as the server streams them; close() stops the request. Stats in last_stats."""
+    def stream(self, prompt: str | Sequence[int], sampling: Sampling) -> Generator[Event, None, None]:
+        """The reply as events as the server streams them; close() stops the request. Stats in last_stats."""
         tokens = self.prompt_tokens(prompt) if isinstance(prompt, str) else list(prompt)
         if not tokens:
             raise ChatllmError("empty prompt", "give some text")
@@ -302,10 +286,6 @@ class RemoteEngine(ServerEngine):
         self.last_stats = GenerationStats(prompt_tokens=len(tokens), finish_reason="length")
         yield from self._relay(self.server.events("/completions", body), self.last_stats, max_tokens=body["max_tokens"],
                                stop=sampling.stop, piece_of=lambda choice: choice.get("text"), take_usage=_take_usage)
-
-    def complete(self, prompt: str | Sequence[int], sampling: Sampling) -> str:
-        """The whole generated text at once."""
-        return "".join(self.stream(prompt, sampling))
 
     # -- scoring --------------------------------------------------------------------------------
 

@@ -3,7 +3,7 @@ several connections to one server), and the ids an earlier run already wrote (fo
 
 The engine's KV cache keeps the longest common token prefix of consecutive prompts, so a shared system prompt and
 an instruction composed before each row's text are evaluated once: each row costs only its own tokens (a server
-does the same per slot, with cache_prompt). That shared prefix is also saved on disk (storage/kv_cache.py), so the
+does the same per slot, with cache_prompt). That shared prefix is also saved on disk (a WarmStart engine), so the
 next batch with the same instruction starts warm; a batch whose rows share no more than the chat template's own
 header saves nothing.
 """
@@ -12,19 +12,17 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
-from chatllm.engines.contract import Engine, GenerationStats
+from chatllm.engines.contract import Engine, GenerationStats, WarmStart
 from chatllm.errors import ChatllmError, EngineUnavailable, NoChatTemplateError, UsageError
 from chatllm.settings import Sampling
 from chatllm.tasks.ask.oneshot import Answer, ask
 from chatllm.tasks.ask.structured_output import JsonSpec
 from chatllm.tasks.text.parallel_map import ordered_map
-
-if TYPE_CHECKING:
-    from chatllm.storage.kv_cache import KVCache
 
 # Row texts that begin with characters of different kinds: what their prompts share is what every row's prompt shares
 # (whitespace before a row's text tokenizes by what follows it: "\n\n" is one token before "4", two before "Good"),
@@ -135,17 +133,16 @@ def _json_row(line: str, number: int) -> Row:
 
 
 def run_rows(engine: Engine, rows: Iterable[Row], sampling: Sampling, *, compose: Callable[[str], str],
-             system: str | None = None, spec: JsonSpec | None = None, workers: Sequence[Engine] = (),
-             kv_cache: "KVCache | None" = None) -> Iterator[RowResult]:
+             system: str | None = None, spec: JsonSpec | None = None, workers: Sequence[Engine] = ()) -> Iterator[RowResult]:
     """Answer the rows in input order, on `engine` or concurrently on `workers` (one thread each); a failed row
     carries its error and the batch goes on, but an unreachable engine stops it (rows before it are all yielded).
-    With a kv_cache, the rows' shared prefix is restored from disk, or saved there (for the next batch) at the end."""
+    An engine with warm starts restores the rows' shared prefix from disk, or saves it (for the next batch) at the end."""
     if not engine.has_chat_template:  # would fail every row alike: once, up front
         raise NoChatTemplateError(engine.name)
     pending: list[int] | None = None
-    if kv_cache is not None and len(workers) <= 1 and kv_cache.identity(engine)[0] is not None:  # a state to save
+    if isinstance(engine, WarmStart) and len(workers) <= 1:
         try:
-            pending = warm_start(engine, kv_cache, shared_prefix(engine, compose, system, spec))
+            pending = warm_start(engine, shared_prefix(engine, compose, system, spec))
         except ChatllmError:
             pass  # a template that refuses these messages fails each row alike, with the row's own error
 
@@ -157,9 +154,9 @@ def run_rows(engine: Engine, rows: Iterable[Row], sampling: Sampling, *, compose
         yield last
     # Saved after the last row, not the first: cutting the engine's cache back to the prefix would cost the next row
     # the tokens it shares with the one before. Only when that row's prompt began with the prefix.
-    if kv_cache is not None and pending and last is not None and last.row.system is None and last.stats is not None \
-            and last.stats.prompt_tokens > len(pending):
-        kv_cache.save(engine, n_tokens=len(pending), background=True)
+    if isinstance(engine, WarmStart) and pending and last is not None and last.row.system is None \
+            and last.stats is not None and last.stats.prompt_tokens > len(pending):
+        engine.save_prefix(n_tokens=len(pending))
 
 
 def shared_prefix(engine: Engine, compose: Callable[[str], str], system: str | None, spec: JsonSpec | None) -> list[int]:
@@ -171,25 +168,21 @@ def shared_prefix(engine: Engine, compose: Callable[[str], str], system: str | N
         messages = ([{"role": "system", "content": sys_text}] if sys_text else []) + [{"role": "user", "content": text}]
         return engine.prompt_tokens(engine.render_chat(messages))
 
-    from chatllm.storage.kv_cache import common_prefix
-
     def common(prompts: list[list[int]]) -> int:
-        return min(common_prefix(prompts[0], other) for other in prompts[1:]) - 1
+        return len(os.path.commonprefix(prompts)) - 1
 
     rows = [tokens(compose(p), system) for p in _PROBES]
     shared = rows[0][: max(common(rows), 0)]
     return shared if len(shared) > common([tokens(p, None) for p in _PROBES]) else []
 
 
-def warm_start(engine: Engine, kv_cache: "KVCache", prefix: list[int]) -> list[int] | None:
+def warm_start(engine: WarmStart, prefix: list[int]) -> list[int] | None:
     """Load the saved state of the batch's shared prefix into the engine; the prefix when it is still to be saved
     (once the rows have evaluated it: a batch without a saved state runs as it did without a cache), else None."""
-    from chatllm.storage.kv_cache import MIN_TOKENS
-
-    if len(prefix) < MIN_TOKENS or len(prefix) >= engine.n_ctx - 1:
+    if len(prefix) < engine.min_tokens or len(prefix) >= getattr(engine, "n_ctx", 0) - 1:
         return None  # short: cheaper to evaluate than to load; too long: each row fails on its own
-    entry = kv_cache.restore(engine, prefix)
-    return None if entry is not None and entry.tokens == prefix else prefix
+    saved = engine.restore_prefix(prefix)
+    return None if saved is not None and saved.tokens == prefix else prefix
 
 
 def answer_row(engine: Engine, row: Row, sampling: Sampling, *, compose: Callable[[str], str],

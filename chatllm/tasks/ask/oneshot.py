@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from chatllm.engines.contract import Engine, GenerationStats
+from chatllm.engines.contract import Engine, GenerationStats, text_stream
 from chatllm.settings import Sampling
 from chatllm.tasks.ask.structured_output import JsonSpec, decode
 
@@ -67,7 +67,7 @@ def generate(engine: Engine, text: str, sampling: Sampling, *, on_text: Callable
 def _run(engine: Engine, prompt: str | list[int], sampling: Sampling, on_text: Callable[[str], None] | None,
          strip_leading: bool) -> Answer:
     text = ""
-    for piece in engine.stream(prompt, sampling):
+    for piece in text_stream(engine.stream(prompt, sampling)):
         if not text and strip_leading:
             piece = piece.lstrip()
         text += piece

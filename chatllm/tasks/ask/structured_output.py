@@ -54,9 +54,12 @@ class JsonSpec:
         return "Answer with JSON only, matching this JSON Schema: " + self.wire_text
 
 
+ANY_OBJECT_WORDS = ("object", "json")  # `--schema object`: any JSON object, no fields required
+
+
 def json_spec(schema: str | None, multi: bool = False, *, where: str = "--schema") -> JsonSpec:
-    """The spec for a --schema value (None: any JSON object); a UsageError naming what is wrong."""
-    if schema is None or not schema.strip():
+    """The spec for a --schema value (None or `object`: any JSON object); a UsageError naming what is wrong."""
+    if schema is None or not schema.strip() or schema.strip().lower() in ANY_OBJECT_WORDS:
         if multi:
             raise UsageError("--schema-multi needs a schema", "for example --schema-multi 'name, date, amount float'")
         return JsonSpec(dict(ANY_OBJECT))

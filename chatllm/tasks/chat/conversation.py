@@ -11,16 +11,13 @@ import json
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Generator, Iterator, Sequence
+from typing import Callable, Generator, Iterator, Sequence
 
-from chatllm.engines.contract import Engine
+from chatllm.engines.contract import Engine, WarmStart, text_stream
 from chatllm.errors import ChatllmError, NoChatTemplateError, UsageError
 from chatllm.settings import Sampling
 from chatllm.storage.conversations import Exchange, Store, StoredConversation, Summary
 from chatllm.tasks.chat.transcripts import conversation_json, read_conversation_file, transcript_markdown
-
-if TYPE_CHECKING:
-    from chatllm.storage.kv_cache import KVCache
 
 
 def require_chat_template(engine: Engine) -> Engine:
@@ -54,7 +51,7 @@ class Turn:
         return self._gen
 
     def _run(self) -> Generator[str, None, None]:
-        pieces = self.conv.engine.stream(self.tokens, self.conv.sampling)
+        pieces = text_stream(self.conv.engine.stream(self.tokens, self.conv.sampling))
         try:
             for piece in pieces:
                 if not self.text:
@@ -91,7 +88,6 @@ class Conversation:
         model: str | None = None,
         notice: Callable[[str], None] | None = None,
         open_engine: Callable[[str], Engine] | None = None,
-        kv_cache: "KVCache | None" = None,
     ):
         self.engine = engine
         self.sampling = sampling
@@ -108,7 +104,6 @@ class Conversation:
         self._start = 0  # the first exchange still inside the model's context window
         # (start, end, text, tokens): what the KV cache holds after exchanges[start:end], as text and as tokens
         self._cache: tuple[int, int, str, list[int]] | None = None
-        self.kv_cache = kv_cache  # the engine's state saved on disk after each reply, restored by a fresh process
         self._warm = False  # the engine's KV cache already holds this conversation (or a restore was tried)
 
     # -- state --------------------------------------------------------------------------------------
@@ -255,8 +250,8 @@ class Conversation:
         self.context_tokens = (ex.prompt_tokens or 0) + (ex.completion_tokens or 0)
         self._remember_prompt(t)
         self._persist(t.seq, ex)
-        if self.kv_cache is not None and self.id is not None:
-            self.kv_cache.save(self.engine, slot=f"chat:{self.id}", background=True)
+        if isinstance(self.engine, WarmStart) and self.id is not None:
+            self.engine.save_prefix(slot=f"chat:{self.id}")  # a fresh process resumes from it
 
     def _remember_prompt(self, t: Turn) -> None:
         msgs = self.messages(t.window, t.seq + 1)
@@ -274,7 +269,7 @@ class Conversation:
 
     def warm_up(self) -> int:
         """Restore the saved state of this conversation's history (once, before the first turn); tokens restored."""
-        if self._warm or self.kv_cache is None or not self.exchanges:
+        if self._warm or not isinstance(self.engine, WarmStart) or not self.exchanges:
             return 0
         try:
             history = self.engine.render_chat(self.messages(self._start), add_generation_prompt=False)
@@ -283,11 +278,11 @@ class Conversation:
         return self._restore(self.engine.prompt_tokens(history))
 
     def _restore(self, tokens: Sequence[int]) -> int:
-        if self._warm or self.kv_cache is None:
+        if self._warm or not isinstance(self.engine, WarmStart):
             return 0
         self._warm = True  # after the first turn the engine's own cache is better than any file
-        entry = self.kv_cache.restore(self.engine, tokens)
-        return len(entry.tokens) if entry is not None else 0
+        saved = self.engine.restore_prefix(tokens)
+        return len(saved.tokens) if saved is not None else 0
 
     # -- editing ------------------------------------------------------------------------------------
 

@@ -12,16 +12,13 @@ import json
 import math
 import re
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Sequence
+from typing import Sequence
 
-from chatllm.engines.contract import Engine
+from chatllm.engines.contract import Engine, WarmStart, as_label_scorer
 from chatllm.errors import ContextOverflowError, UsageError
 from chatllm.tasks.classify.fewshot import Example
 from chatllm.tasks.classify.presets import Preset, choose
 from chatllm.tasks.text.text_rules import detect_language
-
-if TYPE_CHECKING:
-    from chatllm.storage.kv_cache import KVCache
 
 SENTIMENT_LABELS = ("positive", "negative")
 NEUTRAL = "neutral"
@@ -137,12 +134,12 @@ class Classifier:
         examples: Sequence[Example] | None = None,
         calibrate: bool | None = None,
         lang: str = "auto",
-        kv_cache: "KVCache | None" = None,
         preset: Preset | None = None,
     ):
         if task not in ("sentiment", "classify"):
             raise ValueError(f"unknown task {task!r}")
         self.engine = engine
+        self.scorer = as_label_scorer(engine, task)
         self.task = task
         self.labels, self.descriptions, self.examples = check_setup(labels, descriptions, examples)
         self.calibrate = calibrate
@@ -151,7 +148,6 @@ class Classifier:
         self.family = engine.family
         self._prompts: dict[str, _Prompt] = {}
         self._explanations: dict[str, dict] = {}
-        self.kv_cache = kv_cache  # the shared prefix's state and the calibration, saved for the next process
 
     def on_engine(self, engine: Engine) -> "Classifier":
         """The same classifier on another connection to the same model (a --parallel worker), sharing its prompts."""
@@ -159,6 +155,7 @@ class Classifier:
 
         twin = copy.copy(self)  # shallow: the prompt and calibration cache is shared, each engine's state is not
         twin.engine = engine
+        twin.scorer = as_label_scorer(engine, self.task)
         return twin
 
     # -- prompt building --------------------------------------------------------------------------
@@ -243,7 +240,9 @@ class Classifier:
             raise ContextOverflowError(len(prefix) + longest, e.n_ctx, what="the instruction and examples")
         room = min(e.n_ctx - len(prefix) - longest - 1, p.item_tokens + len(suffix))
         prompt = _Prompt(prefix, suffix, suffix_text, conts, room, p.gap, chat=chat)
-        entry = self.kv_cache.restore(e, prefix) if self.kv_cache is not None else None
+        # The shared prefix's state and its calibration are saved for the next process (an engine with warm starts).
+        warm = e if isinstance(e, WarmStart) else None
+        entry = warm.restore_prefix(prefix) if warm is not None else None
         saved = dict(entry.extra.get("calibration") or {}) if entry is not None and entry.tokens == prefix else None
         if self._uses_calibration(lang):
             # The bias depends on exactly these tokens and the preset's content-free inputs (and the model, which the
@@ -255,12 +254,11 @@ class Classifier:
             else:
                 prompt.bias = _mean_logprobs([self._raw_scores(prompt, cf)[0] for cf in p.content_free])
                 saved = None if saved is None else {**saved, calib: prompt.bias}
-                if self.kv_cache is not None:
-                    self.kv_cache.save(e, n_tokens=len(prefix), extra={"calibration": saved or {calib: prompt.bias}},
-                                       background=True)
-        elif saved is None and self.kv_cache is not None:
-            e.score_continuations(prefix, [])  # evaluates the prefix, so there is a state to save
-            self.kv_cache.save(e, n_tokens=len(prefix), background=True)
+                if warm is not None:
+                    warm.save_prefix(n_tokens=len(prefix), extra={"calibration": saved or {calib: prompt.bias}})
+        elif saved is None and warm is not None:
+            self.scorer.score_continuations(prefix, [])  # evaluates the prefix, so there is a state to save
+            warm.save_prefix(n_tokens=len(prefix))
         self._prompts[lang] = prompt
         return prompt
 
@@ -285,7 +283,7 @@ class Classifier:
 
     def _raw_scores(self, prompt: _Prompt, text: str) -> tuple[list[float], bool]:
         tokens, truncated = self._item_tokens(prompt, text)
-        logps = self.engine.score_continuations(prompt.prefix + tokens, prompt.continuations)
+        logps = self.scorer.score_continuations(prompt.prefix + tokens, prompt.continuations)
         return _log_normalize(logps), truncated
 
     def classify(self, text: str) -> Result:

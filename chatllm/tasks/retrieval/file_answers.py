@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
-from chatllm.engines.contract import Engine
+from chatllm.engines.contract import Embedder, Engine, as_embedder
 from chatllm.settings import Sampling
-from chatllm.storage.search_index import Hit, SearchIndex
+from chatllm.storage.passage_index import STOPWORDS, Hit, PassageIndex
 from chatllm.tasks.ask import oneshot
 from chatllm.tasks.ask.structured_output import JsonSpec
 from chatllm.tasks.text.chunking import chunk_text, hard_split
@@ -140,7 +140,7 @@ def line_chunks(text: str, budget: int = CHUNK_TOKENS) -> list[tuple[int, int, s
     return out
 
 
-def ensure_indexed(index: SearchIndex, docs: Sequence[Doc], read: Callable[[Doc], str]) -> int:
+def ensure_indexed(index: PassageIndex, docs: Sequence[Doc], read: Callable[[Doc], str]) -> int:
     """Chunk and index every doc the index does not hold yet (read only those); how many were indexed."""
     n = 0
     for doc in docs:
@@ -152,8 +152,8 @@ def ensure_indexed(index: SearchIndex, docs: Sequence[Doc], read: Callable[[Doc]
     return n
 
 
-def search(index: SearchIndex, docs: Sequence[Doc], question: str, k: int = TOP_K, *,
-           embedder: Engine | None = None, on_status: Callable[[str], None] | None = None) -> list[Passage]:
+def search(index: PassageIndex, docs: Sequence[Doc], question: str, k: int = TOP_K, *,
+           embedder: Embedder | None = None, on_status: Callable[[str], None] | None = None) -> list[Passage]:
     """The k passages of these docs that best match the question, best first: BM25 scores, or with an embedding
     engine the reciprocal-rank fusion of BM25 and vector similarity."""
     names: dict[str, str] = {}
@@ -167,7 +167,7 @@ def search(index: SearchIndex, docs: Sequence[Doc], question: str, k: int = TOP_
     return [Passage(names[h.sha], h.start_line, h.end_line, h.text, h.score) for h in hits]
 
 
-def ensure_vectors(index: SearchIndex, embedder: Engine, shas: Sequence[str],
+def ensure_vectors(index: PassageIndex, embedder: Embedder, shas: Sequence[str],
                    on_status: Callable[[str], None] | None = None, batch: int = 32) -> int:
     """Embed the chunks of these contents that have no vector from this model yet; how many were embedded."""
     gaps = index.vector_gaps(shas, embedder.name)
@@ -225,18 +225,19 @@ def _system(system: str | None) -> str:
     return f"{SYSTEM}\n\n{system}" if system else SYSTEM
 
 
-def answer(engine: Engine, index: SearchIndex, docs: Sequence[Doc], question: str, sampling: Sampling, *,
+def answer(engine: Engine, index: PassageIndex, docs: Sequence[Doc], question: str, sampling: Sampling, *,
            read: Callable[[Doc], str], system: str | None = None, on_text: Callable[[str], None] | None = None,
            spec: JsonSpec | None = None, compose: Callable[[str], str] | None = None,
            reserve: int | None = None, embedder: Engine | None = None,
            on_status: Callable[[str], None] | None = None) -> RetrievalAnswer:
     """Index what is new, retrieve the passages that fit the window, answer from them and map its citations."""
     started = time.perf_counter()
+    vectors = as_embedder(embedder, "hybrid retrieval") if embedder is not None else None
     indexed = ensure_indexed(index, docs, read)
-    if embedder is not None:
-        ensure_vectors(index, embedder, [d.sha for d in docs], on_status)
+    if vectors is not None:
+        ensure_vectors(index, vectors, [d.sha for d in docs], on_status)
     index_seconds = time.perf_counter() - started
-    ranked = search(index, docs, question, embedder=embedder)
+    ranked = search(index, docs, question, embedder=vectors)
     room = reserve if reserve is not None else answer_reserve(engine.n_ctx, sampling.max_tokens)
     budget = engine.n_ctx - room - prompt_overhead(engine, question, system) - 8
     passages = select(ranked, engine.count_tokens, budget)
@@ -248,7 +249,7 @@ def answer(engine: Engine, index: SearchIndex, docs: Sequence[Doc], question: st
                            "hybrid" if embedder is not None else "bm25")
 
 
-def file_docs(index: SearchIndex, paths: Sequence[Path], texts: Sequence[str] | None, piped: str) -> list[Doc]:
+def file_docs(index: PassageIndex, paths: Sequence[Path], texts: Sequence[str] | None, piped: str) -> list[Doc]:
     """The inputs of a question: each file by its content hash (and text when read), piped stdin last."""
     docs = [Doc(str(p), index.file_sha(p)[0], texts[i] if texts is not None else None) for i, p in enumerate(paths)]
     if piped.strip():
@@ -263,7 +264,7 @@ def fits_whole(engine: Engine, text: str, system: str | None, max_tokens: int) -
     return used + answer_reserve(engine.n_ctx, max_tokens) <= engine.n_ctx
 
 
-def ask_files(engine: Engine, index: SearchIndex, docs: Sequence[Doc], question: str, sampling: Sampling, *,
+def ask_files(engine: Engine, index: PassageIndex, docs: Sequence[Doc], question: str, sampling: Sampling, *,
               read: Callable[[Doc], str], system: str | None = None, on_text: Callable[[str], None] | None = None,
               spec: JsonSpec | None = None, compose: Callable[[str], str] | None = None, embedder: Engine | None = None,
               on_status: Callable[[str], None] | None = None) -> oneshot.Answer | RetrievalAnswer:
@@ -295,8 +296,6 @@ def words_of(text: str) -> list[str]:
 
 def overlap(answer_text: str, passage_text: str) -> float:
     """The share of the answer's words (stopwords aside) found in the passage."""
-    from chatllm.storage.search_index import STOPWORDS
-
     words = [w for w in words_of(answer_text) if w not in STOPWORDS] or words_of(answer_text)
     if not words:
         return 0.0

@@ -18,7 +18,7 @@ import threading
 import time
 from typing import Callable, Iterable, Iterator, Sequence
 
-from chatllm.engines.contract import Engine
+from chatllm.engines.contract import Engine, text_stream
 from chatllm.errors import ChatllmError
 from chatllm.settings import Sampling
 from chatllm.tasks.summarize.names.entities import EntityTracker
@@ -225,7 +225,7 @@ class Summarizer:
         sampling = (self.sampling if on_text is not None else self.note_sampling).replace(max_tokens=max_tokens)
         parts: list[str] = []  # what went out, the lead joined to the first piece
         text = lead  # the reply so far, the lead included
-        stream = engine.stream(tokens, sampling)
+        stream = text_stream(engine.stream(tokens, sampling))
         cut = False
         soft_from = None  # where in the text the soft limit was reached
         try:

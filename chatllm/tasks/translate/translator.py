@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator, Sequence
 
-from chatllm.engines.contract import Engine
+from chatllm.engines.contract import Engine, text_stream
 from chatllm.errors import ChatllmError
 from chatllm.settings import Sampling
 from chatllm.tasks.text.chunking import units
@@ -212,7 +212,7 @@ class Translator:
         sampling = self.sampling.replace(max_tokens=cap, stop=tuple(self.sampling.stop) + (stop,))
         if greedy:
             sampling = sampling.replace(temperature=0.0)
-        stream = engine.stream(tokens, sampling)
+        stream = text_stream(engine.stream(tokens, sampling))
         try:
             reply = "".join(stream)
         finally:
