@@ -1,4 +1,4 @@
-"""Every benchmark figure, each next to its llama.cpp reference measured in the same run; writes docs/BENCHMARKS.md.
+"""Every benchmark figure, each next to its llama.cpp reference measured in the same run; writes docs/BENCHMARKS_RUN_ALL.md.
 
     python bench/run_all.py            # full run: 11 pairs per speed figure (about 20 minutes on 2 cores)
     python bench/run_all.py --quick    # 5 pairs per figure (under 10 minutes once llama.cpp is built)
@@ -408,9 +408,9 @@ def load_avg() -> str:
 
 
 def render(figures: list[Figure], rows: list[dict], runs: list[str], meta: dict) -> str:
-    """docs/BENCHMARKS.md."""
+    """docs/BENCHMARKS_RUN_ALL.md."""
     lines = [
-        "# Benchmarks",
+        "# Benchmarks: the llama.cpp comparison run (`bench/run_all.py`)",
         "",
         f"Measured {meta['date']} by `{meta['command']}` ({meta['mode']}, {meta['minutes']:.1f} minutes).",
         "Every figure is measured next to its reference in the same run, alternating the two pair by pair; the ratio",
@@ -468,7 +468,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, help="threads for both sides [default: chatllm's own default]")
     parser.add_argument("--only", default="1,2,3,4,5,6,7", help="comma-separated figure numbers to run")
     parser.add_argument("--no-second-model", action="store_true", help="skip the Gemma 3 270M checks")
-    parser.add_argument("--out", default=str(ROOT / "docs" / "BENCHMARKS.md"))
+    parser.add_argument("--out", default=str(ROOT / "docs" / "BENCHMARKS_RUN_ALL.md"))
     args = parser.parse_args()
     only = {s.strip() for s in args.only.split(",")}
     pairs = args.pairs or (5 if args.quick else 11)

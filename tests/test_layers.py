@@ -1,4 +1,5 @@
-"""The architecture as tests: which package may import which, no import circles, `--help` stays light."""
+"""The architecture as tests: which package may import which, no import circles, `--help` stays light, and
+docs/ARCHITECTURE.md names every module there is."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import chatllm
 import chatllm.tasks
 
 PACKAGE = Path(chatllm.__file__).parent
+ARCHITECTURE = PACKAGE.parent / "docs" / "ARCHITECTURE.md"
 # The packages from the top down; each may import itself and the ones after it, never one before it.
 LAYERS = ["__main__", "cli", "repl", "tasks", "engines", "models", "storage", "base"]
 BASE = {"errors", "settings", "output", "stdio", "inputs", "__init__"}
@@ -127,6 +129,17 @@ def test_only_the_llama_cpp_engine_imports_llama_cpp():
             if any(n == "llama_cpp" or n.startswith("llama_cpp.") for n in names):
                 importers.append(name)
     assert importers and all(n.startswith("chatllm.engines.llamacpp.") for n in importers), importers
+
+
+def test_architecture_names_every_module():
+    text = ARCHITECTURE.read_text(encoding="utf-8")
+    missing = []
+    for name, path in modules():
+        if path.name == "__init__.py":
+            continue
+        if path.relative_to(PACKAGE).as_posix() not in text and path.name not in text:
+            missing.append(path.relative_to(PACKAGE).as_posix())
+    assert not missing, f"docs/ARCHITECTURE.md does not name: {missing}"
 
 
 def test_history_does_not_import_prompt_toolkit(tmp_path):

@@ -41,6 +41,45 @@ def root(
     cli.obj = GlobalOptions(debug=debug, verbose=verbose, offline=offline, flash_attn=flash_attn)
 
 
+# Two or three real examples at the end of every command's --help.
+EXAMPLES: dict[str, tuple[str, ...]] = {
+    "chat": ('chatllm chat -m qwen2.5-0.5b -s "You are a terse assistant."', "chatllm chat --continue",
+             "printf 'Hello!\\nName three colours.\\n/exit\\n' | chatllm chat -t 0"),
+    "ask": ('cat notes.txt | chatllm ask "What are the action items?"', 'chatllm ask -f docs/ "How do I log in?"',
+            "chatllm ask --schema 'name, age int' \"Invent a person\"", 'chatllm ask --lines "Translate to French:" < phrases.txt'),
+    "generate": ('chatllm generate -n 50 "Once upon a time"',
+                 "chatllm generate --schema 'city, country' \"The capital of France, as JSON:\""),
+    "summarize": ("chatllm summarize report.txt --length short", "curl -s https://example.com/a.txt | chatllm summarize --style bullets",
+                  "chatllm summarize book.txt --json | jq .entities"),
+    "translate": ("chatllm translate README.md --to zh", "cat notes.txt | chatllm translate --to English",
+                  "chatllm translate docs/*.md --to ja -o translated/"),
+    "sentiment": ('chatllm sentiment "The food was great but the service was slow."',
+                  "cut -f1 reviews.tsv | chatllm sentiment --lines --json > out.jsonl"),
+    "classify": ('chatllm classify --labels news,blog,ad "Buy one, get one free this weekend only!"',
+                 "chatllm classify --labels bug,feature,question --lines < issues.txt"),
+    "embed": ('chatllm embed -m bge-small-en-v1.5 "a sentence to embed"',
+              "chatllm embed --lines -f notes.txt -m bge-small-en-v1.5 --store notes"),
+    "similar": ('chatllm similar notes "where did I park"', 'chatllm similar notes -k 3 --json "meeting notes"'),
+    "pull": ("chatllm pull qwen2.5-0.5b", "chatllm pull hf:bartowski/Llama-3.2-1B-Instruct-GGUF:Q4_K_M"),
+    "models": ("chatllm models", "chatllm models --json | jq '.[] | select(.downloaded) | .name'"),
+    "show": ("chatllm show smollm2-135m", "chatllm show ./model.gguf --json | jq .context_length"),
+    "rm": ("chatllm rm qwen2.5-0.5b", "chatllm rm qwen2.5-0.5b -y"),
+    "info": ("chatllm info", "chatllm info --json | jq .backend"),
+    "serve": ("chatllm serve -m smollm2-135m --parallel 4",
+              'chatllm ask -m openai:http://127.0.0.1:8080/v1#smollm2-135m "Hello"'),
+    "history": ("chatllm history", "chatllm history show 3", "chatllm chat --resume 3"),
+    "collections": ("chatllm collections", "chatllm collections rm notes"),
+    "cache": ("chatllm cache", "chatllm cache clear"),
+    "templates": ("chatllm ask --save tldr -t 0 'Summarize in one line: $input'", "cat notes.txt | chatllm ask --template tldr",
+                  "chatllm templates"),
+}
+
+
+def examples(name: str) -> str:
+    """The examples epilog of a command (\\b keeps Click from rewrapping the lines)."""
+    return "\b\nExamples:\n" + "\n".join(f"  {line}" for line in EXAMPLES[name])
+
+
 def _register() -> None:
     """Every command, in the order `chatllm --help` lists them."""
     from chatllm.cli import ask, chat, classify, embed, history, kv_cache, models, prompt_templates, serve, summarize, translate
@@ -64,11 +103,11 @@ def _register() -> None:
         ("serve", serve.serve, {}),
     ]
     for name, func, extra in commands:
-        app.command(name, **extra)(func)
-    app.add_typer(history.history_app, name="history")
-    app.add_typer(embed.collections_app, name="collections")
-    app.add_typer(kv_cache.cache_app, name="cache")
-    app.add_typer(prompt_templates.templates_app, name="templates")
+        app.command(name, epilog=examples("models" if name == "ls" else name), **extra)(func)
+    app.add_typer(history.history_app, name="history", epilog=examples("history"))
+    app.add_typer(embed.collections_app, name="collections", epilog=examples("collections"))
+    app.add_typer(kv_cache.cache_app, name="cache", epilog=examples("cache"))
+    app.add_typer(prompt_templates.templates_app, name="templates", epilog=examples("templates"))
 
 
 _register()

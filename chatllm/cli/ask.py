@@ -113,11 +113,7 @@ def ask(
     max_tokens: MaxTokens = None, temperature: Temperature = None, top_p: TopP = None, top_k: TopK = None,
     seed: Seed = None, stop: Stop = None,
 ) -> None:
-    """Ask one question through the model's chat template; the answer streams to stdout.
-
-    Examples: cat notes.txt | chatllm ask "what are the action items?"; chatllm ask -f docs/ "how do I log in?"
-    chatllm ask --schema 'name, age int' "Invent a person"; chatllm ask --lines "Translate to French:" < phrases.txt
-    """
+    """Ask one question through the model's chat template; the answer streams to stdout."""
     sampling: dict[str, Any] = {key: cli.params[key] for key in SAMPLING_FLAGS}
     _check_one_schema(schema, schema_multi)
     if save:
@@ -177,10 +173,7 @@ def generate(
     max_tokens: MaxTokens = None, temperature: Temperature = None, top_p: TopP = None, top_k: TopK = None,
     seed: Seed = None, stop: Stop = None,
 ) -> None:
-    """Continue raw text with no chat template (works with base models too).
-
-    Example: chatllm generate "Once upon a time" --max-tokens 50
-    """
+    """Continue raw text with no chat template (works with base models too)."""
     _check_one_schema(schema, schema_multi)
     _one_shot("generate", prompt, file, command_context(cli), spec=_spec(schema, schema_multi))
 

@@ -50,10 +50,7 @@ def sentiment(
     model: Model = None, device: Device = None, gpu_layers: GpuLayers = None, ctx: Ctx = None, threads: Threads = None,
     chat_format: ChatFormat = None, offline: Offline = False, no_cache: NoCache = False, parallel: Parallel = None,
 ) -> None:
-    """Sentiment label and its probability, scored by the model itself; one text or thousands of lines.
-
-    Example: cut -f1 reviews.tsv | chatllm sentiment --lines --json > out.jsonl
-    """
+    """Sentiment label and its probability, scored by the model itself; one text or thousands of lines."""
     from chatllm.tasks.classify.classifier import NEUTRAL, parse_labels, sentiment_labels
 
     chosen = parse_labels(labels) if labels else sentiment_labels(neutral)
@@ -80,10 +77,7 @@ def classify(
     model: Model = None, device: Device = None, gpu_layers: GpuLayers = None, ctx: Ctx = None, threads: Threads = None,
     chat_format: ChatFormat = None, offline: Offline = False, no_cache: NoCache = False, parallel: Parallel = None,
 ) -> None:
-    """Zero-shot (or few-shot) classification into your labels, with a probability for each.
-
-    Example: chatllm classify --labels news,blog,ad "Buy one, get one free this weekend only!"
-    """
+    """Zero-shot (or few-shot) classification into your labels, with a probability for each."""
     from chatllm.tasks.classify.classifier import parse_labels
 
     chosen = parse_labels(labels) if labels else None

@@ -38,10 +38,7 @@ def embed(
     model: Model = None, device: Device = None, gpu_layers: GpuLayers = None, ctx: Ctx = None, threads: Threads = None,
     offline: Offline = False,
 ) -> None:
-    """L2-normalised sentence vectors from an embedding model: a JSON array for one text, JSON Lines with --lines.
-
-    Example: chatllm embed --lines -f notes.txt -m bge-small-en-v1.5 --store notes; chatllm similar notes "a query"
-    """
+    """L2-normalised sentence vectors from an embedding model: a JSON array for one text, JSON Lines with --lines."""
     if store is not None and not store.strip():
         raise UsageError("--store needs a collection name", "for example --store notes")
     context = command_context(cli)
@@ -107,10 +104,7 @@ def similar(
                                                  show_default=False)] = None,
     device: Device = None, threads: Threads = None, offline: Offline = False,
 ) -> None:
-    """The items of a collection nearest to a query, with cosine scores (best first).
-
-    Example: chatllm similar notes "where did I park"
-    """
+    """The items of a collection nearest to a query, with cosine scores (best first)."""
     from chatllm.inputs import read_text, stdin_is_piped
 
     if top < 1:
@@ -150,10 +144,7 @@ collections_app = typer.Typer(
 
 @collections_app.callback()
 def collections(ctx: typer.Context, as_json: JsonOpt = False) -> None:
-    """List the embedding collections: name, model, dimension, items.
-
-    Example: chatllm embed --lines -f notes.txt -m bge-small-en-v1.5 --store notes; chatllm collections
-    """
+    """List the embedding collections: name, model, dimension, items."""
     if ctx.invoked_subcommand is not None:
         return
     from chatllm.output import format_date, short_model

@@ -28,10 +28,7 @@ def history(
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON list.")] = False,
     limit: Annotated[int, typer.Option("--limit", "-n", help="Show at most N conversations (0: all).")] = 0,
 ) -> None:
-    """List saved conversations, most recent first: id, model, first line, turns, date.
-
-    Example: chatllm history; chatllm history show 3; chatllm chat --resume 3
-    """
+    """List saved conversations, most recent first: id, model, first line, turns, date."""
     if ctx.invoked_subcommand is not None:
         return
     if limit < 0:

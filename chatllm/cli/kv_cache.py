@@ -1,4 +1,4 @@
-"""`chatllm cache` (the KV states saved on disk: list, clear) and the --no-cache flag the model commands share."""
+"""`chatllm cache`: the KV states saved on disk (list them, clear them), and their size for `chatllm info`."""
 
 from typing import Annotated
 
@@ -32,10 +32,7 @@ def cache(
     ctx: typer.Context,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
-    """List the saved KV states, most recently used first: model, tokens, size, what for, last use.
-
-    Example: chatllm cache; chatllm cache clear
-    """
+    """List the saved KV states, most recently used first: model, tokens, size, what for, last use."""
     if ctx.invoked_subcommand is not None:
         return
     from chatllm.output import format_date, short_model

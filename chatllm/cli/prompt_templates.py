@@ -23,10 +23,7 @@ def _config_dir():
 
 @templates_app.callback()
 def templates(ctx: typer.Context, as_json: JsonFlag = False) -> None:
-    """List saved templates: name, model, variables, the prompt's first line.
-
-    Example: chatllm ask --save tldr -t 0 'Summarize in one line: $input'; chatllm templates; cat notes | chatllm ask --template tldr
-    """
+    """List saved templates: name, model, variables, the prompt's first line."""
     if ctx.invoked_subcommand is not None:
         return
     from chatllm.tasks.ask.prompt_templates import list_templates, templates_dir

@@ -29,10 +29,7 @@ def serve(
                                              "on a command line).", show_default=False)] = None,
     offline: Offline = False,
 ) -> None:
-    """Serve a local model over an OpenAI-compatible API until Ctrl-C; other tools (and chatllm -m openai:URL#MODEL) use it.
-
-    Example: chatllm serve -m smollm2 --parallel 4, then chatllm sentiment --lines --parallel 4 -m openai:http://127.0.0.1:8080/v1#smollm2
-    """
+    """Serve a local model over an OpenAI-compatible API until Ctrl-C; other tools (and chatllm -m openai:URL#MODEL) use it."""
     context = command_context(cli)
     settings, out = context.settings, context.out
     if not 1 <= parallel <= 256:

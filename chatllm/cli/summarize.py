@@ -157,10 +157,7 @@ def summarize(
     max_tokens: MaxTokens = None, temperature: Temperature = None, top_p: TopP = None, top_k: TopK = None,
     seed: Seed = None, stop: Stop = None,
 ) -> None:
-    """Summarize files of any length: one pass when the text fits the context window, map-reduce beyond it.
-
-    Example: chatllm summarize report.txt --length short; curl -s URL | chatllm summarize --style bullets
-    """
+    """Summarize files of any length: one pass when the text fits the context window, map-reduce beyond it."""
     context = command_context(cli)
     settings, out = context.settings, context.out
     from chatllm.inputs import gather_sources

@@ -81,10 +81,7 @@ def translate(
     max_tokens: MaxTokens = None, temperature: Temperature = None, top_p: TopP = None, top_k: TopK = None,
     seed: Seed = None, stop: Stop = None,
 ) -> None:
-    """Translate files of any length, keeping their structure (markdown, code, tables, line breaks).
-
-    Example: chatllm translate README.md --to zh; cat notes.txt | chatllm translate --to English
-    """
+    """Translate files of any length, keeping their structure (markdown, code, tables, line breaks)."""
     from chatllm.tasks.translate.translator import DEFAULT_TEMPERATURE
 
     if not to:

@@ -1,4 +1,4 @@
-"""The engine contract on llama.cpp, and the one module that imports llama_cpp: load a GGUF, stream, score."""
+"""The engine on llama.cpp: load a GGUF, stream, score, snapshot its state (with every capability of the contract)."""
 
 from __future__ import annotations
 
