@@ -111,6 +111,7 @@ def query(path: Path, sql: str) -> list[tuple]:
 # -- racing -------------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # 8 spawned processes, many rounds: seconds each
 @pytest.mark.parametrize("kind", ["conversations", "collections", "search"])
 def test_eight_processes_open_a_fresh_store_at_once_and_all_succeed(tmp_path, kind):
     paths = [tmp_path / f"round{n}" / f"{kind}.db" for n in range(ROUNDS)]  # the folder too is created by the race
@@ -145,6 +146,7 @@ def _old_conversation_store(path: Path, wal: bool) -> None:
     db.close()
 
 
+@pytest.mark.slow  # 8 spawned processes, many rounds: seconds each
 def test_eight_processes_migrate_an_older_conversation_store_at_once_exactly_once(tmp_path):
     paths = [tmp_path / f"round{n}" / "chatllm.db" for n in range(ROUNDS)]
     for n, path in enumerate(paths):
@@ -183,6 +185,7 @@ def _old_search_index(path: Path) -> None:
     db.close()
 
 
+@pytest.mark.slow  # 8 spawned processes, many rounds: seconds each
 def test_eight_processes_migrate_an_older_search_index_at_once(tmp_path):
     paths = [tmp_path / f"round{n}" / "index.db" for n in range(ROUNDS)]
     for path in paths:
@@ -197,6 +200,7 @@ def test_eight_processes_migrate_an_older_search_index_at_once(tmp_path):
     index.close()
 
 
+@pytest.mark.slow  # 8 spawned processes, many rounds: seconds each
 def test_processes_verifying_files_at_once_keep_every_entry_of_the_memo(tmp_path):
     homes = [tmp_path / f"round{n}" for n in range(5)]
     for home in homes:
