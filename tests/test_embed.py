@@ -99,7 +99,7 @@ def test_unknown_collection_and_rm(engine, store):
 def test_a_file_that_is_not_a_database_is_reported(tmp_path):
     path = tmp_path / "collections.db"
     path.write_bytes(b"this is not sqlite at all" * 100)
-    with pytest.raises(ChatllmError, match="corrupt") as info:
+    with pytest.raises(ChatllmError, match="unreadable: not a SQLite database") as info:
         CollectionStore(path).collections()
     assert "move" in info.value.hint
 

@@ -140,4 +140,4 @@ def test_similar_on_a_missing_collection_and_a_corrupt_file(run, embed_env):
     db = Path(embed_env["CHATLLM_HOME"]) / "collections.db"
     db.write_bytes(b"garbage" * 1000)
     r = run("collections")
-    assert r.returncode == 1 and "corrupt" in r.stderr and "Traceback" not in r.stderr
+    assert r.returncode == 1 and "unreadable: not a SQLite database" in r.stderr and "Traceback" not in r.stderr

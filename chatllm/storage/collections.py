@@ -10,10 +10,11 @@ from pathlib import Path
 from typing import Any, ContextManager, Sequence
 
 from chatllm.errors import ChatllmError, UsageError
-from chatllm.storage.conversations import enable_wal, immediate_transaction
+from chatllm.storage.sqlite_store import Step, StoreFile, immediate_transaction, open_store
 
-SCHEMA_VERSION = 1
-SCHEMA = """
+BUSY_SECONDS = 30.0
+# Step i moves the file from user_version i to i + 1 (storage/sqlite_store.py); append, never edit a released one.
+MIGRATIONS: tuple[Step, ...] = ("""
 CREATE TABLE IF NOT EXISTS collections (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     name TEXT NOT NULL UNIQUE,
@@ -31,7 +32,7 @@ CREATE TABLE IF NOT EXISTS items (
     created_at REAL NOT NULL,
     UNIQUE (collection_id, text_sha256)
 );
-"""
+""",)
 
 
 @dataclass
@@ -58,33 +59,14 @@ def _sha(text: str) -> str:
 class CollectionStore:
     """Every collection in one SQLite file (WAL: readers in several processes at once, one writer at a time)."""
 
-    def __init__(self, path: Path | str):
+    def __init__(self, path: Path | str, *, busy_seconds: float = BUSY_SECONDS):
         self.path = Path(path)
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(self.path, isolation_level=None, timeout=30)
-            self._db.execute("PRAGMA foreign_keys = ON")
-            enable_wal(self._db, 30)
-            self._db.execute("PRAGMA synchronous = NORMAL")
-            version = self._db.execute("PRAGMA user_version").fetchone()[0]
-            if version > SCHEMA_VERSION:
-                raise ChatllmError(f"the collections file {self.path} has schema version {version}, newer than this chatllm knows",
-                                   "upgrade chatllm, or point CHATLLM_HOME elsewhere")
-            if version < SCHEMA_VERSION:
-                self._db.executescript(f"BEGIN IMMEDIATE;\n{SCHEMA}\nPRAGMA user_version = {SCHEMA_VERSION};\nCOMMIT;")
-        except sqlite3.DatabaseError as exc:
-            raise self._error(exc) from None
-        except OSError as exc:
-            raise ChatllmError(f"cannot open the collections file {self.path}: {exc}", "check that CHATLLM_HOME is writable")
+        self._file = StoreFile(self.path, "the collections file",
+                               f"move {self.path} aside (chatllm starts a new one) and embed the texts again", busy_seconds)
+        self._db = open_store(self._file, MIGRATIONS, foreign_keys=True)
 
     def _error(self, exc: Exception) -> ChatllmError:
-        text = str(exc)
-        if "locked" in text or "busy" in text:
-            return ChatllmError(f"the collections file {self.path} is locked by another process", "try again in a moment")
-        if "readonly" in text or "unable to open" in text:
-            return ChatllmError(f"cannot write the collections file {self.path}: {text}", "check the permissions of CHATLLM_HOME")
-        return ChatllmError(f"the collections file {self.path} is corrupt: {text}",
-                            f"move {self.path} aside (chatllm starts a new one) and embed the texts again")
+        return self._file.error(exc)
 
     def _transaction(self) -> ContextManager[sqlite3.Connection]:
         return immediate_transaction(self._db, self._error)

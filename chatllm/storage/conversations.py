@@ -4,25 +4,27 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, ContextManager, Iterable, Iterator, Sequence
+from typing import ContextManager, Iterable, Sequence
 
 from chatllm.errors import ChatllmError, UsageError
+from chatllm.storage.sqlite_store import Step, StoreFile, immediate_transaction, open_store, user_version
 
-# Each entry moves the schema from version i to i + 1; never edit a released entry, append a new one.
-MIGRATIONS: tuple[str, ...] = (
+BUSY_SECONDS = 10.0
+# Each entry moves the schema from version i to i + 1; never edit a released entry, append a new one. They run in
+# one write-locked transaction with the version bump (storage/sqlite_store.py); write them so a rerun is harmless.
+MIGRATIONS: tuple[Step, ...] = (
     """
-    CREATE TABLE conversations (
+    CREATE TABLE IF NOT EXISTS conversations (
         id INTEGER PRIMARY KEY AUTOINCREMENT,
         created_at REAL NOT NULL,
         updated_at REAL NOT NULL,
         model TEXT NOT NULL DEFAULT '',
         system TEXT
     );
-    CREATE INDEX conversations_updated ON conversations (updated_at);
-    CREATE TABLE exchanges (
+    CREATE INDEX IF NOT EXISTS conversations_updated ON conversations (updated_at);
+    CREATE TABLE IF NOT EXISTS exchanges (
         conversation_id INTEGER NOT NULL REFERENCES conversations (id) ON DELETE CASCADE,
         seq INTEGER NOT NULL,
         user TEXT NOT NULL,
@@ -94,36 +96,6 @@ def _iso(ts: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(ts))
 
 
-def enable_wal(db: sqlite3.Connection, seconds: float) -> None:
-    """Put db in WAL mode, waiting up to `seconds` for another process that is creating or migrating the file."""
-    # SQLite answers a journal-mode change with "database is locked" at once, without its busy handler, while
-    # another connection holds the new file's lock: two processes opening a fresh database would see it.
-    deadline = time.monotonic() + seconds
-    while True:
-        try:
-            db.execute("PRAGMA journal_mode = WAL")
-            return
-        except sqlite3.OperationalError as exc:
-            if "locked" not in str(exc) or time.monotonic() > deadline:
-                raise
-            time.sleep(0.02)
-
-
-@contextmanager
-def immediate_transaction(db: sqlite3.Connection, error: Callable[[Exception], ChatllmError]) -> Iterator[sqlite3.Connection]:
-    """BEGIN IMMEDIATE ... COMMIT on db, rolled back on any exception; SQLite's own errors become error(exc)."""
-    try:
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            yield db
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        db.execute("COMMIT")
-    except sqlite3.DatabaseError as exc:
-        raise error(exc) from None
-
-
 def first_line(text: str, width: int = 60) -> str:
     """The first non-empty line of text, cut to width characters."""
     line = next((ln.strip() for ln in text.splitlines() if ln.strip()), "")
@@ -133,54 +105,20 @@ def first_line(text: str, width: int = 60) -> str:
 class Store:
     """Conversations in one SQLite file; every write is its own committed transaction."""
 
-    def __init__(self, path: Path | str, migrations: Sequence[str] = MIGRATIONS):
+    def __init__(self, path: Path | str, migrations: Sequence[Step] = MIGRATIONS, *, busy_seconds: float = BUSY_SECONDS):
         self.path = Path(path)
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            # isolation_level=None: we issue BEGIN/COMMIT ourselves, so each exchange is one transaction.
-            self._db = sqlite3.connect(self.path, isolation_level=None, timeout=10)
-            self._db.execute("PRAGMA foreign_keys = ON")
-            enable_wal(self._db, 10)
-            # NORMAL in WAL mode survives a killed process (not a power cut) and keeps commits fast.
-            self._db.execute("PRAGMA synchronous = NORMAL")
-            self._migrate(migrations)
-        except sqlite3.DatabaseError as exc:
-            raise self._error(exc) from None
-        except OSError as exc:
-            raise ChatllmError(f"cannot open the conversation store {self.path}: {exc}",
-                               "check that CHATLLM_HOME is writable")
+        self._file = StoreFile(self.path, "the conversation store",
+                               f"move {self.path} aside to start a fresh history (chatllm will create a new one)",
+                               busy_seconds)
+        self._db = open_store(self._file, migrations, foreign_keys=True)
 
     def _error(self, exc: Exception) -> ChatllmError:
-        text = str(exc)
-        if "locked" in text or "busy" in text:
-            return ChatllmError(f"the conversation store {self.path} is locked by another process",
-                                "try again in a moment")
-        if "readonly" in text or "unable to open" in text:
-            return ChatllmError(f"cannot write the conversation store {self.path}: {text}",
-                                "check the permissions of CHATLLM_HOME")
-        return ChatllmError(f"the conversation store {self.path} is unreadable: {text}",
-                            f"move {self.path} aside to start a fresh history (chatllm will create a new one)")
-
-    def _migrate(self, migrations: Sequence[str]) -> None:
-        version = self._db.execute("PRAGMA user_version").fetchone()[0]
-        if version > len(migrations):
-            raise ChatllmError(
-                f"the conversation store {self.path} has schema version {version}, newer than this chatllm knows",
-                "upgrade chatllm, or point CHATLLM_HOME elsewhere",
-            )
-        for number in range(version, len(migrations)):
-            # One script per step: the schema change and the version bump commit together or not at all.
-            try:
-                self._db.executescript(f"BEGIN;\n{migrations[number]}\nPRAGMA user_version = {number + 1};\nCOMMIT;")
-            except sqlite3.DatabaseError:
-                if self._db.in_transaction:
-                    self._db.execute("ROLLBACK")
-                raise
+        return self._file.error(exc)
 
     @property
     def schema_version(self) -> int:
         """The PRAGMA user_version of the file."""
-        return self._db.execute("PRAGMA user_version").fetchone()[0]
+        return user_version(self._db)
 
     def _transaction(self) -> ContextManager[sqlite3.Connection]:
         return immediate_transaction(self._db, self._error)

@@ -1,5 +1,6 @@
 """File sha256s, and the memo of verified ones: a file hashed once is remembered by path, size and mtime in
-CHATLLM_HOME/verified.json, so later loads of a multi-gigabyte model do not hash it again."""
+CHATLLM_HOME/verified.json, so later loads of a multi-gigabyte model do not hash it again. Processes that verify
+files at once update the memo one at a time (a lock file beside it), so none of them drops another's entry."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import hashlib
 import json
 import os
 from pathlib import Path
+
+MEMO_LOCK_SECONDS = 10.0
 
 
 def sha256_file(path: Path) -> str:
@@ -40,16 +43,20 @@ def known_sha256(home: Path, real: Path) -> str | None:
 
 def remember(home: Path, real: Path, digest: str) -> None:
     """Remember a file's sha256 under its size and mtime (written whole through a rename; a read-only home is fine)."""
-    memo = _load(home)
+    from filelock import FileLock, Timeout
+
     st = real.stat()
-    memo[str(real)] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": digest}
+    tmp = _memo_path(home).with_suffix(f".{os.getpid()}.{os.urandom(4).hex()}.tmp")
     try:
         home.mkdir(parents=True, exist_ok=True)
-        tmp = _memo_path(home).with_suffix(f".{os.getpid()}.{os.urandom(4).hex()}.tmp")
-        tmp.write_text(json.dumps(memo, indent=1))
-        tmp.replace(_memo_path(home))
-    except OSError:
-        pass  # costs a re-hash next time, nothing else
+        # Read, add, write under the lock: two processes remembering two models at once must keep both.
+        with FileLock(f"{_memo_path(home)}.lock", timeout=MEMO_LOCK_SECONDS):
+            memo = _load(home)
+            memo[str(real)] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": digest}
+            tmp.write_text(json.dumps(memo, indent=1))
+            tmp.replace(_memo_path(home))
+    except (OSError, Timeout):
+        tmp.unlink(missing_ok=True)  # costs a re-hash next time, nothing else
 
 
 def file_sha256(path: Path, home: Path) -> str:

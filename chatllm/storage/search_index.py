@@ -21,14 +21,22 @@ import sqlite3
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
-from chatllm.errors import ChatllmError
-from chatllm.storage.conversations import enable_wal
 from chatllm.storage.file_hashes import sha256_file
 from chatllm.storage.passage_index import STOPWORDS, Hit
+from chatllm.storage.sqlite_store import (
+    Step,
+    StoreBusyError,
+    StoreFile,
+    StoreUnreadableError,
+    damage,
+    immediate_transaction,
+    open_store,
+)
 
 SCHEMES = ("words", "trigram")
 DEFAULT_SCHEME = "words"
 SCHEMA_VERSION = 2  # 2: chunk vectors
+TABLES = ("vectors", "chunks_fts", "chunks", "files", "stats", "meta")
 VECTOR_BLOCK = 4096  # vectors scored per step of a nearest-chunk scan
 BUSY_SECONDS = 30.0
 _CJK = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uac00-\ud7af]+")
@@ -68,72 +76,75 @@ class SearchIndex:
     """An FTS5 index file: open (checked, rebuilt if corrupt), index chunks by content hash, search with BM25."""
 
     def __init__(self, path: Path, *, scheme: str = DEFAULT_SCHEME, fingerprint: str = "",
-                 warn: Callable[[str], None] | None = None):
+                 warn: Callable[[str], None] | None = None, busy_seconds: float = BUSY_SECONDS):
         if scheme not in SCHEMES:
             raise ValueError(f"scheme must be one of {SCHEMES}, not {scheme!r}")
         self.path = Path(path)
         self.scheme = scheme
         self.fingerprint = f"{scheme}|{fingerprint}"  # what chunks depend on: another value means a fresh index
         self.warn = warn
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = StoreFile(self.path, "the search index", f"move {self.path} aside (chatllm builds a new one)",
+                               busy_seconds)
         try:
             self.db = self._open()
-        except sqlite3.DatabaseError as exc:
-            if isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc):
-                raise ChatllmError(f"the search index {self.path} is busy", "another chatllm is writing it; try again")
+        except StoreUnreadableError as exc:
             if warn:
-                warn(f"the search index {self.path} was unreadable ({exc}); rebuilding it")
-            self._delete_files()
+                warn(f"{exc.message}; rebuilding it")
+            self._delete_damaged()
             self.db = self._open()
 
     def _open(self) -> sqlite3.Connection:
-        db = sqlite3.connect(self.path, timeout=BUSY_SECONDS, isolation_level=None)
+        # verify: a damaged index is rebuilt, not reported; reset: one built by another chunker is dropped.
+        return open_store(self._file, self._migrations(), verify=True, reset=self._reset)
+
+    def _delete_damaged(self) -> None:
+        """Delete the index's files, unless another process rebuilt them since this one found them damaged."""
+        from filelock import FileLock, Timeout
+
         try:
-            db.execute(f"PRAGMA busy_timeout = {int(BUSY_SECONDS * 1000)}")
-            enable_wal(db, BUSY_SECONDS)
-            if db.execute("PRAGMA quick_check").fetchone()[0] != "ok":
-                raise sqlite3.DatabaseError("integrity check failed")
-            self._migrate(db)
-        except BaseException:
-            db.close()
-            raise
-        return db
+            with FileLock(f"{self.path}.lock", timeout=self._file.busy_seconds):
+                if damage(self.path, self._file.busy_seconds) is not None:
+                    for suffix in ("", "-wal", "-shm", "-journal"):
+                        Path(str(self.path) + suffix).unlink(missing_ok=True)
+        except Timeout:
+            raise StoreBusyError(f"the search index {self.path} is busy: another chatllm is rebuilding it; try again",
+                                 f"it held the lock for over {self._file.busy_seconds:g} s") from None
 
-    def _delete_files(self) -> None:
-        for suffix in ("", "-wal", "-shm", "-journal"):
-            Path(str(self.path) + suffix).unlink(missing_ok=True)
-
-    def _migrate(self, db: sqlite3.Connection) -> None:
+    def _migrations(self) -> tuple[Step, ...]:
+        """The schema, step by step; the first step records the fingerprint the chunks are made under."""
         tokenize = "trigram" if self.scheme == "trigram" else "porter unicode61 remove_diacritics 2"
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            version = db.execute("PRAGMA user_version").fetchone()[0]
-            stored = None
-            if version == SCHEMA_VERSION:
-                row = db.execute("SELECT value FROM meta WHERE key = 'fingerprint'").fetchone()
-                stored = row[0] if row else None
-            if version != SCHEMA_VERSION or stored != self.fingerprint:
-                for table in ("vectors", "chunks_fts", "chunks", "files", "stats", "meta"):
-                    db.execute(f"DROP TABLE IF EXISTS {table}")
-                for statement in (
-                    "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
-                    "CREATE TABLE files (sha TEXT PRIMARY KEY, chars INTEGER NOT NULL, n_chunks INTEGER NOT NULL)",
-                    "CREATE TABLE stats (path TEXT PRIMARY KEY, size INTEGER, mtime_ns INTEGER, ctime_ns INTEGER, "
-                    "ino INTEGER, sha TEXT NOT NULL)",
-                    "CREATE TABLE chunks (id INTEGER PRIMARY KEY, sha TEXT NOT NULL, seq INTEGER NOT NULL, "
-                    "start_line INTEGER NOT NULL, end_line INTEGER NOT NULL, text TEXT NOT NULL)",
-                    "CREATE INDEX chunks_sha ON chunks (sha, seq)",
-                    f"CREATE VIRTUAL TABLE chunks_fts USING fts5(body, tokenize = '{tokenize}')",
-                    "CREATE TABLE vectors (chunk_id INTEGER NOT NULL, model TEXT NOT NULL, vec BLOB NOT NULL, "
-                    "PRIMARY KEY (chunk_id, model)) WITHOUT ROWID",
-                ):
-                    db.execute(statement)
-                db.execute("INSERT INTO meta VALUES ('fingerprint', ?)", (self.fingerprint,))
-                db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
+
+        def tables(db: sqlite3.Connection) -> None:
+            for statement in (
+                "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+                "CREATE TABLE IF NOT EXISTS files (sha TEXT PRIMARY KEY, chars INTEGER NOT NULL, n_chunks INTEGER NOT NULL)",
+                "CREATE TABLE IF NOT EXISTS stats (path TEXT PRIMARY KEY, size INTEGER, mtime_ns INTEGER, "
+                "ctime_ns INTEGER, ino INTEGER, sha TEXT NOT NULL)",
+                "CREATE TABLE IF NOT EXISTS chunks (id INTEGER PRIMARY KEY, sha TEXT NOT NULL, seq INTEGER NOT NULL, "
+                "start_line INTEGER NOT NULL, end_line INTEGER NOT NULL, text TEXT NOT NULL)",
+                "CREATE INDEX IF NOT EXISTS chunks_sha ON chunks (sha, seq)",
+                f"CREATE VIRTUAL TABLE IF NOT EXISTS chunks_fts USING fts5(body, tokenize = '{tokenize}')",
+            ):
+                db.execute(statement)
+            db.execute("INSERT OR REPLACE INTO meta VALUES ('fingerprint', ?)", (self.fingerprint,))
+
+        def vectors(db: sqlite3.Connection) -> None:
+            db.execute("CREATE TABLE IF NOT EXISTS vectors (chunk_id INTEGER NOT NULL, model TEXT NOT NULL, "
+                       "vec BLOB NOT NULL, PRIMARY KEY (chunk_id, model)) WITHOUT ROWID")
+
+        steps = (tables, vectors)
+        assert len(steps) == SCHEMA_VERSION
+        return steps
+
+    def _reset(self, db: sqlite3.Connection, version: int) -> int:
+        """Under the write lock: drop an index made under another fingerprint; the version to migrate from."""
+        if version:
+            row = db.execute("SELECT value FROM meta WHERE key = 'fingerprint'").fetchone()
+            if row is not None and row[0] == self.fingerprint:
+                return version
+        for table in TABLES:
+            db.execute(f"DROP TABLE IF EXISTS {table}")
+        return 0
 
     def close(self) -> None:
         """Close the database."""
@@ -159,16 +170,11 @@ class SearchIndex:
         """Drop a hash's chunks once no known path has that content any more (a file that changed)."""
         if self.db.execute("SELECT 1 FROM stats WHERE sha = ?", (sha,)).fetchone():
             return
-        self.db.execute("BEGIN IMMEDIATE")
-        try:
-            self.db.execute("DELETE FROM chunks_fts WHERE rowid IN (SELECT id FROM chunks WHERE sha = ?)", (sha,))
-            self.db.execute("DELETE FROM vectors WHERE chunk_id IN (SELECT id FROM chunks WHERE sha = ?)", (sha,))
-            self.db.execute("DELETE FROM chunks WHERE sha = ?", (sha,))
-            self.db.execute("DELETE FROM files WHERE sha = ?", (sha,))
-            self.db.execute("COMMIT")
-        except BaseException:
-            self.db.execute("ROLLBACK")
-            raise
+        with immediate_transaction(self.db, self._file.error) as db:
+            db.execute("DELETE FROM chunks_fts WHERE rowid IN (SELECT id FROM chunks WHERE sha = ?)", (sha,))
+            db.execute("DELETE FROM vectors WHERE chunk_id IN (SELECT id FROM chunks WHERE sha = ?)", (sha,))
+            db.execute("DELETE FROM chunks WHERE sha = ?", (sha,))
+            db.execute("DELETE FROM files WHERE sha = ?", (sha,))
 
     def is_indexed(self, sha: str) -> bool:
         """True when the content with this hash has its chunks in the index."""
@@ -176,23 +182,16 @@ class SearchIndex:
 
     def add(self, sha: str, chars: int, chunks: Iterable[tuple[int, int, str]]) -> int:
         """Index one content's chunks (start_line, end_line, text) in one transaction; a no-op if another process won."""
-        self.db.execute("BEGIN IMMEDIATE")
-        try:
+        with immediate_transaction(self.db, self._file.error) as db:
             if self.is_indexed(sha):  # two processes indexing the same new file: the second finds it done
-                self.db.execute("COMMIT")
                 return 0
             n = 0
             for seq, (start, end, text) in enumerate(chunks):
-                cur = self.db.execute("INSERT INTO chunks (sha, seq, start_line, end_line, text) VALUES (?, ?, ?, ?, ?)",
-                                      (sha, seq, start, end, text))
-                self.db.execute("INSERT INTO chunks_fts (rowid, body) VALUES (?, ?)",
-                                (cur.lastrowid, index_text(text, self.scheme)))
+                cur = db.execute("INSERT INTO chunks (sha, seq, start_line, end_line, text) VALUES (?, ?, ?, ?, ?)",
+                                 (sha, seq, start, end, text))
+                db.execute("INSERT INTO chunks_fts (rowid, body) VALUES (?, ?)", (cur.lastrowid, index_text(text, self.scheme)))
                 n += 1
-            self.db.execute("INSERT INTO files VALUES (?, ?, ?)", (sha, chars, n))
-            self.db.execute("COMMIT")
-        except BaseException:
-            self.db.execute("ROLLBACK")
-            raise
+            db.execute("INSERT INTO files VALUES (?, ?, ?)", (sha, chars, n))
         return n
 
     def chunks(self, sha: str) -> list[Hit]:
@@ -244,14 +243,9 @@ class SearchIndex:
         """Store chunk vectors of one model in one transaction (float32); a vector already stored is kept."""
         import numpy as np
 
-        self.db.execute("BEGIN IMMEDIATE")
-        try:
-            self.db.executemany("INSERT OR IGNORE INTO vectors VALUES (?, ?, ?)",
-                                [(chunk_id, model, np.asarray(vec, dtype="<f4").tobytes()) for chunk_id, vec in rows])
-            self.db.execute("COMMIT")
-        except BaseException:
-            self.db.execute("ROLLBACK")
-            raise
+        with immediate_transaction(self.db, self._file.error) as db:
+            db.executemany("INSERT OR IGNORE INTO vectors VALUES (?, ?, ?)",
+                           [(chunk_id, model, np.asarray(vec, dtype="<f4").tobytes()) for chunk_id, vec in rows])
 
     def nearest(self, query: Sequence[float], shas: Sequence[str], model: str, k: int) -> list[Hit]:
         """The k chunks of these contents whose vectors are nearest the query (cosine of unit vectors), best first."""

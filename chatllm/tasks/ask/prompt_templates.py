@@ -264,7 +264,10 @@ def _parse(text: str) -> dict[str, Any]:
 def remove_template(config_dir: Path, name: str) -> Path:
     """Delete template NAME; the path it had."""
     path = load_path(config_dir, name)
-    path.unlink()
+    try:
+        path.unlink()
+    except FileNotFoundError:  # another process removed it since: the same answer as if it never existed
+        load_template(config_dir, name)
     return path
 
 
