@@ -6,7 +6,7 @@ import json
 import os
 import sys
 from contextlib import contextmanager
-from typing import IO, TYPE_CHECKING, Callable, Iterable, Iterator, Sequence
+from typing import IO, TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence
 
 from chatllm.errors import ChatllmError, PipeClosed, redact
 
@@ -246,3 +246,71 @@ def format_stats(stats) -> str:
     elif stats.finish_reason == "interrupted":
         parts.append("interrupted")
     return ", ".join(parts)
+
+
+class ThinkingView:
+    """A reasoning trace as it streams: its latest lines dim on a terminal's stderr, folded to one line ("thought for
+    412 tokens, 9.8 s") once the answer starts; in a pipe, nothing of it on stdout unless show_in_pipe, which writes
+    it between <think> tags before the answer."""
+
+    TAIL_LINES = 6
+
+    def __init__(self, out: Output, *, hide: bool = False, show_in_pipe: bool = False):
+        self.out = out
+        self.hide = hide
+        self.to_stdout = show_in_pipe and not out.is_tty and not out.as_json
+        self.live_on = out.err_tty and not out.as_json
+        self._trace = ""
+        self._started: float | None = None
+        self._folded = False
+        self._live: Any = None  # a rich Live, made at the first piece drawn
+
+    def reasoning(self, text: str) -> None:
+        """One piece of the trace."""
+        import time
+
+        if self._started is None:
+            self._started = time.perf_counter()
+            if self.to_stdout:
+                self.out.write("<think>\n")
+        self._trace += text
+        if self.to_stdout:
+            self.out.write(text)
+        if self.live_on:
+            self._draw()
+
+    def _draw(self) -> None:
+        from rich.live import Live
+        from rich.text import Text
+
+        if self._live is None:
+            self._live = Live(console=self.out.err_console, transient=True, auto_refresh=False)
+            self._live.start()
+        if self.hide:
+            shown = Text(f"thinking... {len(self._trace):,} characters", style="dim")
+        else:
+            lines = self._trace.rstrip().splitlines()[-self.TAIL_LINES:]
+            shown = Text("\n".join(lines), style="dim italic" if self.out.color else "")
+        self._live.update(shown, refresh=True)
+
+    def fold(self, tokens: int | None = None) -> None:
+        """The answer starts: the trace gives way to its one-line summary (once)."""
+        import time
+
+        if self._folded or self._started is None:
+            return
+        self._folded = True
+        if self._live is not None:
+            self._live.stop()
+            self._live = None
+        if self.to_stdout:
+            self.out.write("\n</think>\n\n")
+        if self.live_on:
+            seconds = time.perf_counter() - self._started
+            count = f"{tokens:,} tokens" if tokens else f"{len(self._trace):,} characters"
+            self.out.status(f"thought for {count}, {seconds:.1f} s")
+
+    @property
+    def trace(self) -> str:
+        """The trace so far."""
+        return self._trace

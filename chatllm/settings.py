@@ -10,7 +10,7 @@ from pathlib import Path
 
 from chatllm.errors import ChatllmError, UsageError
 
-DEFAULT_MODEL = "qwen2.5-1.5b"
+DEFAULT_MODEL = "qwen3-1.7b"
 DEFAULT_CTX = 8192  # the context a model gets when neither --ctx nor the registry says otherwise (at most its own)
 DEVICES = ("auto", "cpu", "cuda", "metal")
 FLASH_ATTN = ("auto", "on", "off")
@@ -29,6 +29,10 @@ class Sampling:
     seed: int | None = None
     stop: tuple[str, ...] = ()
     json_schema: str | None = None  # compact JSON Schema text the answer must match (decoding is constrained to it)
+    tools: str | None = None  # compact JSON list of the tools offered ({"name", "description", "parameters"})
+    tool_choice: str = "auto"  # auto | required | none | a tool's name
+    think: bool | str | None = None  # a reasoning model thinks (True), not (False), with an effort (low...), or as it likes
+    reasoning_budget: int | None = None  # after this many reasoning tokens the block is closed and the answer begins
 
     def replace(self, **changes) -> "Sampling":
         """A copy with some values changed (None values are ignored)."""
@@ -75,7 +79,8 @@ class Settings:
 
 
 CONFIG_KEYS = {"model", "embed_model", "device", "gpu_layers", "ctx", "threads", "batch", "flash_attn", "sampling"}
-SAMPLING_KEYS = {f.name for f in dataclasses.fields(Sampling)} - {"json_schema"}  # a schema is per command, not a setting
+# a schema and the tools offered are per command, not settings
+SAMPLING_KEYS = {f.name for f in dataclasses.fields(Sampling)} - {"json_schema", "tools", "tool_choice"}
 # key: (lowest, highest, whether the lowest itself is refused). The one home of these bounds: flags, config.toml
 # and the REPL's /set all check through check_sampling.
 SAMPLING_BOUNDS: dict[str, tuple[float, float | None, bool]] = {
@@ -111,7 +116,33 @@ def check_sampling(sampling: Sampling, name=flag_name, example=lambda label, val
             raise UsageError(f"{label} must be {span}, not {value}", f"for example {example(label, getattr(defaults, key))}")
     if sampling.seed is not None and (isinstance(sampling.seed, bool) or not isinstance(sampling.seed, int)):
         raise UsageError(f"{name('seed')} must be a whole number, not {sampling.seed!r}", f"for example {example(name('seed'), 7)}")
+    budget = sampling.reasoning_budget
+    if budget is not None and (isinstance(budget, bool) or not isinstance(budget, int) or budget < 0):
+        raise UsageError(f"{name('reasoning_budget')} must be 0 or more tokens, not {budget!r}",
+                         f"for example {example(name('reasoning_budget'), 512)}")
+    if sampling.think is not None and not isinstance(sampling.think, bool) and sampling.think not in THINK_EFFORTS:
+        raise UsageError(f"{name('think')} must be on, off or an effort ({', '.join(THINK_EFFORTS)}), not {sampling.think!r}",
+                         f"for example {example(name('think'), 'off')}")
     return sampling
+
+
+THINK_EFFORTS = ("low", "medium", "high")
+
+
+def parse_think(value: str | bool | None, where: str = "--think") -> bool | str | None:
+    """on/true -> True, off/false -> False, low/medium/high -> the effort, auto/None -> None (the model's default)."""
+    if value is None or isinstance(value, bool):
+        return value
+    word = value.strip().lower()
+    if word in ("on", "true", "yes", "1"):
+        return True
+    if word in ("off", "false", "no", "0"):
+        return False
+    if word in ("auto", "default", ""):
+        return None
+    if word in THINK_EFFORTS:
+        return word
+    raise UsageError(f"{where} must be on, off, auto or an effort (low, medium, high), not {value!r}", f"for example {where} off")
 
 
 def home_dir() -> Path:
@@ -209,6 +240,8 @@ SAMPLING_TYPES = {
     "repeat_penalty": ((int, float), "a number", "repeat_penalty = 1.1"),
     "seed": ((int,), "a whole number", "seed = 42"),
     "stop": ((list,), "a list of strings", 'stop = ["###"]'),
+    "think": ((bool, str), 'true, false or an effort ("low", "medium", "high")', "think = false"),
+    "reasoning_budget": ((int,), "a whole number", "reasoning_budget = 1024"),
 }
 
 
@@ -282,6 +315,8 @@ def load_settings(
     cfg_sampling: dict = dict(cfg.get("sampling", {}))
     if "stop" in cfg_sampling:
         cfg_sampling["stop"] = tuple(cfg_sampling["stop"])
+    if "think" in cfg_sampling:
+        cfg_sampling["think"] = parse_think(cfg_sampling["think"], "config.toml: [sampling] think")
     base = Sampling().replace(**cfg_sampling)
     flag_sampling: dict = {k: v for k, v in sampling.items() if v is not None}
     if "stop" in flag_sampling:

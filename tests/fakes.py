@@ -9,7 +9,11 @@ import re
 from array import array
 from typing import Callable, ClassVar, Generator, Mapping, Sequence
 
-from chatllm.engines.contract import Event, GenerationStats, Text
+from chatllm.engines.chat_formats.formats import ChatFormat
+from chatllm.engines.chat_formats.prompting import prepare
+from chatllm.engines.chat_formats.reply_parser import ReplyParser
+from chatllm.engines.chat_formats.tool_calls import ToolSpec, tools_from_json
+from chatllm.engines.contract import Event, GenerationStats
 from chatllm.errors import ChatllmError, NoChatTemplateError
 from chatllm.settings import Sampling
 
@@ -20,6 +24,7 @@ TEMPLATES = {
 }
 
 SPLITS = ("words", "chars", "4chars")
+FAKE_FORMAT = ChatFormat("fake", reasoning="think", tools="generic")
 
 
 class FakeEngine:
@@ -71,6 +76,7 @@ class FakeEngine:
         pooling: str | None = None,
         dim: int = 16,
         estimated: bool = False,
+        thinks: bool = False,
     ):
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, not {split!r}")
@@ -81,6 +87,7 @@ class FakeEngine:
         self.template = template
         self.has_chat_template = template is not None  # a plain attribute: tests turn it off
         self.family = family  # what a GGUF's metadata would say; None: unknown
+        self.thinks = thinks  # a reasoning model: its replies may open with a <think> block
         self.n_ctx = n_ctx
         self.name = name
         self.replies = list(replies)
@@ -105,6 +112,8 @@ class FakeEngine:
         self.loaded_states = 0
         self.pooling, self.dim = pooling, dim  # plain attributes, like has_chat_template
         self.embedded: list[list[str]] = []  # the texts of each embed call
+        self.rendered_tools: list[list[str] | None] = []  # the tool names each render_chat was given
+        self.rendered_think: list[bool | str | None] = []
 
     # -- tokens -----------------------------------------------------------------------------------
 
@@ -146,9 +155,13 @@ class FakeEngine:
 
     # -- chat template ----------------------------------------------------------------------------
 
-    def render_chat(self, messages: list[dict], add_generation_prompt: bool = True) -> str:
+    def render_chat(self, messages: list[dict], add_generation_prompt: bool = True, *,
+                    tools: Sequence[ToolSpec] | None = None, think: bool | str | None = None) -> str:
         if not self.has_chat_template:
             raise NoChatTemplateError(self.name)
+        self.rendered_tools.append([t.name for t in tools] if tools else None)
+        self.rendered_think.append(think)
+        messages, _ = prepare(FAKE_FORMAT, messages, tools, think)  # calls and results written as the generic form
         opening, closing, generation = TEMPLATES[self.template]
         stamp = f"<date{self.epoch}> " if self.unstable else ""
         body = "".join(opening.format(role=m["role"]) + m["content"] + closing for m in messages)
@@ -166,6 +179,8 @@ class FakeEngine:
                                                   first_token_seconds=0.01, seconds=0.02, finish_reason="length",
                                                   estimated=self.estimated)
         pieces = self._pieces(self._next_reply(tokens))
+        tools = tools_from_json(sampling.tools) if sampling.tool_choice != "none" else []
+        parser = ReplyParser(FAKE_FORMAT, tools=tools)  # <think> blocks and {"tool_calls": ...} replies become events
         try:
             for i, piece in enumerate(pieces[: sampling.max_tokens]):
                 if i == self.fail_after:
@@ -174,9 +189,10 @@ class FakeEngine:
                     self.on_piece(i)
                 stats.completion_tokens += 1
                 self.cache.append(self._id(piece))
-                yield Text(piece)
+                yield from parser.feed(piece)
+            yield from parser.finish()
             if len(pieces) <= sampling.max_tokens:
-                stats.finish_reason = "stop"
+                stats.finish_reason = "tool_calls" if parser.calls else "stop"
         except (KeyboardInterrupt, GeneratorExit):
             stats.finish_reason = "interrupted"
             raise

@@ -29,7 +29,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 FAULTED = ("/v1/completions", "/completion", "/v1/chat/completions")
 MODES = ("proxy", "malformed_sse", "malformed_sse_late", "truncated_json", "html", "endless", "huge_token", "drip",
-         "drip_body", "storm", "no_logprobs")
+         "drip_body", "storm", "no_logprobs", "reasoning_stream", "think_content", "tool_call_stream")
+# What the scripted reasoning and tool-call modes stream, as vLLM and llama-server (--jinja --reasoning-format) do:
+TRACE = "The user greets me. I should greet back, briefly."
+ANSWER = "Hello there!"
 HUGE = 10 * 1024 * 1024  # the single token of "huge_token"
 ENDLESS_LIMIT = 60.0  # seconds an endless stream runs at most when nobody hangs up (a bug in the client under test)
 
@@ -46,6 +49,7 @@ class FaultServer:
         self.endless_text = " la"  # what each event of an endless stream carries ("" for events without text)
         self.events_sent = 0  # events an endless stream wrote before its client hung up
         self.counts: Counter[str] = Counter()
+        self.last_request: dict = {}  # the body of the last scripted reasoning or tool-call request
         self.unauthorized = 0
         self.disconnects: list[float] = []
         self._lock = threading.Lock()
@@ -151,6 +155,42 @@ class FaultServer:
         else:
             choice = {"index": 0, "text": text, "finish_reason": finish}
         return b"data: " + json.dumps({"object": "text_completion", "choices": [choice]}).encode() + b"\n\n"
+
+    def _deltas(self, h, deltas: list[dict], finish: str) -> None:
+        """A streamed chat completion of these deltas, then its finish reason and usage (as an OpenAI server sends)."""
+        _start(h, 200, "text/event-stream")
+        for delta in deltas:
+            _chunk(h, b"data: " + json.dumps({"choices": [{"index": 0, "delta": delta, "finish_reason": None}]}).encode()
+                   + b"\n\n")
+        _chunk(h, b"data: " + json.dumps({"choices": [{"index": 0, "delta": {}, "finish_reason": finish}]}).encode() + b"\n\n")
+        _chunk(h, b"data: " + json.dumps({"choices": [], "usage": {"prompt_tokens": 12, "completion_tokens": 20}}).encode()
+               + b"\n\ndata: [DONE]\n\n")
+        _chunk(h, b"")
+
+    def _reasoning_stream(self, h, path: str, body) -> None:
+        """The trace in reasoning_content deltas (a word at a time), then the answer in content."""
+        words = TRACE.split(" ")
+        deltas = [{"role": "assistant", "content": None}] + [{"reasoning_content": w + (" " if i < len(words) - 1 else "")}
+                                                             for i, w in enumerate(words)]
+        self.last_request = json.loads(body or b"{}")
+        self._deltas(h, deltas + [{"content": ANSWER}], "stop")
+
+    def _think_content(self, h, path: str, body) -> None:
+        """A server that does not separate the trace: <think>...</think> inside the content, cut mid-tag."""
+        text = f"<think>\n{TRACE}\n</think>\n\n{ANSWER}"
+        self.last_request = json.loads(body or b"{}")
+        self._deltas(h, [{"content": text[i:i + 5]} for i in range(0, len(text), 5)], "stop")
+
+    def _tool_call_stream(self, h, path: str, body) -> None:
+        """Two calls in pieces: ids and names first, the arguments' JSON cut anywhere, as OpenAI streams them."""
+        self.last_request = json.loads(body or b"{}")
+        args = [json.dumps({"city": "Oslo"}), json.dumps({"city": "Lima"})]
+        deltas: list[dict] = []
+        for i, (name, arg) in enumerate(zip(("get_weather", "get_time"), args)):
+            deltas.append({"tool_calls": [{"index": i, "id": f"call_{i}", "type": "function",
+                                           "function": {"name": name, "arguments": ""}}]})
+            deltas += [{"tool_calls": [{"index": i, "function": {"arguments": arg[j:j + 4]}}]} for j in range(0, len(arg), 4)]
+        self._deltas(h, deltas, "tool_calls")
 
     def _malformed_sse(self, h, path: str, body) -> None:
         lines = [json.dumps({"choices": [{"text": "Hello", "finish_reason": None}]}).encode(),  # NDJSON, not SSE

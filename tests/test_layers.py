@@ -20,7 +20,7 @@ ARCHITECTURE = PACKAGE.parent / "docs" / "ARCHITECTURE.md"
 LAYERS = ["__main__", "cli", "repl", "tasks", "engines", "models", "storage", "base"]
 BASE = {"errors", "settings", "output", "stdio", "inputs", "__init__"}
 # What a job sees of the engines: the capability contract, nothing that runs a model.
-TASKS_SEE_OF_ENGINES = {"chatllm.engines.contract", "chatllm.engines.chat_formats"}
+TASKS_SEE_OF_ENGINES = {"chatllm.engines.contract", "chatllm.engines.chat_formats.tool_calls"}
 # ... and of storage: the stores it keeps things in, and the passage index's interface, never the index or the KV cache
 TASKS_NEVER_SEE = {"chatllm.storage.kv_cache", "chatllm.storage.search_index"}
 

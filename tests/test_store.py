@@ -25,16 +25,20 @@ def test_new_store_is_migrated_to_the_latest_schema_in_wal_mode(tmp_path):
 
 def test_migrations_run_in_order_once_and_keep_data(tmp_path):
     path = tmp_path / "chat.db"
-    old = Store(path, migrations=MIGRATIONS[:1])
-    conv = old.create("m", "sys", [Exchange("hello", "hi")])
-    old.close()
+    Store(path, migrations=MIGRATIONS[:1]).close()  # the first release's schema, with a conversation in it
+    db = sqlite3.connect(path)
+    db.execute("INSERT INTO conversations (id, created_at, updated_at, model, system) VALUES (1, 1, 1, 'm', 'sys')")
+    db.execute("INSERT INTO exchanges (conversation_id, seq, user, assistant, created_at) VALUES (1, 0, 'hello', 'hi', 1)")
+    db.commit()
+    db.close()
     extra = "ALTER TABLE conversations ADD COLUMN title TEXT; UPDATE conversations SET title = 'x';"
-    new = Store(path, migrations=MIGRATIONS[:1] + (extra,))
-    assert new.schema_version == 2
-    assert new.load(conv).exchanges[0].user == "hello"
+    new = Store(path, migrations=MIGRATIONS + (extra,))
+    assert new.schema_version == len(MIGRATIONS) + 1
+    loaded = new.load(1).exchanges[0]
+    assert (loaded.user, loaded.assistant, loaded.reasoning, loaded.tool_steps) == ("hello", "hi", "", [])
     new.close()
-    again = Store(path, migrations=MIGRATIONS[:1] + (extra,))  # a second open must not re-run the ALTER
-    assert again.schema_version == 2
+    again = Store(path, migrations=MIGRATIONS + (extra,))  # a second open must not re-run the ALTER
+    assert again.schema_version == len(MIGRATIONS) + 1
 
 
 def test_a_failing_migration_changes_nothing(tmp_path):

@@ -1,7 +1,7 @@
 """`chatllm ask` and `chatllm generate`: parse the flags, read the prompt, run the one-shot task, print."""
 
 from pathlib import Path
-from typing import Annotated, Any, Callable, List, Optional
+from typing import Annotated, Any, Callable, List, Optional, Sequence
 
 import typer
 from typer.core import TyperCommand
@@ -12,20 +12,25 @@ from chatllm.cli.options import (
     Ctx,
     Device,
     GpuLayers,
+    HideThinking,
     MaxTokens,
     Model,
     NoCache,
     Offline,
     Parallel,
+    ReasoningBudget,
+    ReasoningEffort,
     Seed,
+    ShowThinking,
     Stop,
     Temperature,
+    Think,
     Threads,
     TopK,
     TopP,
 )
 from chatllm.errors import UsageError
-from chatllm.output import Output, format_stats
+from chatllm.output import Output, ThinkingView, format_stats
 
 PANEL_STRUCTURED = "Structured output"
 PANEL_BATCH = "Batches and templates"
@@ -60,6 +65,15 @@ TemplateOpt = Annotated[Optional[str], typer.Option(
     show_default=False)]
 ParamOpt = Annotated[Optional[List[str]], typer.Option(
     "--param", "-p", metavar="KEY VALUE", help="A template variable ($KEY).", rich_help_panel=PANEL_BATCH, show_default=False)]
+PANEL_TOOLS = "Tools"
+ToolsOpt = Annotated[Optional[List[Path]], typer.Option(
+    "--tools", metavar="FILE.json", help="Offer the tools defined in FILE (OpenAI's form, a JSON list; repeatable): the "
+                                       "model's calls are printed, one JSON object per line; nothing runs.",
+    rich_help_panel=PANEL_TOOLS, show_default=False)]
+ToolChoiceOpt = Annotated[Optional[str], typer.Option(
+    "--tool-choice", metavar="auto|required|none|NAME", help="Whether the model must call a tool (or that one) "
+                                                            "[default: auto, it may answer in prose]",
+    rich_help_panel=PANEL_TOOLS, show_default=False)]
 SaveOpt = Annotated[Optional[str], typer.Option(
     "--save", metavar="NAME", help="Save these flags and prompt as template NAME; run nothing.", rich_help_panel=PANEL_BATCH,
     show_default=False)]
@@ -108,13 +122,17 @@ def ask(
     param: ParamOpt = None,
     save: SaveOpt = None,
     no_cache: NoCache = False,
+    tools: ToolsOpt = None,
+    tool_choice: ToolChoiceOpt = None,
     model: Model = None, device: Device = None, gpu_layers: GpuLayers = None, ctx: Ctx = None, threads: Threads = None,
     chat_format: ChatFormat = None, offline: Offline = False, parallel: Parallel = None,
     max_tokens: MaxTokens = None, temperature: Temperature = None, top_p: TopP = None, top_k: TopK = None,
     seed: Seed = None, stop: Stop = None,
+    think: Think = None, reasoning_effort: ReasoningEffort = None, reasoning_budget: ReasoningBudget = None,
+    show_thinking: ShowThinking = False, hide_thinking: HideThinking = False,
 ) -> None:
     """Ask one question through the model's chat template; the answer streams to stdout."""
-    sampling: dict[str, Any] = {key: cli.params[key] for key in SAMPLING_FLAGS}
+    sampling: dict[str, Any] = {key: cli.params.get(key) for key in SAMPLING_FLAGS}
     _check_one_schema(schema, schema_multi)
     if save:
         _save_template(save, prompt, system=system, schema=schema_multi or schema, multi=schema_multi is not None,
@@ -149,7 +167,11 @@ def ask(
     if sources or embed_model:
         flag = "--sources" if sources else "--embed-model"
         raise UsageError(f"{flag} goes with -f FILE and a question", f'chatllm ask -f notes.txt {flag} ... "who signed it?"')
-    _one_shot("ask", prompt, one_file, context, system=system, spec=spec, compose=compose if template else None)
+    offered = _load_tools(tools, tool_choice, spec)
+    if offered:
+        context = context.replace(sampling=context.settings.sampling.replace(tool_choice=tool_choice or "auto"))
+    _one_shot("ask", prompt, one_file, context, system=system, spec=spec, compose=compose if template else None,
+              tools=offered, show_thinking=show_thinking, hide_thinking=hide_thinking)
 
 
 def _one_file(files: Optional[List[Path]], lines: bool, question: bool) -> Optional[Path]:
@@ -240,8 +262,24 @@ def _save_template(name: str, words: Optional[List[str]], **fields) -> None:
     Output().status(f"saved template {name!r} to {path}")
 
 
+def _load_tools(files: Optional[List[Path]], choice: Optional[str], spec) -> list:
+    """The tools of the --tools files, checked before any model loads (with --tool-choice)."""
+    if not files:
+        if choice is not None:
+            raise UsageError("--tool-choice goes with --tools FILE", "chatllm ask --tools tools.json --tool-choice required ...")
+        return []
+    if spec is not None:
+        raise UsageError("--tools and --schema cannot be used together", "a call's arguments already follow its tool's schema")
+    from chatllm.tasks.tools.definitions import check_choice, check_tools, load_tool_file
+
+    offered = check_tools([tool for path in files for tool in load_tool_file(path)], "--tools")
+    check_choice(choice or "auto", offered)
+    return offered
+
+
 def _one_shot(kind: str, words: Optional[List[str]], file: Optional[Path], context: CommandContext,
-              system: Optional[str] = None, spec=None, compose: Optional[Callable[[str], str]] = None) -> None:
+              system: Optional[str] = None, spec=None, compose: Optional[Callable[[str], str]] = None, *,
+              tools: Sequence = (), show_thinking: bool = False, hide_thinking: bool = False) -> None:
     from chatllm.inputs import gather_prompt
 
     settings, out = context.settings, context.out
@@ -257,22 +295,36 @@ def _one_shot(kind: str, words: Optional[List[str]], file: Optional[Path], conte
     engine = context.replace(context_hint=depth).load_engine()
     from chatllm.tasks.ask import oneshot
 
-    on_text = None if out.as_json or spec is not None else out.write
+    view = ThinkingView(out, hide=hide_thinking, show_in_pipe=show_thinking)
+
+    def on_text(piece: str) -> None:
+        view.fold(engine.last_stats.reasoning_tokens)
+        if not out.as_json and spec is None:
+            out.write(piece)
+
     if kind == "ask":
-        answer = oneshot.ask(engine, text, settings.sampling, system=system, on_text=on_text, spec=spec)
+        answer = oneshot.ask(engine, text, settings.sampling, system=system, on_text=on_text, spec=spec, tools=tools,
+                             on_reasoning=view.reasoning)
     else:
         answer = oneshot.generate(engine, text, settings.sampling, on_text=on_text, spec=spec)
+    view.fold(answer.stats.reasoning_tokens)
     _show_answer(answer, out, spec)
 
 
 def _show_answer(answer, out: Output, spec) -> None:
-    """A one-shot answer after it streamed: the JSON value under a schema, the stats line, or the --json record."""
+    """A one-shot answer after it streamed: the JSON value under a schema, its calls (one JSON object a line), the
+    stats line, or the --json record."""
+    from chatllm.tasks.ask.oneshot import call_record
 
     def human() -> None:
         if spec is not None:
             out.json_value(answer.data)
-        elif not answer.text.endswith("\n"):
+        elif answer.text and not answer.text.endswith("\n"):
             out.write("\n")
+        for call in answer.tool_calls:
+            out.json(call_record(call))
+        if answer.stats.finish_reason == "length" and answer.reasoning and not answer.text and not answer.tool_calls:
+            out.warn("the reply ended inside its reasoning (--max-tokens): raise -n, or cap the trace with --reasoning-budget")
         if out.err_tty:
             out.status(format_stats(answer.stats))
 

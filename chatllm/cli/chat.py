@@ -10,13 +10,18 @@ from chatllm.cli.options import (
     Ctx,
     Device,
     GpuLayers,
+    HideThinking,
     MaxTokens,
     Model,
     NoCache,
     Offline,
+    ReasoningBudget,
+    ReasoningEffort,
     Seed,
+    ShowThinking,
     Stop,
     Temperature,
+    Think,
     Threads,
     TopK,
     TopP,
@@ -40,6 +45,8 @@ def chat(
     chat_format: ChatFormat = None, offline: Offline = False,
     max_tokens: MaxTokens = None, temperature: Temperature = None, top_p: TopP = None, top_k: TopK = None,
     seed: Seed = None, stop: Stop = None, no_cache: NoCache = False,
+    think: Think = None, reasoning_effort: ReasoningEffort = None, reasoning_budget: ReasoningBudget = None,
+    show_thinking: ShowThinking = False, hide_thinking: HideThinking = False,
 ) -> None:
     """Chat with a model: replies stream as they are written, and every exchange is saved.
 
@@ -79,19 +86,20 @@ def chat(
                 out.status(f"note: conversation {stored.id} was with {stored.model}; continuing with {engine.name}")
             conv.warm_up()  # the saved KV state, if it matches, loads before the first message is typed
         try:
-            _run(conv, out, settings, piped, sys.stdin)
+            _run(conv, out, settings, piped, sys.stdin, hide_thinking=hide_thinking, show_thinking=show_thinking)
         finally:
             conv.engine.close()  # waits for the last reply's state to reach the disk
     finally:
         store.close()
 
 
-def _run(conv: "Conversation", out: Output, settings: Settings, piped: bool, stdin: TextIO) -> None:
+def _run(conv: "Conversation", out: Output, settings: Settings, piped: bool, stdin: TextIO, *,
+         hide_thinking: bool = False, show_thinking: bool = False) -> None:
     from chatllm.inputs import piped_lines
     from chatllm.repl.loop import Repl
 
     if piped:
-        repl = Repl(conv, out, interactive=False)
+        repl = Repl(conv, out, interactive=False, hide_thinking=hide_thinking, show_thinking=show_thinking)
         repl.run_piped(piped_lines(stdin.buffer, out.warn))
         if repl.errors:
             raise typer.Exit(1)
@@ -105,4 +113,4 @@ def _run(conv: "Conversation", out: Output, settings: Settings, piped: bool, std
 
         output = create_output(stdout=cast(TextIO, out.stderr))
     session = make_session(settings.home / "chat_history", output=output, color=out.color)
-    Repl(conv, out, session=session).run_interactive()
+    Repl(conv, out, session=session, hide_thinking=hide_thinking).run_interactive()

@@ -19,7 +19,7 @@ from chatllm.settings import Settings, load_settings
 if TYPE_CHECKING:
     from chatllm.engines.contract import Engine
 
-SAMPLING_FLAGS = ("max_tokens", "temperature", "top_p", "top_k", "seed", "stop")
+SAMPLING_FLAGS = ("max_tokens", "temperature", "top_p", "top_k", "seed", "stop", "think", "reasoning_budget")
 
 
 @dataclass(frozen=True)
@@ -72,6 +72,13 @@ def command_context(cli: typer.Context, *, as_json: bool | None = None, **overri
     params = dict(cli.params)
     params.update({k: v for k, v in overrides.items() if v is not None})
     glob = cli.obj if isinstance(cli.obj, GlobalOptions) else GlobalOptions()
+    if params.get("reasoning_effort") is not None:  # an effort is a way of thinking: it wins over --think
+        from chatllm.settings import THINK_EFFORTS, parse_think
+
+        params["think"] = parse_think(params["reasoning_effort"], "--reasoning-effort")
+        if params["think"] not in THINK_EFFORTS:
+            raise UsageError(f"--reasoning-effort must be low, medium or high, not {params['reasoning_effort']!r}",
+                             "for example --reasoning-effort low")
     threads = params.get("threads")
     if threads is not None and threads < 0:
         raise UsageError(f"--threads must be 0 (auto) or more, not {threads}", "for example --threads 4, or leave it out")

@@ -57,17 +57,23 @@ def list_models(
     registry = load_registry(settings)
     rows = download.inventory({a: s for a, s in registry.items() if not s.is_remote}, settings)
     rows += [{"name": alias, "remote": True, "url": s.url, "model": s.remote_model, "params": s.params, "quant": "",
-              "size": None, "downloaded": False, "path": None, "default": s.default, "description": s.description}
+              "size": None, "downloaded": False, "path": None, "default": s.default, "description": s.description,
+              "thinking": s.thinking, "tools": s.tools, "ram_gb": None}
              for alias, s in registry.items() if s.is_remote]
     for row in rows:
         row["kind"] = registry[row["name"]].kind or "chat" if row["name"] in registry else "chat"
     out.result(rows, lambda: out.table(
-        ["model", "params", "quant", "size", "downloaded", "path"],
+        ["model", "params", "quant", "size", "RAM", "can", "downloaded", "path"],
         [[r["name"] + (" (default)" if r.get("default") else "") + (" (embedding)" if r["kind"] == "embedding" else ""),
-          r["params"], r["quant"], _human(r["size"]),
+          r["params"], r["quant"], _human(r["size"]), f"{r['ram_gb']:g} GB" if r.get("ram_gb") else "", _abilities(r),
           "remote" if r.get("remote") else "yes" if r["downloaded"] else "no",
           (f"{r['url']}#{r['model']}" if r.get("model") else r["url"]) if r.get("remote") else r["path"] or ""] for r in rows],
     ))
+
+
+def _abilities(row: dict) -> str:
+    """What a model can do beyond chat: think (a reasoning trace), call tools."""
+    return ", ".join(word for word, key in (("think", "thinking"), ("tools", "tools")) if row.get(key))
 
 
 

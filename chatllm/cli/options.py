@@ -37,5 +37,24 @@ TopP = Annotated[Optional[float], _sampling_opt("--top-p", help="Nucleus samplin
 TopK = Annotated[Optional[int], _sampling_opt("--top-k", help="Top-k sampling, 0 for off [default: 40]")]
 Seed = Annotated[Optional[int], _sampling_opt("--seed", help="Random seed for reproducible sampling")]
 Stop = Annotated[Optional[List[str]], _sampling_opt("--stop", help="Stop when this text appears (repeatable)")]
+PANEL_REASONING = "Reasoning models"
+
+
+def _reasoning_opt(*decls: str, help: str):
+    return typer.Option(*decls, help=help, rich_help_panel=PANEL_REASONING, show_default=False)
+
+
+Think = Annotated[Optional[bool], _reasoning_opt(
+    "--think/--no-think", help="Let a reasoning model think before it answers, or not (its template's switch, else an "
+                               "empty reasoning block) [default: the model's own]")]
+ReasoningEffort = Annotated[Optional[str], _reasoning_opt(
+    "--reasoning-effort", help="How hard a model with effort levels thinks (gpt-oss): low, medium or high")]
+ReasoningBudget = Annotated[Optional[int], _reasoning_opt(
+    "--reasoning-budget", help="After N reasoning tokens the block is closed and the answer begins")]
+ShowThinking = Annotated[bool, _reasoning_opt(
+    "--show-thinking", help="In a pipe, write the reasoning trace to stdout too, between <think> tags, before the answer")]
+HideThinking = Annotated[bool, _reasoning_opt(
+    "--hide-thinking", help="In a terminal, do not draw the trace while it streams (one summary line only)")]
+
 NoCache = Annotated[bool, typer.Option(
     "--no-cache", help="Neither load nor save the model's KV state on disk (see `chatllm cache`).")]

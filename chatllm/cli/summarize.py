@@ -180,6 +180,8 @@ def summarize(
         result = _run(engine, _joined(group, out), size, label, settings, options, out, workers)
         record: dict[str, object] = {"file": label} if not (combine and len(sources) > 1) else {"files": [s.name for s in group]}
         record.update(model=engine.name, **result.as_dict())
+        if engine.thinks:
+            record["thinking"] = "off: a reasoning model summarizes without a trace"
         out.result(record, lambda: out.status(_stats_line(result)) if out.err_tty else None)
 
 

@@ -111,7 +111,8 @@ def translate(
             if many and not out.as_json:
                 out.line(("\n" if i else "") + f"## {src.name}\n")
             result = _run(engine, src, settings.sampling, options, out, None)
-        record = {"file": src.name, "model": engine.name, **result.as_dict()}
+        record = {"file": src.name, "model": engine.name, **result.as_dict(),
+                  **({"thinking": "off: a reasoning model translates without a trace"} if engine.thinks else {})}
         if output_dir is not None:
             record["output"] = str(_out_path(output_dir, src, options.target.code))
         out.result(record, lambda: out.status(_stats_line(result)) if out.err_tty else None)

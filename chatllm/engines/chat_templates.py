@@ -38,12 +38,15 @@ class ChatTemplate:
         except Exception as exc:  # the template is untrusted model data: any failure is the template's
             raise self._failure(exc) from None
 
-    def render(self, messages: list[dict], add_generation_prompt: bool = True) -> str:
-        """The prompt text for these messages; ChatllmError when the template fails or refuses them."""
+    def render(self, messages: list[dict], add_generation_prompt: bool = True, **variables: Any) -> str:
+        """The prompt text for these messages (and extra variables: tools, enable_thinking...); ChatllmError when the
+        template fails or refuses them. `tools` is always passed (None without tools), as Transformers does: a
+        template that tests `tools is not none` must not see an undefined value as tools offered."""
         try:
             return self._template.render(
                 messages=messages, bos_token=self.bos, eos_token=self.eos, add_generation_prompt=add_generation_prompt,
                 raise_exception=_raise_template_error, strftime_now=lambda f: datetime.now().strftime(f),
+                **{"tools": None, **variables},
             )
         except ChatllmError:
             raise

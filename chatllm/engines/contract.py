@@ -113,6 +113,11 @@ class Engine(Protocol):
         ...
 
     @property
+    def thinks(self) -> bool:
+        """True for a reasoning model: it may write a trace (Reasoning events) before its answer."""
+        ...
+
+    @property
     def family(self) -> str | None:
         """The model family as its file says (e.g. "qwen2", "smollm"), for choosing task presets; None if unknown."""
         ...
@@ -129,8 +134,11 @@ class Engine(Protocol):
         """A whole prompt's tokens, BOS added where the model wants one."""
         ...
 
-    def render_chat(self, messages: list[dict], add_generation_prompt: bool = True) -> str:
-        """Messages ({"role", "content"}) as the model's prompt text; ChatllmError when it has no template."""
+    def render_chat(self, messages: list[dict], add_generation_prompt: bool = True, *,
+                    tools: Sequence[Any] | None = None, think: bool | str | None = None) -> str:
+        """Messages ({"role", "content"}; assistant "tool_calls", "tool" results) as the model's prompt text, the
+        tools (ToolSpec) offered as its family offers them, thinking on/off/effort where the model can be told;
+        ChatllmError when it has no template."""
         ...
 
     def stream(self, prompt: str | Sequence[int], sampling: Sampling) -> Generator[Event, None, None]:

@@ -374,6 +374,7 @@ def inventory(registry: dict[str, ModelSpec], settings: Settings) -> list[dict]:
             "name": alias, "repo": spec.repo, "file": spec.file, "params": spec.params, "quant": spec.quantization,
             "size": path.stat().st_size if path else spec.size, "downloaded": path is not None,
             "path": str(path) if path else None, "default": spec.default, "description": spec.description,
+            "thinking": spec.thinking, "tools": spec.tools, "ram_gb": spec.ram,
         })
     for folder in sorted(settings.hub_cache.glob("models--*")):
         repo = folder.name[len("models--"):].replace("--", "/", 1)
@@ -386,5 +387,6 @@ def inventory(registry: dict[str, ModelSpec], settings: Settings) -> list[dict]:
             rows.append({
                 "name": f"hf:{repo}/{rel}", "repo": repo, "file": str(rel), "params": "", "quant": spec.quantization,
                 "size": link.stat().st_size, "downloaded": True, "path": str(link), "default": False, "description": "",
+                "thinking": None, "tools": None, "ram_gb": None,
             })
     return rows

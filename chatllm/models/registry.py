@@ -33,6 +33,9 @@ class ModelSpec:
     params: str = ""
     default: bool = False
     kind: str = ""  # "embedding" (vectors: `chatllm embed`), "chat", or "" (unsaid: the GGUF's pooling decides)
+    thinking: bool = False  # a reasoning model (it may write a trace before its answer: --think/--no-think)
+    tools: bool = False  # trained to call tools in its template's syntax (`--tools`, `--mcp`)
+    ram: float | None = None  # GB of memory it needs at its default context, weights and KV cache
     local_path: Path | None = None
     source: str = "builtin"
     # A remote (OpenAI-compatible) server instead of a GGUF: its base url, the model id it serves, the environment
@@ -83,7 +86,7 @@ REMOTE_APIS = ("auto", "llama-server", "chat")
 TABLE_KEYS = {f.name for f in fields(ModelSpec)} - {"alias", "quant", "local_path", "source"} - REMOTE_FIELDS
 # A remote entry: `url` marks it; `model` in the file is the server's model id (ModelSpec.remote_model).
 REMOTE_KEYS = {"url", "model", "api_key_env", "tls_verify", "timeout", "parallel", "context", "description", "license", "params",
-               "default", "kind", "api"}
+               "default", "kind", "api", "thinking", "tools"}
 ONE_OFF_KEY_ENV = "CHATLLM_API_KEY"  # the key variable of a one-off openai:URL#MODEL reference
 _TEXT = ((str,), "a string", 'description = "..."')
 SPEC_TYPES = {
@@ -100,6 +103,8 @@ SPEC_TYPES = {
     "kind": ((str,), '"chat" or "embedding"', 'kind = "embedding"'),
     "parallel": ((int,), "a whole number of requests at once", "parallel = 4"),
     "api": ((str,), '"auto", "llama-server" or "chat"', 'api = "chat"'),
+    "thinking": ((bool,), "true or false", "thinking = true"), "tools": ((bool,), "true or false", "tools = true"),
+    "ram": ((int, float), "a number of GB", "ram = 2.5"),
 }
 URL_RE = re.compile(r"^https?://[^\s/#?]+(/[^\s#?]*)?$", re.IGNORECASE)
 ENV_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")

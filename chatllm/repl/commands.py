@@ -6,7 +6,7 @@ import dataclasses
 from typing import Any
 
 from chatllm.errors import UsageError
-from chatllm.settings import Sampling, check_sampling
+from chatllm.settings import Sampling, check_sampling, parse_think
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "/help": ("", "list these commands"),
@@ -25,8 +25,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 INPUT_HELP = 'Alt-Enter or a trailing \\ adds a line · """ starts a block · Ctrl-C stops a reply'
 SET_ALIASES = {"temp": "temperature", "max-tokens": "max_tokens", "top-p": "top_p", "top-k": "top_k",
-               "min-p": "min_p", "repeat-penalty": "repeat_penalty", "n": "max_tokens"}
-SETTABLE = ("temperature", "top_p", "top_k", "min_p", "repeat_penalty", "max_tokens", "seed", "stop")
+               "min-p": "min_p", "repeat-penalty": "repeat_penalty", "n": "max_tokens", "budget": "reasoning_budget"}
+SETTABLE = ("temperature", "top_p", "top_k", "min_p", "repeat_penalty", "max_tokens", "seed", "stop", "think",
+            "reasoning_budget")
 
 
 def setting_name(key: str) -> str:
@@ -43,10 +44,12 @@ def parse_set(sampling: Sampling, key: str, value: str) -> Sampling:
     if key == "stop":
         stops = () if value.lower() in ("", "none", "-") else (value.encode().decode("unicode_escape"),)
         return dataclasses.replace(sampling, stop=stops)
-    if key == "seed":
-        if value.lower() in ("none", "random", "-"):
-            return dataclasses.replace(sampling, seed=None)
-    kind = int if key in ("top_k", "max_tokens", "seed") else float
+    if key == "think":  # on, off, an effort (low, medium, high), or auto: the model's own default
+        return dataclasses.replace(sampling, think=parse_think(value, "/set think"))
+    if key in ("seed", "reasoning_budget"):
+        if value.lower() in ("none", "random", "-", "off"):
+            return dataclasses.replace(sampling, seed=None) if key == "seed" else dataclasses.replace(sampling, reasoning_budget=None)
+    kind = int if key in ("top_k", "max_tokens", "seed", "reasoning_budget") else float
     try:
         number = kind(value)
     except ValueError:

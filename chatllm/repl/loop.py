@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Iterable, Iterator
 
 from chatllm.errors import ChatllmError, UsageError
 from chatllm.inputs import unwrap_block
-from chatllm.output import Output, format_date, format_stats, short_model
+from chatllm.output import Output, ThinkingView, format_date, format_stats, short_model
 from chatllm.repl.commands import COMMANDS, INPUT_HELP, parse_set, sampling_text, setting_name
 from chatllm.repl.views import LiveMarkdownView, PlainView, ReplyView, chat_markdown
 from chatllm.storage.conversations import first_line
@@ -38,9 +38,11 @@ class Repl:
     """Reads messages and slash commands, streams replies, keeps the conversation valid whatever happens."""
 
     def __init__(self, conv: Conversation, out: Output, *, session: PromptSession[str] | None = None,
-                 interactive: bool = True):
+                 interactive: bool = True, hide_thinking: bool = False, show_thinking: bool = False):
         self.conv = conv
         self.out = out
+        self.hide_thinking = hide_thinking  # a reasoning trace: one summary line, not drawn while it streams
+        self.show_thinking = show_thinking  # in a pipe: the trace on stdout too, between <think> tags
         self.session = session
         self.interactive = interactive
         self.errors = 0
@@ -144,6 +146,8 @@ class Repl:
         view: ReplyView = (LiveMarkdownView(self.out.console) if self.out.rich and self.interactive
                            else PlainView(self.out))
         self._stop, self._turn, self._sigint = False, turn, _STREAM
+        thinking = ThinkingView(self.out, hide=self.hide_thinking, show_in_pipe=self.show_thinking)
+        turn.on_reasoning = thinking.reasoning
         pieces = iter(turn)
         try:
             view.start()
@@ -155,12 +159,14 @@ class Repl:
                     self._waiting = False
                 if piece is None:
                     break
+                thinking.fold(self.conv.engine.last_stats.reasoning_tokens)
                 view.update(turn.text, piece)
             if self._stop and not turn.text:
                 raise KeyboardInterrupt  # pressed before the first token, while the waiting mark was drawn
         finally:
             # From here on a Ctrl-C changes nothing: the view draws, and the conversation saves, this same text.
             self._sigint = _QUIET
+            thinking.fold(self.conv.engine.last_stats.reasoning_tokens)
             view.finish(turn.text)
 
     def request_stop(self) -> None:

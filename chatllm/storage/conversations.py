@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import time
 from dataclasses import dataclass, field
@@ -39,7 +40,17 @@ MIGRATIONS: tuple[Step, ...] = (
         PRIMARY KEY (conversation_id, seq)
     );
     """,
+    # 2: a reasoning model's trace, kept apart from the answer (never sent back), and the tool calls of the turn
+    lambda db: _add_columns(db, "exchanges", {"reasoning": "TEXT NOT NULL DEFAULT ''", "tool_steps": "TEXT"}),
 )
+
+
+def _add_columns(db: sqlite3.Connection, table: str, columns: dict[str, str]) -> None:
+    """ALTER TABLE ... ADD COLUMN for each column the table lacks (so the step is harmless to run again)."""
+    have = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
+    for name, kind in columns.items():
+        if name not in have:
+            db.execute(f"ALTER TABLE {table} ADD COLUMN {name} {kind}")
 
 
 @dataclass
@@ -55,6 +66,8 @@ class Exchange:
     completion_tokens: int | None = None
     first_token_seconds: float | None = None
     seconds: float | None = None
+    reasoning: str = ""  # a reasoning model's trace: shown, stored, never sent back to the model
+    tool_steps: list[dict] = field(default_factory=list)  # the calls made before the answer, with their results
 
 
 @dataclass
@@ -90,6 +103,17 @@ class Summary:
             "created_at": _iso(self.created_at),
             "updated_at": _iso(self.updated_at),
         }
+
+
+def _steps(text: str | None) -> list[dict]:
+    """The stored tool steps of an exchange (none, or unreadable: none)."""
+    if not text:
+        return []
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return []
+    return value if isinstance(value, list) else []
 
 
 def _iso(ts: float) -> str:
@@ -172,9 +196,11 @@ class Store:
     def _put(db: sqlite3.Connection, conv_id: int, seq: int, ex: Exchange) -> None:
         db.execute(
             "INSERT INTO exchanges (conversation_id, seq, user, assistant, interrupted, model, created_at, prompt_tokens,"
-            " completion_tokens, first_token_seconds, seconds) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " completion_tokens, first_token_seconds, seconds, reasoning, tool_steps)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (conv_id, seq, ex.user, ex.assistant, int(ex.interrupted), ex.model, ex.created_at, ex.prompt_tokens,
-             ex.completion_tokens, ex.first_token_seconds, ex.seconds),
+             ex.completion_tokens, ex.first_token_seconds, ex.seconds, ex.reasoning or "",
+             json.dumps(ex.tool_steps, ensure_ascii=False) if ex.tool_steps else None),
         )
 
     @staticmethod
@@ -202,10 +228,11 @@ class Store:
             raise _not_found(conv_id)
         rows = self._query(
             "SELECT user, assistant, interrupted, model, created_at, prompt_tokens, completion_tokens,"
-            " first_token_seconds, seconds FROM exchanges WHERE conversation_id = ? ORDER BY seq",
+            " first_token_seconds, seconds, reasoning, tool_steps FROM exchanges WHERE conversation_id = ? ORDER BY seq",
             (conv_id,),
         ).fetchall()
-        exchanges = [Exchange(r[0], r[1], bool(r[2]), r[3], r[4], r[5], r[6], r[7], r[8]) for r in rows]
+        exchanges = [Exchange(r[0], r[1], bool(r[2]), r[3], r[4], r[5], r[6], r[7], r[8], r[9] or "",
+                              _steps(r[10])) for r in rows]
         return StoredConversation(row[0], row[1], row[2], row[3], row[4], exchanges)
 
     def list(self, limit: int | None = None) -> list[Summary]:

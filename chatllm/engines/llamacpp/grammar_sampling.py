@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ctypes
 import math
+from typing import Sequence
 
 import llama_cpp
 from llama_cpp import _internals as internals
@@ -38,8 +39,14 @@ _STRICT_CHAR = r'char ::= [^"\\\x7F\x00-\x1F] |'
 class GrammarSampler:
     """Samples through `chain` (a llama_sampler pointer it does not own) under a GBNF grammar it owns."""
 
-    def __init__(self, vocab, gbnf: str, chain, n_vocab: int):
-        self._grammar = llama_cpp.llama_sampler_init_grammar(vocab, gbnf.encode("utf-8"), b"root")
+    def __init__(self, vocab, gbnf: str, chain, n_vocab: int, triggers: Sequence[str] = ()):
+        if triggers:  # lazy: every token is free until the generated text matches a trigger pattern
+            patterns = (ctypes.c_char_p * len(triggers))(*(t.encode("utf-8") for t in triggers))
+            no_tokens = (llama_cpp.llama_token * 1)()
+            self._grammar = llama_cpp.llama_sampler_init_grammar_lazy_patterns(
+                vocab, gbnf.encode("utf-8"), b"root", patterns, len(triggers), no_tokens, 0)
+        else:
+            self._grammar = llama_cpp.llama_sampler_init_grammar(vocab, gbnf.encode("utf-8"), b"root")
         if not self._grammar:
             raise ChatllmError("llama.cpp could not build a grammar for this schema", "simplify the schema")
         self._chain = chain
@@ -56,9 +63,13 @@ class GrammarSampler:
         token = self._pick(logits, with_grammar=False)
         if not self._allowed(token):
             token = self._pick(logits, with_grammar=True)
+        self.accept(token)
+        return token
+
+    def accept(self, token: int) -> None:
+        """Advance the grammar and the chain past a token (sampled, or forced by the caller)."""
         llama_cpp.llama_sampler_accept(self._grammar, token)
         llama_cpp.llama_sampler_accept(self._chain, token)
-        return token
 
     def _pick(self, logits, with_grammar: bool) -> int:
         self._all.copy_logits(logits)

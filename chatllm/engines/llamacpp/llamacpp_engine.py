@@ -17,13 +17,16 @@ import llama_cpp
 from llama_cpp import _internals as internals
 from llama_cpp import llama_chat_format
 
+from chatllm.engines.chat_formats.formats import detect_format, format_named
 from chatllm.engines.chat_templates import ChatTemplate, check_fits
-from chatllm.engines.contract import Event, GenerationStats, Text
+from chatllm.engines.contract import GenerationStats
+from chatllm.engines.llamacpp.chat_replies import ChatRepliesMixin
 from chatllm.engines.llamacpp.cpu_buffers import drop_amx_buffer
 from chatllm.engines.llamacpp.devices import choose_gpu_layers, extra_buffers_safe
 from chatllm.engines.llamacpp.embedding_mode import EmbeddingMixin, embedding_params
 from chatllm.engines.llamacpp.flash_attn import choose_flash_attn
 from chatllm.engines.llamacpp.grammar_sampling import GrammarSampler, json_schema_grammar
+from chatllm.engines.llamacpp.steering import Steering
 from chatllm.engines.llamacpp.threads import default_threads
 from chatllm.engines.stop_strings import StopFilter
 from chatllm.errors import ChatllmError, NoChatTemplateError
@@ -73,7 +76,7 @@ def backend_name(system_info: str, gpu_offload: bool) -> str:
     return "CPU"
 
 
-class LlamaCppEngine(EmbeddingMixin):
+class LlamaCppEngine(EmbeddingMixin, ChatRepliesMixin):
     """The engine contract on llama.cpp: one loaded model and its context, whose KV cache is kept across calls."""
 
     def __init__(
@@ -150,7 +153,12 @@ class LlamaCppEngine(EmbeddingMixin):
         self.metadata = self._model.metadata()
         self.embedding = embedding
         self.chat_template = self.metadata.get("tokenizer.chat_template") or None
-        self.chat_format = chat_format
+        named = format_named(chat_format) if chat_format else None
+        self.chat_format = None if named else chat_format  # a llama-cpp-python format name: it renders the prompt
+        # how this family writes reasoning and tool calls: named by --chat-format, else found in the template
+        self.format = named or detect_format(None if self.chat_format else self.chat_template)
+        self._opening_checked = False
+        self._special_pieces = self.format.special_text  # harmony's syntax is control tokens: render them
         self._template: ChatTemplate | None = None
         self._grammars: dict[str, str] = {}
         self.last_stats = GenerationStats()
@@ -169,11 +177,11 @@ class LlamaCppEngine(EmbeddingMixin):
         """Token ids back to text."""
         return b"".join(self._token_bytes(t) for t in tokens).decode("utf-8", errors="replace")
 
-    def _token_bytes(self, token: int) -> bytes:
-        n = llama_cpp.llama_token_to_piece(self._vocab, token, self._piece, len(self._piece), 0, False)
+    def _token_bytes(self, token: int, special: bool = False) -> bytes:
+        n = llama_cpp.llama_token_to_piece(self._vocab, token, self._piece, len(self._piece), 0, special)
         if n < 0:
             buf = ctypes.create_string_buffer(-n)
-            n = llama_cpp.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, False)
+            n = llama_cpp.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, special)
             return buf.raw[:n]
         return self._piece.raw[:n]
 
@@ -200,7 +208,7 @@ class LlamaCppEngine(EmbeddingMixin):
         pre = str(self.metadata.get("tokenizer.ggml.pre") or "")
         return pre if pre and pre != "default" else (str(self.metadata.get("general.architecture") or "") or None)
 
-    def render_chat(self, messages: list[dict], add_generation_prompt: bool = True) -> str:
+    def _render_template(self, messages: list[dict], add_generation_prompt: bool = True, **variables) -> str:
         """Render messages with the GGUF's template (sandboxed Jinja) or the chat_format override."""
         if not self.has_chat_template:
             raise NoChatTemplateError(self.name)
@@ -217,7 +225,7 @@ class LlamaCppEngine(EmbeddingMixin):
                 eos=self._special_text(self._model.token_eos()), model=self.name,
                 hint="pass --chat-format chatml (or llama-3, gemma, mistral-instruct, ...) to use a built-in format",
             )
-        return self._template.render(messages, add_generation_prompt)
+        return self._template.render(messages, add_generation_prompt, **variables)
 
     def _special_text(self, token: int) -> str:
         return self._model.token_get_text(token) if token >= 0 else ""
@@ -295,18 +303,9 @@ class LlamaCppEngine(EmbeddingMixin):
             self._grammars[schema] = json_schema_grammar(schema)
         return self._grammars[schema]
 
-    def stream(self, prompt: str | Sequence[int], sampling: Sampling) -> Generator[Event, None, None]:
-        """The reply as Text events while tokens arrive (multi-byte characters whole); stats in last_stats."""
-        pieces = self._pieces(prompt, sampling)
-        try:
-            for piece in pieces:
-                yield Text(piece)
-        finally:
-            pieces.close()
-
-    def _pieces(self, prompt: str | Sequence[int], sampling: Sampling) -> Generator[str, None, None]:
-        """Text pieces as tokens arrive; multi-byte characters come out whole. Stats in last_stats."""
-        tokens = self.prompt_tokens(prompt) if isinstance(prompt, str) else list(prompt)
+    def _pieces(self, tokens: list[int], sampling: Sampling, steer: Steering) -> Generator[str, None, None]:
+        """Raw text pieces as tokens arrive (multi-byte characters whole), a grammar started when `steer` says and
+        tokens forced when it says; stats in last_stats."""
         if not tokens:
             raise ChatllmError("empty prompt", "give some text")
         max_tokens = min(sampling.max_tokens, self.n_ctx - len(tokens))
@@ -315,21 +314,30 @@ class LlamaCppEngine(EmbeddingMixin):
         start = time.perf_counter()
         stats.cached_tokens = self._eval(tokens)
         sampler = self._sampler(sampling)
-        constrained = (GrammarSampler(self._vocab, self._gbnf(sampling.json_schema), sampler.sampler, self.n_vocab)
-                       if sampling.json_schema else None)
+        constrained: GrammarSampler | None = None
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         stops = StopFilter(sampling.stop)
         ctx, smpl, vocab = self._ctx.ctx, sampler.sampler, self._vocab
         try:
             for _ in range(max_tokens):
-                token = constrained.sample(ctx) if constrained else llama_cpp.llama_sampler_sample(smpl, ctx, -1)
+                if constrained is None and (spec := steer.grammar_due()) is not None:
+                    constrained = GrammarSampler(self._vocab, spec.gbnf, smpl, self.n_vocab, spec.triggers)
+                token = steer.forced()
+                if token is not None:
+                    if constrained:
+                        constrained.accept(token)
+                    else:
+                        llama_cpp.llama_sampler_accept(smpl, token)
+                else:
+                    token = constrained.sample(ctx) if constrained else llama_cpp.llama_sampler_sample(smpl, ctx, -1)
+                steer.on_token(token)
                 if llama_cpp.llama_vocab_is_eog(vocab, token):
                     stats.finish_reason = "stop"
                     break
                 stats.completion_tokens += 1
                 if stats.completion_tokens == 1:
                     stats.first_token_seconds = time.perf_counter() - start
-                text = stops.feed(decoder.decode(self._token_bytes(token)))
+                text = stops.feed(decoder.decode(self._token_bytes(token, self._special_pieces)))
                 if text:
                     yield text
                 if stops.stopped:

@@ -26,8 +26,12 @@ import os
 from contextlib import ExitStack, contextmanager
 from typing import Any, Generator, Iterator, Sequence
 
+from chatllm.engines.chat_formats.formats import ChatFormat
+from chatllm.engines.chat_formats.prompting import prepare
+from chatllm.engines.chat_formats.reply_parser import ReplyParser
+from chatllm.engines.chat_formats.tool_calls import ToolSpec, make_calls, tools_from_json
 from chatllm.engines.chat_templates import check_fits
-from chatllm.engines.contract import Engine, Event, GenerationStats
+from chatllm.engines.contract import Engine, Event, GenerationStats, Reasoning, Text, ToolCall
 from chatllm.engines.remote.chat_api_tokens import Codec, Tokenizer, estimate_margin, parse, probe_tokenizer, render, split_text
 from chatllm.engines.remote.http_client import Server
 from chatllm.engines.remote.llama_server_engine import ServerEngine, connect_server, pick_model
@@ -153,13 +157,21 @@ class ChatRemoteEngine(ServerEngine):
         return True
 
     @property
+    def thinks(self) -> bool:
+        """Unknown until it streams a trace; its reasoning is read apart all the same (reasoning_content, <think>)."""
+        return False
+
+    @property
     def family(self) -> str | None:
         """Unknown: the server does not report the model's metadata, so tasks use their default presets."""
         return None
 
-    def render_chat(self, messages: list[dict], add_generation_prompt: bool = True) -> str:
-        """The messages as a transcript this engine reads back (the server renders the real template)."""
-        return render(messages, add_generation_prompt)
+    def render_chat(self, messages: list[dict], add_generation_prompt: bool = True, *,
+                    tools: Sequence[ToolSpec] | None = None, think: bool | str | None = None) -> str:
+        """The messages as a transcript this engine reads back (the server renders the real template, with the tools
+        and the thinking switch stream() sends it); earlier reasoning is left out, calls kept in the OpenAI shape."""
+        prepared, _ = prepare(SERVER_FORMAT, messages, tools, think)
+        return render(prepared, add_generation_prompt)
 
     # -- generation -----------------------------------------------------------------------------
 
@@ -173,19 +185,39 @@ class ChatRemoteEngine(ServerEngine):
         chat = messages is not None
         room = self.ctx - len(tokens) - (self.margin if chat or not self.tokenizer.exact else 0)
         body = self._body(sampling, max(1, min(sampling.max_tokens, room)))
+        tools = tools_from_json(sampling.tools) if chat and sampling.tool_choice != "none" else []
         if chat:
-            body["messages"] = messages
+            body["messages"] = [_wire_message(m) for m in messages or []]
+            body.update(_tool_fields(tools, sampling.tool_choice))
+            if sampling.think is not None:  # llama-server and vLLM pass these to the model's template
+                body["chat_template_kwargs"] = {"enable_thinking": sampling.think is not False}
+                if isinstance(sampling.think, str):
+                    body["reasoning_effort"] = sampling.think
         else:
             body["prompt"] = text
             self._require_completions("generate raw text")
         stats = self.last_stats = GenerationStats(prompt_tokens=len(tokens), finish_reason="length",
                                                   estimated=chat or not self.tokenizer.exact)
         exact = self.tokenizer.exact
-        yield from self._relay(
+        deltas = DeltaReader()
+        # Content is read again for what a server that does not parse its model's syntax leaves in it: a <think>
+        # block, a tool call in the text.
+        parser = ReplyParser(SERVER_FORMAT, tools=tools)
+        relay = self._relay(
             self._open("/chat/completions" if chat else "/completions", body), stats, max_tokens=body["max_tokens"],
             stop=sampling.stop, lead=_Lead(text if chat else ""),
             piece_of=(lambda c: (c.get("delta") or {}).get("content")) if chat else (lambda c: c.get("text")),
-            take_usage=lambda st, event: _take_usage(st, event, exact))
+            take_usage=lambda st, event: _take_usage(st, event, exact), side=deltas.read if chat else None)
+        try:
+            for event in relay:
+                yield from parser.feed(event.text) if isinstance(event, Text) else (event,)
+            yield from parser.finish()
+            calls = deltas.calls(tools)
+            yield from calls
+        finally:
+            relay.close()
+        if parser.calls or calls:
+            stats.finish_reason = "tool_calls"
 
     def _body(self, s: Sampling, max_tokens: int) -> dict:
         body: dict[str, Any] = {"model": self.model, "stream": True, "stream_options": {"include_usage": True},
@@ -286,6 +318,58 @@ class ChatRemoteEngine(ServerEngine):
                                "through it", "use a server that returns logprobs on /v1/completions (vLLM, llama-server, "
                                "llama-cpp-python's server)") from None
 
+
+
+SERVER_FORMAT = ChatFormat("server", reasoning="think", tools="hermes", native_tools=True)
+
+
+class DeltaReader:
+    """What a streamed chat completion carries beside its content: reasoning, and tool calls in pieces."""
+
+    def __init__(self) -> None:
+        self._calls: dict[int, dict] = {}
+
+    def read(self, choice: dict) -> list[Event]:
+        """The Reasoning of one chunk (and its tool-call fragments, kept until the reply ends)."""
+        delta = choice.get("delta") or {}
+        for frag in delta.get("tool_calls") or []:
+            if not isinstance(frag, dict):
+                continue
+            call = self._calls.setdefault(int(frag.get("index", len(self._calls))), {"id": "", "name": "", "arguments": ""})
+            fn = frag.get("function") or {}
+            call["id"] = frag.get("id") or call["id"]
+            call["name"] += fn.get("name") or ""
+            args = fn.get("arguments")
+            call["arguments"] += args if isinstance(args, str) else (json.dumps(args) if args is not None else "")
+        trace = delta.get("reasoning_content") or delta.get("reasoning")
+        return [Reasoning(trace)] if isinstance(trace, str) and trace else []
+
+    def calls(self, tools: Sequence[ToolSpec]) -> list[ToolCall]:
+        """The calls the server streamed, decoded and checked against the offered tools."""
+        out: list[ToolCall] = []
+        for _, call in sorted(self._calls.items()):
+            found = [{"name": call["name"], "arguments": call["arguments"] or "{}"}] if call["name"] else None
+            for made in make_calls(call["arguments"], found, tools, "the server sent a call without a name"):
+                out.append(ToolCall(made.name, made.arguments, id=call["id"], raw=made.raw, error=made.error))
+        return out
+
+
+def _wire_message(message: dict) -> dict:
+    """A message as the OpenAI API takes it: a call's arguments are a JSON string."""
+    if not message.get("tool_calls"):
+        return message
+    calls = [{**c, "function": {**c["function"], "arguments": c["function"]["arguments"] if isinstance(
+        c["function"]["arguments"], str) else json.dumps(c["function"]["arguments"], ensure_ascii=False)}}
+        for c in message["tool_calls"]]
+    return {**message, "tool_calls": calls}
+
+
+def _tool_fields(tools: Sequence[ToolSpec], choice: str) -> dict:
+    """The request's tools and tool_choice (OpenAI's form)."""
+    if not tools:
+        return {}
+    wire = choice if choice in ("auto", "required", "none") else {"type": "function", "function": {"name": choice}}
+    return {"tools": [t.openai() for t in tools], "tool_choice": wire}
 
 
 class _Lead:

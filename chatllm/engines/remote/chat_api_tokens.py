@@ -12,6 +12,7 @@ parse() reads messages back out of such tokens; the server then applies the mode
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from collections import OrderedDict
@@ -206,10 +207,19 @@ def _remember(memo: OrderedDict, key, value) -> None:
         memo.popitem(last=False)
 
 
+_EXTRA_KEYS = ("tool_calls", "tool_call_id", "name")  # what a turn carries besides its content, read back by _message
+
+
 def render(messages: list[dict], add_generation_prompt: bool) -> str:
-    """Messages as ChatML text (the markers are this engine's own, see the module docstring)."""
-    text = "".join(f"{IM_START}{m['role']}\n{m['content']}{IM_END}\n" for m in messages)
+    """Messages as ChatML text (the markers are this engine's own, see the module docstring); a turn's tool calls or
+    tool-result ids ride on its role line as JSON, which only chatllm writes (it follows a marker no text can forge)."""
+    text = "".join(f"{IM_START}{_role_line(m)}\n{m.get('content') or ''}{IM_END}\n" for m in messages)
     return text + (f"{IM_START}assistant\n" if add_generation_prompt else "")
+
+
+def _role_line(message: dict) -> str:
+    extra = {k: message[k] for k in _EXTRA_KEYS if message.get(k)}
+    return message["role"] + (" " + json.dumps(extra, ensure_ascii=False, separators=(",", ":")) if extra else "")
 
 
 def split_text(text: str) -> list[Union[str, int]]:
@@ -244,15 +254,22 @@ def parse(segments: Sequence[Union[str, int]]) -> tuple[list[dict] | None, str]:
     lead = ""
     if current is not None:  # the open turn: the generation prompt, and what the reply already starts with
         role, _, lead = "".join(current).partition("\n")
-        if role.strip() != "assistant":
+        if role.strip().partition(" ")[0] != "assistant":
             messages.append(_message("".join(current)))
             lead = ""
     return messages, lead
 
 
 def _message(text: str) -> dict:
-    role, _, content = text.partition("\n")
-    return {"role": role.strip() or "user", "content": content.strip()}
+    line, _, content = text.partition("\n")
+    role, _, extra = line.strip().partition(" ")
+    message: dict = {"role": role or "user", "content": content.strip()}
+    if extra.startswith("{"):
+        try:
+            message.update({k: v for k, v in json.loads(extra).items() if k in _EXTRA_KEYS})
+        except ValueError:
+            pass
+    return message
 
 
 def estimate_margin(n_ctx: int, exact: bool) -> int:

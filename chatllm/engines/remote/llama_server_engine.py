@@ -39,6 +39,10 @@ import time
 from collections import OrderedDict
 from typing import Any, Callable, ContextManager, Generator, Iterator, Protocol, Sequence, TypeVar
 
+from chatllm.engines.chat_formats.formats import detect_format
+from chatllm.engines.chat_formats.prompting import finish_prompt, prepare
+from chatllm.engines.chat_formats.reply_parser import ReplyParser
+from chatllm.engines.chat_formats.tool_calls import ToolSpec, call_schema, tools_from_json
 from chatllm.engines.chat_templates import ChatTemplate, check_fits
 from chatllm.engines.contract import Event, GenerationStats, Text
 from chatllm.engines.remote.http_client import Server
@@ -110,7 +114,8 @@ class ServerEngine:
 
     def _relay(self, opened: ContextManager[Iterator[dict]], stats: GenerationStats, *, max_tokens: int,
                stop: Sequence[str], piece_of: Callable[[dict], str | None], take_usage: Callable[[GenerationStats, dict], None],
-               lead: PieceFilter | None = None) -> Generator[Event, None, None]:
+               lead: PieceFilter | None = None, side: Callable[[dict], list[Event]] | None = None
+               ) -> Generator[Event, None, None]:
         """A streamed reply as Text events: cut at max_tokens and at the stop strings; stats and finish reason set."""
         start = time.perf_counter()
         stops = StopFilter(stop)
@@ -121,6 +126,11 @@ class ServerEngine:
                     take_usage(stats, event)
                     choices = event.get("choices") or [{}]
                     choice = choices[0] if isinstance(choices[0], dict) else {}
+                    for extra in side(choice) if side is not None and finish is None else ():
+                        stats.completion_tokens += 1  # a reasoning piece: a token of the reply, at least
+                        if stats.completion_tokens == 1:
+                            stats.first_token_seconds = time.perf_counter() - start
+                        yield extra
                     piece = piece_of(choice) or ""
                     if piece and finish is None:
                         if stats.completion_tokens >= max_tokens:
@@ -177,6 +187,7 @@ class RemoteEngine(ServerEngine):
         plain = self.tokenize("a")
         self._bos: int | None = with_bos[0] if len(with_bos) > len(plain) and with_bos[1:1 + len(plain)] == plain else None
         self._apply_template = not self.chat_template and bool(props)
+        self.format = detect_format(self.chat_template)  # how the served model writes reasoning and tool calls
 
     @classmethod
     def connect(cls, spec: ModelSpec, *, n_ctx: int | None = None, chat_format: str | None = None) -> "RemoteEngine":
@@ -242,23 +253,34 @@ class RemoteEngine(ServerEngine):
         return bool(self.chat_template or self._apply_template)
 
     @property
+    def thinks(self) -> bool:
+        """True when the server's template is a reasoning model's."""
+        return self.format.thinks
+
+    @property
     def family(self) -> str | None:
         """Unknown: the server does not report the GGUF's metadata, so tasks use their default presets."""
         return None
 
-    def render_chat(self, messages: list[dict], add_generation_prompt: bool = True) -> str:
-        """Render messages with the server's template, in the same sandboxed Jinja as the local engine."""
+    def render_chat(self, messages: list[dict], add_generation_prompt: bool = True, *,
+                    tools: Sequence[ToolSpec] | None = None, think: bool | str | None = None) -> str:
+        """Render messages with the server's template, in the same sandboxed Jinja as the local engine, in the model's
+        family format (tools, calls, results, the thinking switch) as the local engine renders them."""
         if not self.has_chat_template:
             raise NoChatTemplateError(self.name)
+        msgs, variables = prepare(self.format, messages, tools, think)
         if not self.chat_template:
-            data = self.server.post("/apply-template", {"messages": messages, "add_generation_prompt": add_generation_prompt})
-            return str(data.get("prompt", "")) if isinstance(data, dict) else ""
-        if self._template is None:
-            self._template = ChatTemplate(
-                self.chat_template, bos=self._bos_text, eos=self._eos_text, model=self.name,
-                hint="start llama-server with --chat-template chatml (or llama3, gemma, ...) to use a built-in template",
-            )
-        return self._template.render(messages, add_generation_prompt)
+            data = self.server.post("/apply-template", {"messages": msgs, "add_generation_prompt": add_generation_prompt,
+                                                        **{k: v for k, v in variables.items() if v is not None}})
+            prompt = str(data.get("prompt", "")) if isinstance(data, dict) else ""
+        else:
+            if self._template is None:
+                self._template = ChatTemplate(
+                    self.chat_template, bos=self._bos_text, eos=self._eos_text, model=self.name,
+                    hint="start llama-server with --chat-template chatml (or llama3, gemma, ...) to use a built-in template",
+                )
+            prompt = self._template.render(msgs, add_generation_prompt, **variables)
+        return finish_prompt(self.format, prompt, think, add_generation_prompt)
 
     # -- generation -----------------------------------------------------------------------------
 
@@ -282,10 +304,24 @@ class RemoteEngine(ServerEngine):
         if not tokens:
             raise ChatllmError("empty prompt", "give some text")
         check_fits(len(tokens), min(sampling.max_tokens, 1), self.n_ctx)
+        tools = tools_from_json(sampling.tools) if sampling.tool_choice != "none" else []
         body = self._body(tokens, sampling)
-        self.last_stats = GenerationStats(prompt_tokens=len(tokens), finish_reason="length")
-        yield from self._relay(self.server.events("/completions", body), self.last_stats, max_tokens=body["max_tokens"],
-                               stop=sampling.stop, piece_of=lambda choice: choice.get("text"), take_usage=_take_usage)
+        if tools and sampling.tool_choice != "auto":  # a call from the first token: the server holds it to the schema
+            only = sampling.tool_choice if sampling.tool_choice != "required" else None
+            body["json_schema"] = call_schema(tools, key=self.format.arguments_key, only=only)
+        stats = self.last_stats = GenerationStats(prompt_tokens=len(tokens), finish_reason="length")
+        tail = self.detokenize(tokens[-8:]).rstrip() if self.format.reasoning == "think" else ""
+        parser = ReplyParser(self.format, in_reasoning=tail.endswith(self.format.think_open), tools=tools)
+        relay = self._relay(self.server.events("/completions", body), stats, max_tokens=body["max_tokens"],
+                            stop=sampling.stop, piece_of=lambda choice: choice.get("text"), take_usage=_take_usage)
+        try:
+            for event in relay:
+                yield from parser.feed(event.text) if isinstance(event, Text) else (event,)
+            yield from parser.finish()
+        finally:
+            relay.close()
+        if parser.calls and stats.finish_reason == "stop":
+            stats.finish_reason = "tool_calls"
 
     # -- scoring --------------------------------------------------------------------------------
 

@@ -1,13 +1,19 @@
-"""One prompt in, one streamed answer out: `ask` through the chat template, `generate` as raw continuation."""
+"""One prompt in, one streamed answer out: `ask` through the chat template, `generate` as raw continuation.
+
+A reasoning model's trace goes to `on_reasoning`, never into the answer's text; tool calls (when tools are offered)
+are collected as calls, never printed as prose.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Callable
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
 
-from chatllm.engines.contract import Engine, GenerationStats, text_stream
+from chatllm.engines.chat_formats.tool_calls import ToolSpec, tools_to_json
+from chatllm.engines.contract import Engine, GenerationStats, Reasoning, Text, ToolCall
 from chatllm.settings import Sampling
 from chatllm.tasks.ask.structured_output import JsonSpec, decode
+from chatllm.tasks.tools.decision import CallDecision
 
 
 @dataclass
@@ -19,14 +25,21 @@ class Answer:
     stats: GenerationStats
     data: Any = None  # the validated JSON value when the answer was asked for under a schema
     structured: bool = False
+    reasoning: str = ""  # a reasoning model's trace, kept apart from the answer
+    tool_calls: list[ToolCall] = field(default_factory=list)
+    tools_offered: bool = False
+    tool_decision: str | None = None  # "call" or "answer" when chatllm decided (tool_choice auto), else None
 
     def as_dict(self) -> dict:
         """The --json record."""
         s = self.stats
-        return {
+        record = {
             "model": self.model,
             "text": self.text,
             **({"data": self.data} if self.structured else {}),
+            **({"reasoning": self.reasoning} if self.reasoning or s.reasoning_tokens else {}),
+            **({"tool_calls": [call_record(c) for c in self.tool_calls]} if self.tools_offered else {}),
+            **({"tool_decision": self.tool_decision} if self.tool_decision else {}),
             "prompt_tokens": s.prompt_tokens,
             "completion_tokens": s.completion_tokens,
             "token_counts": "estimated" if s.estimated else "exact",
@@ -35,16 +48,37 @@ class Answer:
             "first_token_seconds": round(s.first_token_seconds, 3),
             "finish_reason": s.finish_reason,
         }
+        if s.reasoning_tokens:
+            record.update(reasoning_tokens=s.reasoning_tokens, reasoning_seconds=round(s.reasoning_seconds, 3))
+        return record
+
+
+def call_record(call: ToolCall) -> dict:
+    """A call as it is printed and recorded: {"name", "arguments"} (and "error" when it cannot run)."""
+    return {"name": call.name, "arguments": call.arguments, **({"error": call.error} if call.error else {})}
 
 
 def ask(engine: Engine, message: str, sampling: Sampling, *, system: str | None = None,
-        on_text: Callable[[str], None] | None = None, spec: JsonSpec | None = None) -> Answer:
-    """Answer one message through the model's chat template; under a spec the answer is validated JSON (in data)."""
+        on_text: Callable[[str], None] | None = None, spec: JsonSpec | None = None,
+        tools: Sequence[ToolSpec] = (), on_reasoning: Callable[[str], None] | None = None) -> Answer:
+    """Answer one message through the model's chat template; under a spec the answer is validated JSON (in data);
+    with tools, the model may call them instead (the calls are returned, nothing runs)."""
     if spec is not None:  # the model is told what the grammar holds it to: small models fill fields far better
         system = f"{system}\n\n{spec.instruction()}" if system else spec.instruction()
         sampling = sampling.replace(json_schema=spec.wire_text)
     messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": message}]
-    answer = _run(engine, engine.render_chat(messages), sampling, on_text, strip_leading=True)
+    decision = None
+    if tools and sampling.tool_choice == "auto":  # whether to call is decided apart from writing the call
+        decision = CallDecision(engine).decide(messages, tools, sampling.think)
+        if decision is not None:
+            sampling = sampling.replace(tool_choice="required" if decision else "none")
+    if tools:
+        sampling = sampling.replace(tools=tools_to_json(tools))
+    offered = list(tools) if tools and sampling.tool_choice != "none" else None
+    prompt = engine.render_chat(messages, tools=offered, think=sampling.think)
+    answer = _run(engine, prompt, sampling, on_text, on_reasoning, strip_leading=True)
+    answer.tools_offered = bool(tools)
+    answer.tool_decision = None if decision is None else ("call" if decision else "answer")
     return _structured(answer, spec)
 
 
@@ -60,17 +94,23 @@ def generate(engine: Engine, text: str, sampling: Sampling, *, on_text: Callable
     """Continue raw text with no chat template (template markers in the text stay plain text); a spec holds it to JSON."""
     if spec is not None:
         sampling = sampling.replace(json_schema=spec.wire_text)
-    answer = _run(engine, engine.prompt_tokens(text, special=False), sampling, on_text, strip_leading=False)
+    answer = _run(engine, engine.prompt_tokens(text, special=False), sampling, on_text, None, strip_leading=False)
     return _structured(answer, spec)
 
 
 def _run(engine: Engine, prompt: str | list[int], sampling: Sampling, on_text: Callable[[str], None] | None,
-         strip_leading: bool) -> Answer:
-    text = ""
-    for piece in text_stream(engine.stream(prompt, sampling)):
-        if not text and strip_leading:
-            piece = piece.lstrip()
-        text += piece
-        if on_text is not None and piece:
-            on_text(piece)
-    return Answer(engine.name, text, engine.last_stats)
+         on_reasoning: Callable[[str], None] | None, strip_leading: bool) -> Answer:
+    text, trace, calls = "", [], []
+    for event in engine.stream(prompt, sampling):
+        if isinstance(event, Text):
+            piece = event.text.lstrip() if not text and strip_leading else event.text
+            text += piece
+            if on_text is not None and piece:
+                on_text(piece)
+        elif isinstance(event, Reasoning):
+            trace.append(event.text)
+            if on_reasoning is not None:
+                on_reasoning(event.text)
+        elif isinstance(event, ToolCall):
+            calls.append(event)
+    return Answer(engine.name, text, engine.last_stats, reasoning="".join(trace), tool_calls=calls)

@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Generator, Iterator, Sequence
 
-from chatllm.engines.contract import Engine, WarmStart, text_stream
+from chatllm.engines.contract import Engine, Event, Reasoning, Text, WarmStart
 from chatllm.errors import ChatllmError, NoChatTemplateError, UsageError
 from chatllm.settings import Sampling
 from chatllm.storage.conversations import Exchange, Store, StoredConversation, Summary
@@ -41,6 +41,8 @@ class Turn:
         self.seq = seq  # position of this exchange in the conversation
         self.window = conv._start
         self.text = ""
+        self.reasoning = ""  # a reasoning model's trace: kept apart, never sent back to the model
+        self.on_reasoning: Callable[[str], None] | None = None  # who draws the trace while it streams
         self.done = False
         self.exchange: Exchange | None = None
         self._gen: Generator[str, None, None] | None = None
@@ -51,7 +53,7 @@ class Turn:
         return self._gen
 
     def _run(self) -> Generator[str, None, None]:
-        pieces = text_stream(self.conv.engine.stream(self.tokens, self.conv.sampling))
+        pieces = self._text_of(self.conv.engine.stream(self.tokens, self.conv.sampling))
         try:
             for piece in pieces:
                 if not self.text:
@@ -63,6 +65,21 @@ class Turn:
             self.done = True
         finally:
             pieces.close()  # a reply stopped early is marked "interrupted" by the engine
+
+    def _text_of(self, events: Iterator[Event]) -> Generator[str, None, None]:
+        """The answer's text pieces; the trace goes to self.reasoning (and on_reasoning) on the way."""
+        try:
+            for event in events:
+                if isinstance(event, Reasoning):
+                    self.reasoning += event.text
+                    if self.on_reasoning is not None:
+                        self.on_reasoning(event.text)
+                elif isinstance(event, Text) and event.text:
+                    yield event.text
+        finally:
+            close = getattr(events, "close", None)
+            if close is not None:
+                close()
 
     def close(self) -> None:
         """Stop generating (at the current token)."""
@@ -177,7 +194,8 @@ class Conversation:
 
     def _render(self, start: int, end: int, text: str) -> tuple[str, str, list[int]]:
         msgs = self.messages(start, end)
-        full = self.engine.render_chat(msgs + [{"role": "user", "content": text}], add_generation_prompt=True)
+        full = self.engine.render_chat(msgs + [{"role": "user", "content": text}], add_generation_prompt=True,
+                                       think=self.sampling.think)
         cache = self._cache if self._cache and self._cache[:2] == (start, end) else None
         if cache is None:
             return full, full, self.engine.prompt_tokens(full)
@@ -237,6 +255,7 @@ class Conversation:
         ex = Exchange(
             user=t.user,
             assistant=t.text,
+            reasoning=t.reasoning,
             interrupted=t.interrupted,
             model=self.model,
             prompt_tokens=getattr(stats, "prompt_tokens", None),

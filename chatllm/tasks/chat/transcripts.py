@@ -24,7 +24,10 @@ def transcript_markdown(system: str | None, exchanges: Sequence[Exchange], *, mo
     if system:
         parts += ["## System", "", system.strip(), ""]
     for ex in exchanges:
-        parts += ["## User", "", ex.user.strip(), "", "## Assistant", "", ex.assistant.strip(), ""]
+        parts += ["## User", "", ex.user.strip(), ""]
+        if ex.reasoning.strip():
+            parts += ["## Thinking", "", ex.reasoning.strip(), ""]
+        parts += ["## Assistant", "", ex.assistant.strip(), ""]
         if ex.interrupted:
             parts += [INTERRUPTED_MARK, ""]
     return "\n".join(parts)
@@ -42,13 +45,14 @@ def conversation_json(system: str | None, exchanges: Sequence[Exchange], *, mode
         "system": system,
         "exchanges": [
             {"user": ex.user, "assistant": ex.assistant, "interrupted": ex.interrupted, "model": ex.model,
-             "completion_tokens": ex.completion_tokens}
+             "completion_tokens": ex.completion_tokens, **({"reasoning": ex.reasoning} if ex.reasoning else {}),
+             **({"tool_steps": ex.tool_steps} if ex.tool_steps else {})}
             for ex in exchanges
         ],
     }
 
 
-_SECTION = re.compile(r"^##\s+(System|User|Assistant)\s*$", re.IGNORECASE)
+_SECTION = re.compile(r"^##\s+(System|User|Thinking|Assistant)\s*$", re.IGNORECASE)
 _FENCE = re.compile(r"^\s{0,3}(```|~~~)")
 
 
@@ -71,10 +75,13 @@ def parse_markdown(text: str) -> tuple[str | None, list[Exchange]]:
     system = None
     exchanges: list[Exchange] = []
     pending: str | None = None
+    thinking = ""
     for role, lines in sections:
         body = "\n".join(lines).strip()
         if role == "system":
             system = body or None
+        elif role == "thinking":
+            thinking = body
         elif role == "user":
             if pending is not None:
                 exchanges.append(Exchange(pending, "", interrupted=True))
@@ -83,8 +90,8 @@ def parse_markdown(text: str) -> tuple[str | None, list[Exchange]]:
             interrupted = body.endswith(INTERRUPTED_MARK)
             if interrupted:
                 body = body[: -len(INTERRUPTED_MARK)].rstrip()
-            exchanges.append(Exchange(pending or "", body, interrupted=interrupted))
-            pending = None
+            exchanges.append(Exchange(pending or "", body, interrupted=interrupted, reasoning=thinking))
+            pending, thinking = None, ""
     return system, exchanges
 
 
@@ -96,8 +103,11 @@ def parse_json(data: object) -> tuple[str | None, list[Exchange]]:
             if not isinstance(item, dict) or not isinstance(item.get("user"), str):
                 raise UsageError("malformed conversation file: an exchange has no user text",
                                  "give a file saved with /save chat.json")
+            steps = item.get("tool_steps")
             exchanges.append(Exchange(item["user"], str(item.get("assistant") or ""),
-                                      interrupted=bool(item.get("interrupted")), model=str(item.get("model") or "")))
+                                      interrupted=bool(item.get("interrupted")), model=str(item.get("model") or ""),
+                                      reasoning=str(item.get("reasoning") or ""),
+                                      tool_steps=steps if isinstance(steps, list) else []))
         system = data.get("system")
         return (system if isinstance(system, str) and system else None), exchanges
     messages = data.get("messages") if isinstance(data, dict) else data

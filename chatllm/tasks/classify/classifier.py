@@ -170,7 +170,8 @@ class Classifier:
         return {**p.describe(), "lang": lang, "family": self.family,
                 "examples": "--examples" if self.examples is not None else len(self._examples_for(p)),
                 "calibrate": self._uses_calibration(lang), "chat": self._chat(p),
-                "verbalizers": {lab: p.word(lab) for lab in self.labels}}
+                "verbalizers": {lab: p.word(lab) for lab in self.labels},
+                **({"thinking": "off: a reasoning model, scored on its answer's first tokens"} if self.engine.thinks else {})}
 
     def prompt_text(self, lang: str) -> tuple[str, str]:
         """The shared prefix (instruction and examples, ending at the text field) and the suffix after an item."""
@@ -201,7 +202,8 @@ class Classifier:
                          {"role": "assistant", "content": p.word(ex.label)}]
             head = ""  # the instruction goes in the first turn only
         messages.append({"role": "user", "content": f"{head}{text}{_SLOT}"})
-        prefix, slot, suffix = self.engine.render_chat(messages, add_generation_prompt=True).partition(_SLOT)
+        # a reasoning model is scored with thinking off: its label must be the answer's first tokens
+        prefix, slot, suffix = self.engine.render_chat(messages, add_generation_prompt=True, think=False).partition(_SLOT)
         if not slot:
             raise UsageError(f"the chat template of {self.engine.name} dropped the text", "use a preset without chat turns")
         return prefix, suffix

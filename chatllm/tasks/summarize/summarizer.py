@@ -78,7 +78,7 @@ class Summarizer:
         self._lock = threading.Lock()
         self.options = options or SummaryOptions()
         self.on_progress = on_progress
-        self.sampling = sampling
+        self.sampling = sampling = sampling.replace(think=False)  # a reasoning model summarizes without a trace
         # Notes feed every later level, so they are greedy unless asked otherwise; the repeat penalty keeps greedy
         # decoding of a tiny model out of loops.
         temp = self.options.note_temperature
@@ -129,7 +129,7 @@ class Summarizer:
         content = user_message(PLACEHOLDER, instruction)
         engine = self.engine
         if engine.has_chat_template:
-            rendered = engine.render_chat([{"role": "user", "content": content}])
+            rendered = engine.render_chat([{"role": "user", "content": content}], think=False)
         else:  # a base model: plain text and a cue
             rendered = content + "\n\nAnswer:\n"
         if rendered.count(PLACEHOLDER) != 1:

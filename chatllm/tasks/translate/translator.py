@@ -123,7 +123,7 @@ class Translator:
     def __init__(self, engine: Engine, sampling: Sampling, options: TranslateOptions,
                  on_progress: Callable[[Progress], None] | None = None, warn: Callable[[str], None] | None = None):
         self.engine = engine
-        self.sampling = sampling
+        self.sampling = sampling.replace(think=False)  # a reasoning model translates without a trace
         self.options = options
         self.on_progress = on_progress
         self.warn = warn or (lambda message: None)
@@ -185,7 +185,7 @@ class Translator:
                 messages += [{"role": "user", "content": MARK.format(0)}, {"role": "assistant", "content": MARK.format(1)}]
             texts.append(self._user(text, glossary))
             messages.append({"role": "user", "content": MARK.format(len(texts) - 1)})
-            rendered = engine.render_chat(messages)
+            rendered = engine.render_chat(messages, think=False)
         tokens: list[int] = []
         rest = rendered
         for i, content in enumerate(texts):
