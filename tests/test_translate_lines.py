@@ -100,7 +100,7 @@ def test_line_records_cover_every_input_line_with_its_own_parts():
     assert [ln.source for ln in lines] == doc.split("\n")
     assert [ln.translation for ln in lines] == result.text.rstrip("\n").split("\n")
     assert lines[0].translation == "译译 `run()` 3 译译." and lines[2].status == "verbatim"
-    assert len(lines[3].parts) == 2 and lines[3].translation == "| 译 | 译 |"  # two cells, one line
+    assert len(lines[3].parts) == 2 and lines[3].translation == "| 译译 | 译译 |"  # two cells, one line
     record = lines[0].as_dict()
     assert record["line"] == 1 and record["status"] == "ok" and record["tokens"]["prompt"] > 0
     assert set(record) >= {"line", "source", "translation", "tokens", "retries", "status"}
