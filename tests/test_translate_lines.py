@@ -158,6 +158,8 @@ def test_rewrap_of_chinese_breaks_only_after_punctuation():
     assert "".join(lines) == text and len(lines) == 2
     assert lines[0].endswith(("：", "，", "。", "”"))
     assert ds.rewrap("第一段的第1行继续在这里", 2) == ["第一段的第1行继续在这里"]
+    assert ds.rewrap("Anna 购买了 42 个苹果，并回家。", 2) == ["Anna 购买了 42 个苹果，", "并回家。"]  # punctuation first
+    assert ds.rewrap("Anna 购买了 42 个苹果并回家。", 2) == ["Anna 购买了", "42 个苹果并回家。"]  # else a space
 
 
 # -- subtitles ---------------------------------------------------------------------------------------------------

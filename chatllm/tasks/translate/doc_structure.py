@@ -346,12 +346,14 @@ def break_points(text: str) -> list[int]:
 
 
 def rewrap(text: str, n: int) -> list[str]:
-    """A translation on up to n lines of similar length, cut only at break_points; fewer lines (down to one) when
-    it has too few places to break, never an empty line."""
+    """A translation on up to n lines of similar length, cut only at break_points (in CJK text at its punctuation
+    where it has some); fewer lines (down to one) when it has too few places to break, never an empty line."""
     text = " ".join(line.strip() for line in text.split("\n") if line.strip()) if "\n" in text else text
     if n <= 1:
         return [text]
     cuts = break_points(text)
+    if sum(map(_is_cjk, text)) * 2 > len(text):  # mostly CJK: its punctuation first, a space beside a Latin word after
+        cuts = [c for c in cuts if text[c - 1] in _CJK_BREAK_AFTER or text[c] in _CJK_OPEN] or cuts
     lines, start = [], 0
     for k in range(1, n):
         goal = len(text) * k // n
