@@ -50,6 +50,7 @@ def test_runs_that_read_one_sentence_or_item_a_line(lines):
      "next line goes on in lower case. Only now and then does a", "sentence end at the end of a line."],
     ["Line 1 of the first paragraph", "continues here."],  # a markdown soft break
     ["We bought apples, pears,", "and plums."],
+    ["'Is not that rather a large thing to expect us to begin upon?'", "said Filby, an argumentative person."],
     ["single line only."],
 ])
 def test_runs_that_read_as_one_wrapped_paragraph(lines):

@@ -310,10 +310,11 @@ def _ends_item(line: str, after: str) -> bool:
     """True when the line ends a sentence or an item (the next line starts a new one)."""
     if not line or _GOES_ON.search(line):
         return False
+    goes_on = after[:1].islower()  # "...?'\nsaid Filby": the sentence goes on whatever the line ended with
     if _LINE_END.search(line):
-        return True
+        return not goes_on
     size = _size(line)
-    return size <= SHORT_ITEM or size <= ITEM and not after[:1].islower()
+    return size <= SHORT_ITEM or size <= ITEM and not goes_on
 
 
 def line_oriented(contents: list[str]) -> bool:
