@@ -52,6 +52,7 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
     "summarize": ("chatllm summarize report.txt --length short", "curl -s https://example.com/a.txt | chatllm summarize --style bullets",
                   "chatllm summarize book.txt --json | jq .entities"),
     "translate": ("chatllm translate README.md --to zh", "cat notes.txt | chatllm translate --to English",
+                  "chatllm translate --lines strings.txt --to fr --json", "chatllm translate talk.srt --to zh -o subs/",
                   "chatllm translate docs/*.md --to ja -o translated/"),
     "sentiment": ('chatllm sentiment "The food was great but the service was slow."',
                   "cut -f1 reviews.tsv | chatllm sentiment --lines --json > out.jsonl"),

@@ -3,8 +3,10 @@
 What is never sent to a model: front matter, fenced code, table rules, heading/list/quote markers and indents,
 horizontal rules, HTML-only lines, and within a line inline code, URLs, e-mail addresses, link targets, HTML tags and
 emphasis markers. Numbers stay in the text: as placeholders they cost small models fluency ("[1]-month-old").
-A unit keeps one prefix per source line, so a hard-wrapped paragraph comes back with as many lines; a blank line
-is always verbatim, so the output has exactly the input's paragraphs.
+A blank line is always verbatim, so the output has exactly the input's paragraphs. A run of lines that reads as one
+sentence or short item a line (`line_oriented`), or every line under `--lines`, gives one unit a line, so output
+line i is the translation of input line i; any other run is one unit, and its translation is wrapped again to about
+as many lines, only where a line may break (spaces, CJK punctuation: never inside a word or a number).
 """
 
 from __future__ import annotations
@@ -29,7 +31,9 @@ _SPANS = re.compile(
     r"|!\[[^\]\n]*\]\([^)\s]*(?:\s+\"[^\"]*\")?\)"  # an image, whole
     r"|\]\([^)\s]*(?:\s+\"[^\"]*\")?\)"  # a link's target, after its text
     r"|<(?:https?://|mailto:)[^>\s]+>"  # an autolink
-    r"|</?[A-Za-z][A-Za-z0-9-]*(?:\s[^<>]*)?/?>"  # an HTML tag
+    r"|</?[A-Za-z][A-Za-z0-9-]*(?:\.[\w.-]+)?(?:\s[^<>]*)?/?>"  # an HTML tag (or a WebVTT <c.class> tag)
+    r"|<\d[\d:.]*>"  # a WebVTT timestamp tag inside a cue
+    r"|\{\\[^{}\n]*\}"  # an SRT/ASS override tag such as {\an8}
     r"|(?:https?|ftp)://[^\s<>()\[\]]+[^\s<>()\[\].,;:!?'\"\u3002\uff0c]"  # a URL, without trailing punctuation
     r"|www\.[A-Za-z0-9-]+\.[^\s<>()\[\]]*[^\s<>()\[\].,;:!?'\"\u3002\uff0c]"
     r"|[\w.+-]+@[\w-]+(?:\.[\w-]+)+"  # an e-mail address
@@ -48,6 +52,7 @@ class Unit:
     spans: list[str] = field(default_factory=list)
     lead: str = ""  # spans and spaces at the start, kept verbatim (never sent)
     trail: str = ""  # the same at the end
+    by_line: bool = False  # one line of a run that was found line-oriented (not forced by --lines)
 
     @property
     def source(self) -> str:
@@ -137,8 +142,11 @@ def make_unit(prefixes: list[str], text: str) -> "Unit | str":
     return Unit(prefixes, body, spans, lead, trail)
 
 
-def split_document(lines: Iterable[str]) -> Iterator["str | Unit"]:
-    """Verbatim strings and Units, in order, from the document's lines (each with its newline)."""
+def split_document(lines: Iterable[str], line_mode: bool | None = None) -> Iterator["str | Unit"]:
+    """Verbatim strings and Units, in order, from the document's lines (each with its newline).
+
+    line_mode True: every line is a unit of its own; False: a run of lines is always one unit; None: a run is split
+    into lines when it reads line by line (`line_oriented`)."""
     lines = iter(lines)
     first = True
     para: list[str] = []
@@ -159,7 +167,7 @@ def split_document(lines: Iterable[str]) -> Iterator["str | Unit"]:
                 continue
         fence = _FENCE.match(line)
         if fence:
-            yield from paragraph(para)
+            yield from paragraph(para, line_mode)
             para = []
             mark = fence.group(1)
             held = [line]
@@ -172,12 +180,12 @@ def split_document(lines: Iterable[str]) -> Iterator["str | Unit"]:
             yield "".join(held)
             continue
         if not line.strip():
-            yield from paragraph(para)
+            yield from paragraph(para, line_mode)
             para = []
             yield line
             continue
         para.append(line)
-    yield from paragraph(para)
+    yield from paragraph(para, line_mode)
 
 
 def _chain(head: list[str], rest: Iterator[str]) -> Iterator[str]:
@@ -185,26 +193,27 @@ def _chain(head: list[str], rest: Iterator[str]) -> Iterator[str]:
     yield from rest
 
 
-def paragraph(lines: list[str]) -> Iterator["str | Unit"]:
-    """One paragraph's lines: structural lines on their own, runs of plain lines as one unit (one prefix a line)."""
+def paragraph(lines: list[str], line_mode: bool | None = None) -> Iterator["str | Unit"]:
+    """One paragraph's lines: structural lines on their own, a run of plain lines as one unit (one prefix a line), or
+    as one unit a line (line_mode True, or None and the run reads line by line)."""
     run: list[tuple[str, str]] = []  # (prefix, content) of a run of lines that read as one text
     for line in lines:
         body = line.rstrip("\n")
         newline = line[len(body):]
         if _TABLE_RULE.match(body) and "|" in body or _RULE.match(body) or _HTML_LINE.match(body):
-            yield from _run(run)
+            yield from _run(run, line_mode)
             run = []
             yield line
             continue
         if body.lstrip().startswith("|"):
-            yield from _run(run)
+            yield from _run(run, line_mode)
             run = []
             yield from _table_row(body)
             yield newline
             continue
         heading = _HEADING.match(body)
         if heading:
-            yield from _run(run)
+            yield from _run(run, line_mode)
             run = []
             yield from _items([heading.group(1)], heading.group(2))
             yield (heading.group(3) or "") + newline
@@ -212,15 +221,25 @@ def paragraph(lines: list[str]) -> Iterator["str | Unit"]:
         prefix = _MARKER.match(body).group(1)  # type: ignore[union-attr]
         content = body[len(prefix):]
         if run and prefix.strip():  # a new list item or quote line begins a new run
-            yield from _run(run)
+            yield from _run(run, line_mode)
             run = []
         run.append((prefix, content))
-    yield from _run(run)
+    yield from _run(run, line_mode)
 
 
-def _run(run: list[tuple[str, str]]) -> Iterator["str | Unit"]:
-    """A run of lines as one unit; the final newline of the last line comes after it."""
+def _run(run: list[tuple[str, str]], line_mode: bool | None = None) -> Iterator["str | Unit"]:
+    """A run of lines as one unit (or one unit a line); the final newline of the last line comes after it."""
     if not run:
+        return
+    if len(run) > 1 and (line_mode or line_mode is None and line_oriented([c for _, c in run])):
+        for i, (prefix, content) in enumerate(run):
+            if i:
+                yield "\n"
+            for item in _items([prefix], content):
+                if isinstance(item, Unit):
+                    item.by_line = line_mode is None
+                yield item
+        yield "\n"
         return
     text = _join([c for _, c in run])
     yield from _items([p for p, _ in run], text)
@@ -274,29 +293,83 @@ def _is_cjk(ch: str) -> bool:
     return "\u2e80" <= ch <= "\u9fff" or "\uf900" <= ch <= "\ufaff" or "\uff00" <= ch <= "\uffef" or "\u3000" <= ch <= "\u303f"
 
 
+# A line that ends one of these ways ends its sentence or item; one ending in a comma or a dash goes on.
+_LINE_END = re.compile(r"[.!?\u2026:;\u3002\uff01\uff1f\uff1a\uff1b][\"'\u201d\u2019\u300d\u300f\uff09)\]*_`]*$")
+_GOES_ON = re.compile(r"[,\uff0c\u3001\-\u2013\u2014/&+(\[]$")
+_ASCII_WORD = re.compile(r"[A-Za-z0-9]+")
+SHORT_ITEM = 3  # words (two CJK characters count as one): a line this short is an item whatever follows
+ITEM = 8  # a line up to this long without a stop is an item when the next line does not go on in lower case
+LINE_SHARE = 0.75  # this share of a run's line ends must end a sentence or an item
+
+
+def _size(line: str) -> float:
+    return len(_ASCII_WORD.findall(line)) + sum(1 for ch in line if _is_cjk(ch)) / 2
+
+
+def _ends_item(line: str, after: str) -> bool:
+    """True when the line ends a sentence or an item (the next line starts a new one)."""
+    if not line or _GOES_ON.search(line):
+        return False
+    goes_on = after[:1].islower()  # "...?'\nsaid Filby": the sentence goes on whatever the line ended with
+    if _LINE_END.search(line):
+        return not goes_on
+    size = _size(line)
+    return size <= SHORT_ITEM or size <= ITEM and not goes_on
+
+
+def line_oriented(contents: list[str]) -> bool:
+    """True when a run of lines reads as one sentence or short item a line (subtitles, string tables, one sentence a
+    line) rather than one paragraph wrapped at a width: most of its line ends end a sentence or an item."""
+    lines = [c.strip() for c in contents]
+    if len(lines) < 2:
+        return False
+    ended = sum(_ends_item(line, after) for line, after in zip(lines, lines[1:]))
+    return ended >= LINE_SHARE * (len(lines) - 1)
+
+
+# Where a line of CJK text may break without cutting a word: after its punctuation, before an opening bracket.
+_CJK_BREAK_AFTER = "\uff0c\u3002\u3001\uff1b\uff1a\uff01\uff1f\uff09\u300d\u300f\u300b\u3009\u3011\u3015\u2026\u201d\u2019"
+_CJK_OPEN = "\uff08\u300c\u300e\u300a\u3008\u3010\u3014\u201c\u2018"
+
+
+def break_points(text: str) -> list[int]:
+    """Where text may be cut into lines: after a space (not one inside a number such as `1 000`), after CJK
+    punctuation or before a CJK opening bracket; never between two letters, digits or CJK characters of a word."""
+    cuts = []
+    for i in range(1, len(text)):
+        a, b = text[i - 1], text[i]
+        if a == " ":
+            if b != " " and not (i >= 2 and text[i - 2].isdigit() and b.isdigit()):
+                cuts.append(i)
+        elif a in _CJK_BREAK_AFTER and b not in _CJK_BREAK_AFTER and b != " " or b in _CJK_OPEN and a != " ":
+            cuts.append(i)
+    return cuts
+
+
 def rewrap(text: str, n: int) -> list[str]:
-    """A translation cut into n lines of similar length, at spaces (or between CJK characters), never inside a word."""
-    text = " ".join(text.split("\n"))
+    """A translation on up to n lines of similar length, cut only at break_points (in CJK text at its punctuation
+    where it has some); fewer lines (down to one) when it has too few places to break, never an empty line."""
+    text = " ".join(line.strip() for line in text.split("\n") if line.strip()) if "\n" in text else text
     if n <= 1:
         return [text]
-    cuts = [i for i in range(1, len(text)) if text[i - 1] == " " or (_is_cjk(text[i - 1]) or _is_cjk(text[i]))
-            and not (text[i - 1] == "[" or text[i] in "]")]
+    cuts = break_points(text)
+    if sum(map(_is_cjk, text)) * 2 > len(text):  # mostly CJK: its punctuation first, a space beside a Latin word after
+        cuts = [c for c in cuts if text[c - 1] in _CJK_BREAK_AFTER or text[c] in _CJK_OPEN] or cuts
     lines, start = [], 0
     for k in range(1, n):
         goal = len(text) * k // n
-        options = [c for c in cuts if c > start]
+        options = [c for c in cuts if c > start and text[c:].strip()]
         if not options:
             break
         cut = min(options, key=lambda c: abs(c - goal))
-        lines.append(text[start:cut].rstrip())
+        lines.append(text[start:cut].strip())
         start = cut
     lines.append(text[start:].strip())
-    lines = [ln.strip() for ln in lines]
-    return (lines + [""] * n)[:n]
+    return [line for line in lines if line] or [""]
 
 
 def render(unit: Unit, translation: str) -> str:
-    """The unit's output: the translation (placeholders filled) on as many lines as its source, prefixes kept."""
+    """The unit's output: the translation (placeholders filled) on up to as many lines as its source, prefixes kept."""
     lines = rewrap(translation, len(unit.prefixes))
     filled = [restore(line, unit.spans) for line in lines]
     filled[0] = unit.lead + filled[0]

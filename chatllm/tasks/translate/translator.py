@@ -8,20 +8,29 @@ is checked (chatllm.tasks.translate.translation_checks) and, when bad, retried g
 one-shot example (a reply copied back twice gets one last try in the plainest wording); lost placeholders are put
 back into the model's own sentence. A part that still fails is said on the warn callback and kept in its source
 text, so nothing wrong is printed silently.
+
+Units are independent of each other (context stays inside a unit), so the units of a document, and in particular the
+lines of a line-oriented file, go through one ordered map (chatllm.tasks.text.parallel_map) over one translator per
+engine: one engine is a plain loop, several connections to a server translate several units at once, and an engine
+that decodes several sequences together can take the same batch. Output comes back in input order.
 """
 
 from __future__ import annotations
 
+import copy
 import re
 import time
-from dataclasses import dataclass
+from collections import deque
+from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator, Sequence
 
 from chatllm.engines.contract import Engine, text_stream
 from chatllm.errors import ChatllmError
 from chatllm.settings import Sampling
 from chatllm.tasks.text.chunking import units
+from chatllm.tasks.text.parallel_map import ordered_map
 from chatllm.tasks.translate import doc_structure as ds
+from chatllm.tasks.translate import subtitles
 from chatllm.tasks.translate.languages import LANGUAGES, Language, detect_source, parse_glossary, resolve_language
 from chatllm.tasks.translate.translation_checks import (
     CJK_SCRIPTS,
@@ -42,7 +51,7 @@ PLAIN_FIRST = True  # a part without placeholders first goes as one plain instru
 EXAMPLES = {("en", "zh"): ("The museum opens at nine, and children get in free.", "博物馆九点开门，儿童免费入场。"),
             ("zh", "en"): ("博物馆九点开门，儿童免费入场。", "The museum opens at nine, and children get in free.")}
 __all__ = ["LANGUAGES", "Language", "detect_source", "parse_glossary", "resolve_language", "TranslateOptions", "Part",
-           "Progress", "TranslationResult", "clean_reply", "problem_of", "pairs_kept", "Translator", "translate"]
+           "Line", "Progress", "TranslationResult", "clean_reply", "problem_of", "pairs_kept", "Translator", "translate"]
 
 @dataclass(frozen=True)
 class TranslateOptions:
@@ -54,6 +63,7 @@ class TranslateOptions:
     part_tokens: int = DEFAULT_PART_TOKENS
     max_tokens: int | None = None  # a hard cap on each part's reply
     context: bool = True  # send the previous part of the same unit and its translation along
+    line_mode: bool | None = None  # True: every line alone (--lines); False: never; None: line-oriented runs alone
 
 
 @dataclass
@@ -77,6 +87,34 @@ class Part:
                 "tokens": {"prompt": self.prompt_tokens, "completion": self.completion_tokens},
                 "retries": self.retries, "status": self.status, **({"problem": self.problem} if self.problem else {}),
                 **({"numbers_missing": list(self.numbers_missing)} if self.numbers_missing else {})}
+
+
+_RANK = {"verbatim": 0, "ok": 1, "repaired": 2, "failed": 3}
+
+
+@dataclass
+class Line:
+    """One input line and its translation (`--lines`): what the parts on it cost and how they ended."""
+
+    number: int
+    source: str
+    translation: str
+    parts: list[Part] = field(default_factory=list)
+
+    @property
+    def status(self) -> str:
+        """verbatim (nothing on the line to translate: empty, numbers, code), else the worst of its parts' status."""
+        return max((p.status for p in self.parts), key=_RANK.__getitem__, default="verbatim")
+
+    def as_dict(self) -> dict:
+        """The JSON-able fields."""
+        problem = next((p.problem for p in self.parts if p.problem), None)
+        missing = [n for p in self.parts for n in p.numbers_missing]
+        return {"line": self.number, "source": self.source, "translation": self.translation,
+                "tokens": {"prompt": sum(p.prompt_tokens for p in self.parts),
+                           "completion": sum(p.completion_tokens for p in self.parts)},
+                "retries": sum(p.retries for p in self.parts), "status": self.status,
+                **({"problem": problem} if problem else {}), **({"numbers_missing": missing} if missing else {})}
 
 
 @dataclass
@@ -105,10 +143,13 @@ class TranslationResult:
     completion_tokens: int = 0
     seconds: float = 0.0
     estimated: bool = False  # some token counts are chatllm's estimate (a chat server that has no tokenizer)
+    layout: str = "text"  # text | lines (--lines) | srt | vtt
+    lines_alone: int = 0  # lines translated on their own because their run read line by line (layout text)
 
     def as_dict(self) -> dict:
         """The JSON-able fields."""
-        return {"from": self.source, "to": self.target, "parts": self.parts, "retries": self.retries,
+        return {"from": self.source, "to": self.target, "layout": self.layout, "lines_alone": self.lines_alone,
+                "parts": self.parts, "retries": self.retries,
                 "failed": self.failed, "repaired": self.repaired, "prompt_tokens": self.prompt_tokens,
                 "completion_tokens": self.completion_tokens, "token_counts": "estimated" if self.estimated else "exact",
                 "seconds": round(self.seconds, 3)}
@@ -121,15 +162,19 @@ class Translator:
     """Translates documents (streams of text blocks) with one loaded engine."""
 
     def __init__(self, engine: Engine, sampling: Sampling, options: TranslateOptions,
-                 on_progress: Callable[[Progress], None] | None = None, warn: Callable[[str], None] | None = None):
+                 on_progress: Callable[[Progress], None] | None = None, warn: Callable[[str], None] | None = None,
+                 note: Callable[[str], None] | None = None, helpers: Sequence[Engine] = ()):
         self.engine = engine
         self.sampling = sampling.replace(think=False)  # a reasoning model translates without a trace
         self.options = options
         self.on_progress = on_progress
         self.warn = warn or (lambda message: None)
+        self.note = note or (lambda message: None)  # what the translator decided about the layout, for stderr
+        self.helpers = list(helpers)  # more engines (connections to a server) that translate units concurrently
         self.source = options.source
         self._result = TranslationResult()
         self._tokens = [0, 0]
+        self._estimated = False
         self._spans: list[str] = []
         self._context: tuple[str, str] | None = None
         self._verb = "into"
@@ -218,9 +263,7 @@ class Translator:
         finally:
             stream.close()
         stats = engine.last_stats
-        self._result.prompt_tokens += stats.prompt_tokens - stats.cached_tokens
-        self._result.completion_tokens += stats.completion_tokens
-        self._result.estimated |= stats.estimated
+        self._estimated |= stats.estimated
         self._tokens[0] += stats.prompt_tokens - stats.cached_tokens
         self._tokens[1] += stats.completion_tokens
         return reply, stats.finish_reason
@@ -302,13 +345,72 @@ class Translator:
             joined = re.sub(r"(?<=[\u3000-\u9fff\uff00-\uffef]) +| +(?=[\u3000-\u9fff\uff00-\uffef])", "", joined)
         return joined
 
+    def on_engine(self, engine: Engine) -> "Translator":
+        """A translator like this one on another engine (a worker of its own: an engine keeps per-call state)."""
+        twin = copy.copy(self)
+        twin.engine, twin.helpers = engine, []
+        twin._tokens, twin._spans, twin._context, twin._estimated = [0, 0], [], None, False
+        return twin
+
+    def translate_unit(self, unit: ds.Unit, line: int) -> tuple[str, list[Part], bool]:
+        """One unit: its rendered output, its parts (index 0: numbered by the caller) and whether counts are estimated."""
+        pieces = [p for p, _ in units(unit.text, self.engine.count_tokens, self.part_budget)]
+        self._spans = unit.spans
+        # Context only within a unit (a long paragraph's sentence parts): across paragraphs it did not help on TED
+        # talks (chrF 26.6 with, 26.7 without, 40% slower, one more failed part), nor across the lines of a
+        # one-sentence-a-line file (docs/BENCHMARKS_HISTORY.md, issue 35); so units are independent.
+        self._context = None
+        self._estimated = False
+        done, parts = [], []
+        for piece in pieces:
+            core = piece.strip()
+            self._tokens = [0, 0]
+            translation, retries, status, problem = self.translate_piece(core)
+            missing = tuple(numbers_missing(core, translation, self.options.target)) if status != "failed" else ()
+            done.append(translation)
+            parts.append(Part(0, line, ds.restore(core, unit.spans), ds.restore(translation, unit.spans),
+                              self._tokens[0], self._tokens[1], retries, status, problem, missing))
+        return ds.render(unit, self._join(done)), parts, self._estimated
+
+    def translate_units(self, jobs: Iterable[tuple[int, "str | ds.Unit"]]) -> Iterator[tuple[int, "str | ds.Unit", tuple]]:
+        """(line, item, result) for each (line, item) in order; units are translated by this translator and one per
+        helper engine at once (a verbatim string passes through with result ())."""
+        workers = [self] + [self.on_engine(engine) for engine in self.helpers]
+        for worker in workers[1:]:
+            worker.source = self.source
+
+        def run(worker: Translator, job: tuple[int, "str | ds.Unit"]) -> tuple[int, "str | ds.Unit", tuple]:
+            line, item = job
+            return (line, item, ()) if isinstance(item, str) else (line, item, worker.translate_unit(item, line))
+
+        return ordered_map(run, jobs, workers)
+
     def translate(self, blocks: Iterable[str], on_text: Callable[[str], None] | None = None,
                   on_part: Callable[[Part], None] | None = None, size_hint: int | None = None,
-                  keep_text: bool = True) -> TranslationResult:
-        """Translate a stream of text blocks; each finished piece of output goes to on_text, in order."""
+                  keep_text: bool = True, layout: str | None = None,
+                  on_line: Callable[[Line], None] | None = None) -> TranslationResult:
+        """Translate a stream of text blocks; each finished piece of output goes to on_text, in order.
+
+        layout: "srt" or "vtt" for subtitles, "text" for a document, None to recognise subtitles by their first
+        lines. on_line gets every input line with its translation, in order (meant for --lines, where line i of the
+        output is the translation of line i of the input).
+        """
         self._start = time.perf_counter()
         opts = self.options
-        items = ds.split_document(ds.lines_of(blocks))
+        source_lines: deque[str] = deque()
+        lines = _kept(ds.lines_of(blocks), source_lines) if on_line is not None else ds.lines_of(blocks)
+        head: list[str] = []
+        if layout is None:
+            for line in lines:
+                head.append(line)
+                if len([h for h in head if h.strip()]) >= subtitles.SNIFF_LINES:
+                    break
+            layout = subtitles.sniff(head) or "text"
+        lines = _chain(head, lines)
+        if layout in ("srt", "vtt"):
+            items = subtitles.split_subtitles(lines, opts.line_mode)
+        else:
+            items = ds.split_document(lines, opts.line_mode)
         held: list = []
         sample = ""
         for item in items:  # read a little ahead to detect the source language
@@ -320,50 +422,53 @@ class Translator:
         self.source = opts.source or detect_source(sample)
         if self.source is not None and self.source.code == opts.target.code:
             self.warn(f"the input already looks like {opts.target.name}; translating anyway")
-        self._result = res = TranslationResult(source=self.source.code if self.source else None, target=opts.target.code)
-        self._context = None
+        self._result = res = TranslationResult(source=self.source.code if self.source else None, target=opts.target.code,
+                                               layout="lines" if opts.line_mode and layout == "text" else layout)
         out: list[str] = []
-        line = 1
         chars = 0
+        tracker = _LineTracker(source_lines, on_line) if on_line is not None else None
 
         def emit(text: str) -> None:
             if keep_text:
                 out.append(text)
             if on_text is not None and text:
                 on_text(text)
+            if tracker is not None:
+                tracker.text(text)
 
-        for item in _chain(held, items):
+        for _, item, done in self.translate_units(_numbered(_chain(held, items))):
             if isinstance(item, str):
                 emit(item)
-                line += item.count("\n")
                 chars += len(item)
                 continue
-            pieces = [p for p, _ in units(item.text, self.engine.count_tokens, self.part_budget)]
-            self._spans = item.spans
-            # Context only within a unit (a long paragraph's sentence parts): across paragraphs it did not help on TED
-            # talks (chrF 26.6 with, 26.7 without, 40% slower, one more failed part; docs/BENCHMARKS.md).
-            self._context = None
-            done = []
-            for piece in pieces:
-                core = piece.strip()
-                self._tokens = [0, 0]
-                translation, retries, status, problem = self.translate_piece(core)
-                missing = tuple(numbers_missing(core, translation, opts.target)) if status != "failed" else ()
+            rendered, parts, estimated = done
+            if item.by_line:
+                if not res.lines_alone:
+                    self.note("one sentence or item a line: translating each line on its own "
+                              "(--no-lines joins the lines of a paragraph instead)")
+                res.lines_alone += 1
+            res.estimated |= estimated
+            for part in parts:
                 res.parts += 1
-                res.retries += retries
-                if status == "failed":
+                part.index = res.parts
+                res.retries += part.retries
+                res.prompt_tokens += part.prompt_tokens
+                res.completion_tokens += part.completion_tokens
+                if part.status == "failed":
                     res.failed += 1
-                    self.warn(f"line {line}: the translation of a part failed twice ({problem}); kept the source text")
-                elif status == "repaired":
+                    self.warn(f"line {part.line}: the translation of a part failed twice ({part.problem}); "
+                              "kept the source text")
+                elif part.status == "repaired":
                     res.repaired += 1
-                done.append(translation)
+                if tracker is not None:
+                    tracker.parts.append(part)
                 if on_part is not None:
-                    on_part(Part(res.parts, line, ds.restore(core, item.spans), ds.restore(translation, item.spans),
-                                 self._tokens[0], self._tokens[1], retries, status, problem, missing))
-            emit(ds.render(item, self._join(done)))
-            line += len(item.prefixes) - 1
+                    on_part(part)
+            emit(rendered)
             chars += len(item.source)
             self._report(res.parts, chars, size_hint)
+        if tracker is not None:
+            tracker.finish()
         res.text = "".join(out)
         res.seconds = time.perf_counter() - self._start
         return res
@@ -385,8 +490,53 @@ def _chain(head: list, rest: Iterator) -> Iterator:
     yield from rest
 
 
+def _kept(lines: Iterator[str], into: deque) -> Iterator[str]:
+    """The lines, each also put in `into` (the source lines the output lines are matched with)."""
+    for line in lines:
+        into.append(line)
+        yield line
+
+
+def _numbered(items: Iterable["str | ds.Unit"]) -> Iterator[tuple[int, "str | ds.Unit"]]:
+    """(the 1-based line an item starts on, the item)."""
+    line = 1
+    for item in items:
+        yield line, item
+        line += item.count("\n") if isinstance(item, str) else len(item.prefixes) - 1
+
+
+class _LineTracker:
+    """Matches output lines with source lines (one for one when nothing moves across lines) and their parts."""
+
+    def __init__(self, source: deque, on_line: Callable[[Line], None]):
+        self.source = source
+        self.on_line = on_line
+        self.parts: list[Part] = []
+        self.pending = ""
+        self.number = 0
+
+    def text(self, text: str) -> None:
+        """Output text as it goes out; every finished line is reported."""
+        self.pending += text
+        while "\n" in self.pending:
+            done, self.pending = self.pending.split("\n", 1)
+            self._line(done)
+
+    def _line(self, translation: str) -> None:
+        self.number += 1
+        source = self.source.popleft().rstrip("\n") if self.source else ""
+        self.on_line(Line(self.number, source, translation, self.parts))
+        self.parts = []
+
+    def finish(self) -> None:
+        """The last line, when the output does not end with a newline."""
+        if self.pending or self.parts:
+            self._line(self.pending)
+            self.pending = ""
+
+
 def translate(engine: Engine, blocks: Iterable[str], sampling: Sampling, options: TranslateOptions,
               on_text: Callable[[str], None] | None = None, **kw) -> TranslationResult:
     """Translate a stream of text blocks with a loaded engine (see Translator)."""
-    return Translator(engine, sampling, options, kw.pop("on_progress", None), kw.pop("warn", None)).translate(
-        blocks, on_text, **kw)
+    return Translator(engine, sampling, options, kw.pop("on_progress", None), kw.pop("warn", None),
+                      kw.pop("note", None), kw.pop("helpers", ())).translate(blocks, on_text, **kw)
