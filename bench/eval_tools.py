@@ -202,6 +202,27 @@ def lenient(reply: str) -> list[dict]:
     return [{c["name"]: c["arguments"] if isinstance(c["arguments"], dict) else {}} for c in lenient_calls(reply) or []]
 
 
+def grammar_speed(engine, items: list[tuple[str, dict]], max_tokens: int = 64) -> tuple[float, float]:
+    """Generation tok/s after the first token: calls held to the tools' grammar from the first token (tool_choice
+    required) against free decoding of the same prompts (the tools rendered, no grammar); alternated item by item."""
+    from chatllm.engines.chat_formats.tool_calls import ToolSpec, tools_to_json
+    from chatllm.engines.contract import complete
+    from chatllm.settings import Sampling
+
+    held, free = [], []
+    for _, row in items:
+        tools = [ToolSpec(t["function"]["name"], t["function"]["description"], t["function"]["parameters"])
+                 for t in tool_defs(row)]
+        prompt = engine.prompt_tokens(engine.render_chat(row["messages"], tools=tools))
+        base = Sampling(temperature=0, max_tokens=max_tokens, repeat_penalty=1.0)
+        for sampling, into in ((base.replace(tools=tools_to_json(tools), tool_choice="required"), held), (base, free)):
+            complete(engine, prompt, sampling)
+            stats = engine.last_stats
+            if stats.completion_tokens > 4:
+                into.append(stats.tokens_per_second)
+    return sum(held) / len(held), sum(free) / len(free)
+
+
 def main() -> None:
     """Score the methods per category and print (and keep) the table."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -213,6 +234,7 @@ def main() -> None:
     ap.add_argument("--extra", default="", help="more flags for `chatllm ask` (e.g. '--tool-choice required')")
     ap.add_argument("--json", type=Path, help="write every item's result here")
     ap.add_argument("--figures", help="write the figure rows to this JSON file")
+    ap.add_argument("--speed", type=int, default=0, help="also time N prompts with and without the tool grammar")
     args = ap.parse_args()
     methods = args.methods.split(",")
     engine = None
@@ -258,6 +280,14 @@ def main() -> None:
         print(f"| {method} | " + " | ".join(cells) + " |")
     if walls:
         print(f"chatllm: {sum(walls) / len(walls):.1f} s per item (process start and model load included)")
+    if args.speed:
+        from chatllm.engines.llamacpp.llamacpp_engine import LlamaCppEngine
+
+        engine = engine or LlamaCppEngine(os.path.expanduser(args.model), n_ctx=4096)
+        held, free = grammar_speed(engine, [("simple", r) for r in rows("simple", args.split, args.speed)])
+        print(f"decoding with the tool grammar: {held:.1f} tok/s, free: {free:.1f} tok/s, ratio {held / free:.2f}")
+        rows_out.append(figures.row("tools", "decoding tok/s with the tool grammar / free", held, "tok/s", reference=free,
+                                    reference_label="free decoding", target=">= 0.85", met=held / free >= 0.85))
     if args.json:
         args.json.write_text(json.dumps(details, ensure_ascii=False, indent=1))
     if args.figures:

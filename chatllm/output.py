@@ -254,6 +254,7 @@ class ThinkingView:
     it between <think> tags before the answer."""
 
     TAIL_LINES = 6
+    REDRAW_SECONDS = 0.1
 
     def __init__(self, out: Output, *, hide: bool = False, show_in_pipe: bool = False):
         self.out = out
@@ -263,6 +264,7 @@ class ThinkingView:
         self._trace = ""
         self._started: float | None = None
         self._folded = False
+        self._drawn = 0.0
         self._live: Any = None  # a rich Live, made at the first piece drawn
 
     def reasoning(self, text: str) -> None:
@@ -276,8 +278,9 @@ class ThinkingView:
         self._trace += text
         if self.to_stdout:
             self.out.write(text)
-        if self.live_on:
-            self._draw()
+        if self.live_on and time.perf_counter() - self._drawn >= self.REDRAW_SECONDS:
+            self._drawn = time.perf_counter()
+            self._draw()  # at most every REDRAW_SECONDS: drawing must not slow the reply it shows
 
     def _draw(self) -> None:
         from rich.live import Live

@@ -205,3 +205,29 @@ def test_llama_server_with_jinja_reads_the_reasoning_apart(cli_env, thinker):
         assert data["reasoning"] and data["text"] == ""  # SmolLM2 never closes the block: all of it is the trace
     finally:
         server.stop()
+
+
+@pytest.mark.parametrize("family", ["hermes", "qwen3", "llama3", "mistral", "generic"])
+@pytest.mark.parametrize("choice", ["auto", "required", "get_time"])
+def test_every_tool_grammar_compiles_in_llama_cpp(smollm_engine, family, choice):
+    from chatllm.engines.chat_formats.formats import NAMED
+    from chatllm.engines.chat_formats.tool_calls import ToolSpec
+    from chatllm.engines.llamacpp.grammar_sampling import GrammarSampler
+    from chatllm.engines.llamacpp.tool_grammar import tool_call_grammar
+    from chatllm.settings import Sampling
+
+    tools = [ToolSpec(t["function"]["name"], t["function"]["description"], t["function"]["parameters"]) for t in TOOLS]
+    spec = tool_call_grammar(tools, NAMED[family], choice)
+    assert spec is not None and spec.lazy == (choice == "auto")
+    sampler = smollm_engine._sampler(Sampling(temperature=0))
+    GrammarSampler(smollm_engine._vocab, spec.gbnf, sampler.sampler, smollm_engine.n_vocab, spec.triggers).close()
+    sampler.close()
+
+
+@pytest.fixture(scope="module")
+def smollm_engine(smollm_path):
+    from chatllm.engines.llamacpp.llamacpp_engine import LlamaCppEngine
+
+    engine = LlamaCppEngine(smollm_path, n_ctx=512)
+    yield engine
+    engine.close()
