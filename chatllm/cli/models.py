@@ -111,6 +111,7 @@ def show(
         "quantization": info.quantization,
         "chat_template": info.chat_template is not None,
         "chat_template_sha256": info.chat_template_hash,
+        **_format_fields(info.chat_template),
         "gguf_version": info.version,
         "tensors": info.tensor_count,
         "description": spec.description,
@@ -125,6 +126,16 @@ def show(
         _print_fields(out, shown)
 
     out.result(data, human)
+
+
+def _format_fields(template: Optional[str]) -> dict:
+    """How the model writes reasoning and tool calls, as its template says (nothing without a template)."""
+    if not template:
+        return {}
+    from chatllm.engines.chat_formats.formats import detect_format
+
+    fmt = detect_format(template)
+    return {"reasoning": fmt.reasoning, "tool_calls": fmt.tools + (" (its template's own)" if fmt.native_tools else "")}
 
 
 def _show_remote(spec, out: Output) -> None:
