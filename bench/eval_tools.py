@@ -51,6 +51,8 @@ def json_schema(node):
         return node
     out = {k: json_schema(v) for k, v in node.items() if k not in ("optional",)}
     kind = out.get("type")
+    if not isinstance(kind, str):  # a property named "type", not the keyword
+        return out
     if kind == "any":
         out.pop("type")
     elif kind in _TYPES:
