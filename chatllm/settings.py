@@ -14,6 +14,7 @@ DEFAULT_MODEL = "qwen2.5-1.5b"
 DEFAULT_CTX = 8192  # the context a model gets when neither --ctx nor the registry says otherwise (at most its own)
 DEVICES = ("auto", "cpu", "cuda", "metal")
 FLASH_ATTN = ("auto", "on", "off")
+DRAFT = ("auto", "off")  # drafts from the prompt: where they pay (llama.cpp engine), or never (the exact path)
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,7 @@ class Sampling:
     seed: int | None = None
     stop: tuple[str, ...] = ()
     json_schema: str | None = None  # compact JSON Schema text the answer must match (decoding is constrained to it)
+    draft: str = "auto"  # drafts from the prompt (speculative decoding): "auto" where they pay, "off" never
 
     def replace(self, **changes) -> "Sampling":
         """A copy with some values changed (None values are ignored)."""
@@ -111,6 +113,10 @@ def check_sampling(sampling: Sampling, name=flag_name, example=lambda label, val
             raise UsageError(f"{label} must be {span}, not {value}", f"for example {example(label, getattr(defaults, key))}")
     if sampling.seed is not None and (isinstance(sampling.seed, bool) or not isinstance(sampling.seed, int)):
         raise UsageError(f"{name('seed')} must be a whole number, not {sampling.seed!r}", f"for example {example(name('seed'), 7)}")
+    if sampling.draft not in DRAFT:
+        label = name("draft")
+        off = '"off"' if label.startswith("config") else "off"  # a TOML string needs its quotes
+        raise UsageError(f"{label} must be auto or off, not {sampling.draft!r}", f"for example {example(label, off)}")
     return sampling
 
 
@@ -209,6 +215,7 @@ SAMPLING_TYPES = {
     "repeat_penalty": ((int, float), "a number", "repeat_penalty = 1.1"),
     "seed": ((int,), "a whole number", "seed = 42"),
     "stop": ((list,), "a list of strings", 'stop = ["###"]'),
+    "draft": ((str,), '"auto" or "off"', 'draft = "off"'),
 }
 
 
@@ -282,10 +289,14 @@ def load_settings(
     cfg_sampling: dict = dict(cfg.get("sampling", {}))
     if "stop" in cfg_sampling:
         cfg_sampling["stop"] = tuple(cfg_sampling["stop"])
+    if isinstance(cfg_sampling.get("draft"), str):
+        cfg_sampling["draft"] = cfg_sampling["draft"].strip().lower()
     base = Sampling().replace(**cfg_sampling)
     flag_sampling: dict = {k: v for k, v in sampling.items() if v is not None}
     if "stop" in flag_sampling:
         flag_sampling["stop"] = tuple(flag_sampling["stop"]) or None
+    if isinstance(flag_sampling.get("draft"), str):
+        flag_sampling["draft"] = flag_sampling["draft"].strip().lower()
     for key in flag_sampling:
         if key not in SAMPLING_KEYS:
             raise TypeError(f"unknown sampling setting {key}")

@@ -11,6 +11,7 @@ from chatllm.cli.options import (
     ChatFormat,
     Ctx,
     Device,
+    Draft,
     GpuLayers,
     MaxTokens,
     Model,
@@ -111,7 +112,7 @@ def ask(
     model: Model = None, device: Device = None, gpu_layers: GpuLayers = None, ctx: Ctx = None, threads: Threads = None,
     chat_format: ChatFormat = None, offline: Offline = False, parallel: Parallel = None,
     max_tokens: MaxTokens = None, temperature: Temperature = None, top_p: TopP = None, top_k: TopK = None,
-    seed: Seed = None, stop: Stop = None,
+    seed: Seed = None, stop: Stop = None, draft: Draft = None,
 ) -> None:
     """Ask one question through the model's chat template; the answer streams to stdout."""
     sampling: dict[str, Any] = {key: cli.params[key] for key in SAMPLING_FLAGS}
@@ -171,7 +172,7 @@ def generate(
     model: Model = None, device: Device = None, gpu_layers: GpuLayers = None, ctx: Ctx = None, threads: Threads = None,
     chat_format: ChatFormat = None, offline: Offline = False,
     max_tokens: MaxTokens = None, temperature: Temperature = None, top_p: TopP = None, top_k: TopK = None,
-    seed: Seed = None, stop: Stop = None,
+    seed: Seed = None, stop: Stop = None, draft: Draft = None,
 ) -> None:
     """Continue raw text with no chat template (works with base models too)."""
     _check_one_schema(schema, schema_multi)

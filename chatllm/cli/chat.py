@@ -9,6 +9,7 @@ from chatllm.cli.options import (
     ChatFormat,
     Ctx,
     Device,
+    Draft,
     GpuLayers,
     MaxTokens,
     Model,
@@ -39,7 +40,7 @@ def chat(
     model: Model = None, device: Device = None, gpu_layers: GpuLayers = None, ctx: Ctx = None, threads: Threads = None,
     chat_format: ChatFormat = None, offline: Offline = False,
     max_tokens: MaxTokens = None, temperature: Temperature = None, top_p: TopP = None, top_k: TopK = None,
-    seed: Seed = None, stop: Stop = None, no_cache: NoCache = False,
+    seed: Seed = None, stop: Stop = None, draft: Draft = None, no_cache: NoCache = False,
 ) -> None:
     """Chat with a model: replies stream as they are written, and every exchange is saved.
 

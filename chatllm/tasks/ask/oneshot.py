@@ -34,21 +34,31 @@ class Answer:
             "tokens_per_second": round(s.tokens_per_second, 2),
             "first_token_seconds": round(s.first_token_seconds, 3),
             "finish_reason": s.finish_reason,
+            "drafted_tokens": s.drafted_tokens,
+            "accepted_tokens": s.accepted_tokens,
         }
 
 
 def ask(engine: Engine, message: str, sampling: Sampling, *, system: str | None = None,
         on_text: Callable[[str], None] | None = None, spec: JsonSpec | None = None) -> Answer:
     """Answer one message through the model's chat template; under a spec the answer is validated JSON (in data)."""
+    prompt, sampling = chat_prompt(engine, message, sampling, system=system, spec=spec)
+    answer = _run(engine, prompt, sampling, on_text, strip_leading=True)
+    return structured(answer, spec)
+
+
+def chat_prompt(engine: Engine, message: str, sampling: Sampling, *, system: str | None = None,
+                spec: JsonSpec | None = None) -> tuple[str, Sampling]:
+    """The prompt `ask` gives the engine for a message, and the sampling it runs with (a schema's grammar added)."""
     if spec is not None:  # the model is told what the grammar holds it to: small models fill fields far better
         system = f"{system}\n\n{spec.instruction()}" if system else spec.instruction()
         sampling = sampling.replace(json_schema=spec.wire_text)
     messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": message}]
-    answer = _run(engine, engine.render_chat(messages), sampling, on_text, strip_leading=True)
-    return _structured(answer, spec)
+    return engine.render_chat(messages), sampling
 
 
-def _structured(answer: Answer, spec: JsonSpec | None) -> Answer:
+def structured(answer: Answer, spec: JsonSpec | None) -> Answer:
+    """The answer with its validated JSON value in data when it was asked for under a spec (else unchanged)."""
     if spec is not None:
         answer.data = decode(spec, answer.text, answer.stats.finish_reason)
         answer.structured = True
@@ -61,7 +71,7 @@ def generate(engine: Engine, text: str, sampling: Sampling, *, on_text: Callable
     if spec is not None:
         sampling = sampling.replace(json_schema=spec.wire_text)
     answer = _run(engine, engine.prompt_tokens(text, special=False), sampling, on_text, strip_leading=False)
-    return _structured(answer, spec)
+    return structured(answer, spec)
 
 
 def _run(engine: Engine, prompt: str | list[int], sampling: Sampling, on_text: Callable[[str], None] | None,
