@@ -27,6 +27,7 @@ PRIOR_SLOPE = 0.6  # a decode of n tokens is guessed at 1 + PRIOR_SLOPE * (n - 1
 PRIOR_ACCEPT = (2.0, 1.0)  # pseudo-counts (accepted, rejected) behind a reply's acceptance before any evidence
 DECAY = 0.8  # the weight an older verify keeps at each new one: acceptance follows what the reply does now
 COST_EMA = 0.3  # how fast a measured decode time replaces the estimate
+SHADOW = 8  # tokens of an unverified draft checked against the reply (long enough to show copying, short to learn soon)
 
 
 class NgramIndex:
@@ -148,7 +149,7 @@ class Drafter:
         k = self._best_length(len(draft))
         if k == 0:
             if self._shadow is None:  # learn from it for free: what would the model have accepted?
-                self._shadow = _Shadow(draft)
+                self._shadow = _Shadow(draft[:SHADOW])
             return []
         self._shadow = None
         return draft[:k]
