@@ -371,6 +371,7 @@ class Summarizer:
         del held
         chunks = chunk_pieces(itertools.chain(drain(queue), pieces), count, target)
         jobs = (self._map_job(chunk, note_words, detected) for chunk in chunks)  # tokenized here, on the main engine
+        map_start = time.perf_counter()
         for chunk, note in self._map_notes(jobs):
             # A model that answers nothing (or only invents) still leaves the chunk represented: its opening, cut to size.
             notes.append(self._clean(note) or opening(chunk.text, count, self.note_reserve))
@@ -383,6 +384,7 @@ class Summarizer:
             fraction = min(0.95, chars_done / size_hint) if size_hint else 0.0
             self._report(Progress("map", done=res.chunks, total=total, fraction=fraction * 0.9))
         res.levels = 1
+        res.map_seconds = time.perf_counter() - map_start
         self._set_main()
         names = self._fit(e.name for e in self.main)
         self._keep(notes)
