@@ -136,3 +136,12 @@ def test_the_classify_cli_rows_keep_their_order_through_batches():
 def test_a_batch_item_says_where_it_belongs():
     item = BatchItem(3, "text", ["te", "xt"])
     assert item.index == 3 and item.error is None and item.stats.completion_tokens == 0
+
+
+def test_the_default_number_of_sequences_follows_the_cores_and_the_device():
+    from chatllm.engines.llamacpp.multi_sequence import default_parallel, shared_prefix
+
+    assert default_parallel(0, cores=2) == 4 and default_parallel(0, cores=1) == 2 and default_parallel(0, cores=16) == 8
+    assert default_parallel(-1, cores=2) == 16  # every layer on a GPU
+    assert shared_prefix([[1, 2, 3, 4], [1, 2, 5], [1, 2, 3]]) == [1, 2]
+    assert shared_prefix([[1, 2, 3], [1, 2, 3]]) == [1, 2]  # each keeps its last token to evaluate
