@@ -326,6 +326,8 @@ def summarize_section(run: Runner, models: list[str], runs: int, chars: int) -> 
                 chunks = record["chunks"]
         row = {"model": name, "chars": chars, "chunks": chunks, "map_p1": statistics.median(seconds["1"]),
                "map_default": statistics.median(seconds["default"])}
+        if not row["map_default"]:
+            raise SystemExit(f"{chars} characters fit one pass: no map phase to time (raise --book-chars)")
         row["speedup"] = row["map_p1"] / row["map_default"]
         out.append(row)
         log(f"[summarize] {name}: {row}  ({load()})")
