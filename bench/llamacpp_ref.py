@@ -1,7 +1,9 @@
 """Build the reference llama.cpp tools (llama-bench, llama-completion) from the sources llama-cpp-python vendors.
 
 The same build can also make `llama-server` (the tests of chatllm's remote engine run against it): pass
-`targets=SERVER_TARGETS` to ensure_built(), or `--server` on the command line.
+`targets=SERVER_TARGETS` to ensure_built(), or `--server` on the command line; and llama.cpp's own prompt-lookup
+decoding and batch bench (`llama-lookup`, `llama-batched-bench`: the references of bench/drafts_batches.py) with
+`targets=SPECULATIVE_TARGETS`, or `--speculative`.
 
 The installed llama-cpp-python's sdist carries `vendor/llama.cpp`; building that exact tree with the same build type
 (Release, native CPU flags, OpenMP: scikit-build-core's and llama.cpp's defaults) gives a reference that differs from
@@ -25,6 +27,7 @@ from pathlib import Path
 
 TARGETS = ("llama-bench", "llama-completion")
 SERVER_TARGETS = ("llama-server",)
+SPECULATIVE_TARGETS = ("llama-lookup", "llama-batched-bench", "llama-bench")
 
 
 def cache_dir() -> Path:
@@ -102,7 +105,8 @@ def ensure_built(cache: Path | None = None, jobs: int = 2, targets: tuple[str, .
         "-DCMAKE_BUILD_TYPE=Release",
         "-DLLAMA_CURL=OFF",
         "-DLLAMA_BUILD_TESTS=OFF",
-        "-DLLAMA_BUILD_EXAMPLES=OFF",
+        # examples/ holds llama-lookup; every other target builds without them.
+        f"-DLLAMA_BUILD_EXAMPLES={'ON' if 'llama-lookup' in targets else 'OFF'}",
         # The server only when asked for; one build tree, so a later server build reuses the compiled libraries.
         f"-DLLAMA_BUILD_SERVER={'ON' if 'llama-server' in targets else 'OFF'}",
         "-DLLAMA_BUILD_TOOLS=ON",
@@ -126,8 +130,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", "-j", type=int, default=2)
     parser.add_argument("--server", action="store_true", help="build llama-server instead of the bench tools")
+    parser.add_argument("--speculative", action="store_true", help="build llama-lookup and llama-batched-bench")
     args = parser.parse_args()
-    for name, path in ensure_built(jobs=args.jobs, targets=SERVER_TARGETS if args.server else TARGETS).items():
+    targets = SERVER_TARGETS if args.server else SPECULATIVE_TARGETS if args.speculative else TARGETS
+    for name, path in ensure_built(jobs=args.jobs, targets=targets).items():
         print(f"{name}\t{path}")
 
 

@@ -234,13 +234,16 @@ def short_model(name: str) -> str:
     return os.path.basename(name) if os.sep in name else name
 
 
-def format_stats(stats) -> str:
-    """`12 tokens, 85.3 tok/s, first token 0.21 s` for a GenerationStats."""
+def format_stats(stats, drafts: bool = True) -> str:
+    """`12 tokens, 85.3 tok/s, first token 0.21 s` for a GenerationStats (drafts: and how many drafted tokens held)."""
     estimated = getattr(stats, "estimated", False)  # a server without a tokenizer: chatllm's own estimate
     parts = [f"~{stats.completion_tokens} tokens (estimated)" if estimated else f"{stats.completion_tokens} tokens"]
     if stats.tokens_per_second:
         parts.append(f"{stats.tokens_per_second:.1f} tok/s")
     parts.append(f"first token {stats.first_token_seconds:.2f} s")
+    drafted = getattr(stats, "drafted_tokens", 0)
+    if drafted and drafts:
+        parts.append(f"{stats.accepted_tokens} of {drafted} drafted tokens accepted")
     if stats.finish_reason == "length":
         parts.append("stopped at --max-tokens")
     elif stats.finish_reason == "interrupted":

@@ -14,6 +14,7 @@ DEFAULT_MODEL = "qwen3-1.7b"
 DEFAULT_CTX = 8192  # the context a model gets when neither --ctx nor the registry says otherwise (at most its own)
 DEVICES = ("auto", "cpu", "cuda", "metal")
 FLASH_ATTN = ("auto", "on", "off")
+DRAFT = ("auto", "off")  # drafts from the prompt: where they pay (llama.cpp engine), or never (the exact path)
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,7 @@ class Sampling:
     tool_choice: str = "auto"  # auto | required | none | a tool's name
     think: bool | str | None = None  # a reasoning model thinks (True), not (False), with an effort (low...), or as it likes
     reasoning_budget: int | None = None  # after this many reasoning tokens the block is closed and the answer begins
+    draft: str = "auto"  # drafts from the prompt (speculative decoding): "auto" where they pay, "off" never
 
     def replace(self, **changes) -> "Sampling":
         """A copy with some values changed (None values are ignored)."""
@@ -123,6 +125,10 @@ def check_sampling(sampling: Sampling, name=flag_name, example=lambda label, val
     if sampling.think is not None and not isinstance(sampling.think, bool) and sampling.think not in THINK_EFFORTS:
         raise UsageError(f"{name('think')} must be on, off or an effort ({', '.join(THINK_EFFORTS)}), not {sampling.think!r}",
                          f"for example {example(name('think'), 'off')}")
+    if sampling.draft not in DRAFT:
+        label = name("draft")
+        off = '"off"' if label.startswith("config") else "off"  # a TOML string needs its quotes
+        raise UsageError(f"{label} must be auto or off, not {sampling.draft!r}", f"for example {example(label, off)}")
     return sampling
 
 
@@ -242,6 +248,7 @@ SAMPLING_TYPES = {
     "stop": ((list,), "a list of strings", 'stop = ["###"]'),
     "think": ((bool, str), 'true, false or an effort ("low", "medium", "high")', "think = false"),
     "reasoning_budget": ((int,), "a whole number", "reasoning_budget = 1024"),
+    "draft": ((str,), '"auto" or "off"', 'draft = "off"'),
 }
 
 
@@ -317,10 +324,14 @@ def load_settings(
         cfg_sampling["stop"] = tuple(cfg_sampling["stop"])
     if "think" in cfg_sampling:
         cfg_sampling["think"] = parse_think(cfg_sampling["think"], "config.toml: [sampling] think")
+    if isinstance(cfg_sampling.get("draft"), str):
+        cfg_sampling["draft"] = cfg_sampling["draft"].strip().lower()
     base = Sampling().replace(**cfg_sampling)
     flag_sampling: dict = {k: v for k, v in sampling.items() if v is not None}
     if "stop" in flag_sampling:
         flag_sampling["stop"] = tuple(flag_sampling["stop"]) or None
+    if isinstance(flag_sampling.get("draft"), str):
+        flag_sampling["draft"] = flag_sampling["draft"].strip().lower()
     for key in flag_sampling:
         if key not in SAMPLING_KEYS:
             raise TypeError(f"unknown sampling setting {key}")

@@ -302,3 +302,54 @@ class FakeEngine:
         # prompts themselves and an engine error must not pass for the task's own refusal.
         if n_tokens >= self.n_ctx:
             raise AssertionError(f"{n_tokens} tokens overflow the {self.n_ctx}-token window")
+
+
+class FakeBatchEngine(FakeEngine):
+    """A FakeEngine that also runs batches (BatchGeneration, BatchScoring): up to `parallel` prompts at a time, each
+    through the ordinary stream, finishing in reverse order within a group so tasks must restore the input order.
+    What the tests read besides: groups (the batch indices of each group), scored_batches (requests per score_batch)."""
+
+    def __init__(self, *, parallel: int = 3, **kw):
+        super().__init__(**kw)
+        self.parallel = parallel
+        self.groups: list[list[int]] = []
+        self.scored_batches: list[int] = []
+
+    def generate_batch(self, prompts, sampling, on_piece=None):
+        from chatllm.engines.contract import BatchItem
+        from chatllm.errors import ContextOverflowError
+
+        source = enumerate(prompts)
+        while True:
+            group = []
+            for index, prompt in source:
+                group.append((index, prompt))
+                if len(group) == self.parallel:
+                    break
+            if not group:
+                return
+            self.groups.append([i for i, _ in group])
+            done = []
+            for index, prompt in group:
+                pieces: list[str] = []
+                n = len(self._tokens_of(prompt))
+                if n >= self.n_ctx:  # as the real engine's batch: this item fails, the others run
+                    done.append(BatchItem(index, error=ContextOverflowError(n, self.n_ctx)))
+                    continue
+                try:
+                    stream = self.stream(prompt, sampling)
+                    for event in stream:
+                        pieces.append(event.text)
+                        if on_piece is not None and on_piece(index, event.text):
+                            stream.close()
+                            self.last_stats.finish_reason = "stop"
+                            break
+                except ChatllmError as err:
+                    done.append(BatchItem(index, error=err))
+                    continue
+                done.append(BatchItem(index, "".join(pieces), pieces, self.last_stats))
+            yield from reversed(done)
+
+    def score_batch(self, requests):
+        self.scored_batches.append(len(requests))
+        return [self.score_continuations(tokens, conts) for tokens, conts in requests]

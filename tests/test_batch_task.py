@@ -168,7 +168,7 @@ def run(tmp_path: Path, monkeypatch, lines: str, *, as_json=False, output=None, 
         engine: FakeEngine | None = None, suffix=".txt"):
     from chatllm.cli.ask_lines import run_batch
     engine = engine or FakeEngine(reply=lambda n: f"line one\nline {n}")
-    monkeypatch.setattr("chatllm.engines.loader.load_engine", lambda settings, out: engine)
+    monkeypatch.setattr("chatllm.engines.loader.load_engine", lambda settings, out, **kw: engine)
     src = tmp_path / f"in{suffix}"
     src.write_text(lines, encoding="utf-8")
     stdout, stderr = io.StringIO(), io.StringIO()
@@ -225,7 +225,7 @@ def test_resume_without_output_and_output_onto_the_input_are_usage_errors(tmp_pa
 
 
 def test_empty_input_fails_before_the_model_loads(tmp_path, monkeypatch):
-    def no_load(settings, out):
+    def no_load(settings, out, **kw):
         raise AssertionError("the model was loaded")
 
     monkeypatch.setattr("chatllm.engines.loader.load_engine", no_load)
@@ -240,7 +240,7 @@ def test_empty_input_fails_before_the_model_loads(tmp_path, monkeypatch):
 def test_a_terminal_stderr_gets_a_bar_and_a_summary_and_a_pipe_gets_neither(tmp_path, monkeypatch):
     from chatllm.cli.ask_lines import run_batch
 
-    monkeypatch.setattr("chatllm.engines.loader.load_engine", lambda settings, out: FakeEngine())
+    monkeypatch.setattr("chatllm.engines.loader.load_engine", lambda settings, out, **kw: FakeEngine())
     src, dest = tmp_path / "in.txt", tmp_path / "out.jsonl"
     src.write_text("a\nb\nc\n")
     for tty in (True, False):

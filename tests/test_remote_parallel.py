@@ -116,10 +116,12 @@ def test_translate_lines_in_parallel_keep_their_places(env4):
     assert same >= 0.5  # batched evaluation may round a near tie differently (78 % the same when written)
 
 
-def test_a_local_model_notes_that_parallel_is_ignored(cli_env):
+def test_a_local_model_takes_parallel_as_sequences_per_decode(cli_env):
     r = run_chatllm(["sentiment", "--lines", "--parallel", "3"], cli_env, input="Great fun.\nAwful.\n", timeout=120)
     assert r.returncode == 0, r.stderr
-    assert "--parallel 3 ignored: a local model" in r.stderr and len(r.stdout.splitlines()) == 2
+    assert "ignored" not in r.stderr and len(r.stdout.splitlines()) == 2
+    r = run_chatllm(["sentiment", "--lines", "--parallel", "64"], cli_env, input="Great fun.\n", timeout=120)
+    assert r.returncode == 2 and "use at most 63 with a local model" in r.stderr
 
 
 def test_a_server_killed_mid_batch_is_one_error_and_keeps_the_finished_rows(cli_env, smollm_path, tmp_path, monkeypatch):

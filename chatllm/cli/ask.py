@@ -11,6 +11,7 @@ from chatllm.cli.options import (
     ChatFormat,
     Ctx,
     Device,
+    Draft,
     GpuLayers,
     HideThinking,
     MaxTokens,
@@ -127,7 +128,7 @@ def ask(
     model: Model = None, device: Device = None, gpu_layers: GpuLayers = None, ctx: Ctx = None, threads: Threads = None,
     chat_format: ChatFormat = None, offline: Offline = False, parallel: Parallel = None,
     max_tokens: MaxTokens = None, temperature: Temperature = None, top_p: TopP = None, top_k: TopK = None,
-    seed: Seed = None, stop: Stop = None,
+    seed: Seed = None, stop: Stop = None, draft: Draft = None,
     think: Think = None, reasoning_effort: ReasoningEffort = None, reasoning_budget: ReasoningBudget = None,
     show_thinking: ShowThinking = False, hide_thinking: HideThinking = False,
 ) -> None:
@@ -193,7 +194,7 @@ def generate(
     model: Model = None, device: Device = None, gpu_layers: GpuLayers = None, ctx: Ctx = None, threads: Threads = None,
     chat_format: ChatFormat = None, offline: Offline = False,
     max_tokens: MaxTokens = None, temperature: Temperature = None, top_p: TopP = None, top_k: TopK = None,
-    seed: Seed = None, stop: Stop = None,
+    seed: Seed = None, stop: Stop = None, draft: Draft = None,
 ) -> None:
     """Continue raw text with no chat template (works with base models too)."""
     _check_one_schema(schema, schema_multi)

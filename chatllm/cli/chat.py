@@ -9,6 +9,7 @@ from chatllm.cli.options import (
     ChatFormat,
     Ctx,
     Device,
+    Draft,
     GpuLayers,
     HideThinking,
     MaxTokens,
@@ -44,7 +45,7 @@ def chat(
     model: Model = None, device: Device = None, gpu_layers: GpuLayers = None, ctx: Ctx = None, threads: Threads = None,
     chat_format: ChatFormat = None, offline: Offline = False,
     max_tokens: MaxTokens = None, temperature: Temperature = None, top_p: TopP = None, top_k: TopK = None,
-    seed: Seed = None, stop: Stop = None, no_cache: NoCache = False,
+    seed: Seed = None, stop: Stop = None, draft: Draft = None, no_cache: NoCache = False,
     think: Think = None, reasoning_effort: ReasoningEffort = None, reasoning_budget: ReasoningBudget = None,
     show_thinking: ShowThinking = False, hide_thinking: HideThinking = False,
 ) -> None:

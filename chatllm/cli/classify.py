@@ -157,7 +157,10 @@ def _run_lines(classifiers: "list[Classifier]", items: "Iterator[tuple[str, str 
     shown: set = set()
     start, done, failed, cut = time.perf_counter(), 0, 0, 0
     with out.progress("classifying", total=None) as bar:
-        results = ordered_map(lambda c, item: _classify_row(c, *item), items, classifiers)
+        if len(classifiers) == 1 and classifiers[0].batches:
+            results = _batched_rows(classifiers[0], items)
+        else:
+            results = ordered_map(lambda c, item: _classify_row(c, *item), items, classifiers)
         for number, result in enumerate(results, 1):
             if result.error:
                 failed += 1
@@ -174,6 +177,28 @@ def _run_lines(classifiers: "list[Classifier]", items: "Iterator[tuple[str, str 
         out.warn(f"{failed} of {done} lines could not be classified (marked `{ERROR_LABEL}` in their rows)")
     if out.err_tty:
         out.status(f"{done} items in {seconds:.1f} s, {done / seconds if seconds > 0 else 0:.1f} items/s")
+
+
+BATCH_ITEMS = 32  # lines scored per call when the engine batches: a few full decodes, rows out every second or so
+
+
+def _batched_rows(classifier: "Classifier", items: "Iterator[tuple[str, str | None]]") -> "Iterator[Result]":
+    """The lines' results in order, BATCH_ITEMS at a time through the engine's batches (many lines per decode)."""
+    import itertools
+
+    from chatllm.tasks.classify.classifier import Result
+
+    while True:
+        chunk = list(itertools.islice(items, BATCH_ITEMS))
+        if not chunk:
+            return
+        texts = [text for text, error in chunk if not error]
+        scored = iter(classifier.classify_many(texts))
+        for text, error in chunk:
+            result = Result(text=text, error=error) if error else next(scored)
+            if result.error == "empty text":
+                result.error = "empty line"
+            yield result
 
 
 def _classify_row(classifier: "Classifier", text: str, error: Optional[str]) -> "Result":

@@ -19,7 +19,7 @@ from chatllm.settings import Settings, load_settings
 if TYPE_CHECKING:
     from chatllm.engines.contract import Engine
 
-SAMPLING_FLAGS = ("max_tokens", "temperature", "top_p", "top_k", "seed", "stop", "think", "reasoning_budget")
+SAMPLING_FLAGS = ("max_tokens", "temperature", "top_p", "top_k", "seed", "stop", "think", "reasoning_budget", "draft")
 
 
 @dataclass(frozen=True)

@@ -12,8 +12,8 @@ def _model_opt(*decls: str, help: str):
     return typer.Option(*decls, help=help, rich_help_panel=PANEL_MODEL, show_default=False)
 
 
-def _sampling_opt(*decls: str, help: str):
-    return typer.Option(*decls, help=help, rich_help_panel=PANEL_SAMPLING, show_default=False)
+def _sampling_opt(*decls: str, help: str, metavar: str | None = None):
+    return typer.Option(*decls, help=help, rich_help_panel=PANEL_SAMPLING, show_default=False, metavar=metavar)
 
 
 Model = Annotated[Optional[str], _model_opt(
@@ -28,14 +28,19 @@ ChatFormat = Annotated[Optional[str], _model_opt(
     "--chat-format", help="Use a built-in chat format (chatml, llama-3, gemma, ...) instead of the GGUF's template")]
 Offline = Annotated[bool, _model_opt("--offline", help="Use only downloaded models [env HF_HUB_OFFLINE=1]")]
 Parallel = Annotated[Optional[int], _model_opt(
-    "--parallel", help="Requests at once to a server model (rows, lines, summary parts); a local model runs one "
-                       "[default: the entry's `parallel`, else 1]")]
+    "--parallel", help="Items at once (rows, lines, summary parts): sequences per decode on a local model, requests "
+                       "to a server; 1 is the exact one-at-a-time path [default: the entry's `parallel`, else 4 on a "
+                       "CPU with up to 2 cores, up to 8 with more, 16 on a GPU; 1 for a server]")]
 
 MaxTokens = Annotated[Optional[int], _sampling_opt("--max-tokens", "-n", help="Longest reply in tokens [default: 512]")]
 Temperature = Annotated[Optional[float], _sampling_opt("--temperature", "-t", help="0 is deterministic [default: 0.7]")]
 TopP = Annotated[Optional[float], _sampling_opt("--top-p", help="Nucleus sampling, in (0, 1] [default: 0.95]")]
 TopK = Annotated[Optional[int], _sampling_opt("--top-k", help="Top-k sampling, 0 for off [default: 40]")]
 Seed = Annotated[Optional[int], _sampling_opt("--seed", help="Random seed for reproducible sampling")]
+Draft = Annotated[Optional[str], _sampling_opt(
+    "--draft", metavar="auto|off",
+    help="Drafts from the prompt (speculative decoding): auto uses them where they pay; off is the exact path "
+         "[default: auto]")]
 Stop = Annotated[Optional[List[str]], _sampling_opt("--stop", help="Stop when this text appears (repeatable)")]
 PANEL_REASONING = "Reasoning models"
 

@@ -9,6 +9,7 @@ from chatllm.cli.options import (
     ChatFormat,
     Ctx,
     Device,
+    Draft,
     GpuLayers,
     MaxTokens,
     Model,
@@ -155,7 +156,7 @@ def summarize(
     model: Model = None, device: Device = None, gpu_layers: GpuLayers = None, ctx: Ctx = None, threads: Threads = None,
     chat_format: ChatFormat = None, offline: Offline = False, parallel: Parallel = None,
     max_tokens: MaxTokens = None, temperature: Temperature = None, top_p: TopP = None, top_k: TopK = None,
-    seed: Seed = None, stop: Stop = None,
+    seed: Seed = None, stop: Stop = None, draft: Draft = None,
 ) -> None:
     """Summarize files of any length: one pass when the text fits the context window, map-reduce beyond it."""
     context = command_context(cli)

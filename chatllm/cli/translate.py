@@ -17,6 +17,7 @@ from chatllm.cli.options import (
     ChatFormat,
     Ctx,
     Device,
+    Draft,
     GpuLayers,
     MaxTokens,
     Model,
@@ -91,7 +92,7 @@ def translate(
     model: Model = None, device: Device = None, gpu_layers: GpuLayers = None, ctx: Ctx = None, threads: Threads = None,
     chat_format: ChatFormat = None, offline: Offline = False,
     max_tokens: MaxTokens = None, temperature: Temperature = None, top_p: TopP = None, top_k: TopK = None,
-    seed: Seed = None, stop: Stop = None,
+    seed: Seed = None, stop: Stop = None, draft: Draft = None,
 ) -> None:
     """Translate files of any length, keeping their structure (markdown, code, tables, lines, subtitle timing)."""
     from chatllm.tasks.translate.translator import DEFAULT_TEMPERATURE

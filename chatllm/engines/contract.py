@@ -2,9 +2,11 @@
 
 `Engine` is the core every engine implements: tokenize and count, render a chat, stream a reply as typed events,
 stats, close. The capabilities are separate Protocols: `LabelScorer` (log-probabilities of continuations),
-`Embedder` (sentence vectors), `StateSnapshots` (the KV state as bytes) and `WarmStart` (saved states on disk, which
-the loader adds by wrapping an engine that has snapshots). A task that needs one asks for it with `require()`; an
-engine without it is a one-line error naming the engine and the capability, never a stub that returns nothing.
+`Embedder` (sentence vectors), `StateSnapshots` (the KV state as bytes), `WarmStart` (saved states on disk, which
+the loader adds by wrapping an engine that has snapshots), and `BatchGeneration` / `BatchScoring` (independent items
+through the model together, several sequences per decode: `batching()` says whether an engine runs them so). A task
+that needs one asks for it with `require()`; an engine without it is a one-line error naming the engine and the
+capability, never a stub that returns nothing.
 
 A reply streams as events: `Text` is the answer, `Reasoning` a thinking model's trace; more kinds (tool calls) are
 added beside them. A task that wants only the answer reads `text_stream(...)`, which passes text and skips any other
@@ -17,8 +19,8 @@ transcript whose turn markers are token ids of its own, so stream() reads the me
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Generator, Iterable, Protocol, Sequence, Union, runtime_checkable
+from dataclasses import dataclass, field
+from typing import Any, Callable, Generator, Iterable, Iterator, Protocol, Sequence, Union, runtime_checkable
 
 from chatllm.errors import ChatllmError
 from chatllm.settings import Sampling
@@ -210,6 +212,55 @@ class WarmStart(Protocol):
     def save_prefix(self, *, n_tokens: int | None = None, slot: str | None = None, extra: dict | None = None) -> bool:
         """Save the state's first n_tokens (all of it by default); a slot replaces that slot's older state."""
         ...
+
+
+@dataclass
+class BatchItem:
+    """One finished item of a batch: its place in the input, its text (and the pieces it streamed as), or its error."""
+
+    index: int
+    text: str = ""
+    pieces: list[str] = field(default_factory=list)
+    stats: GenerationStats = field(default_factory=GenerationStats)
+    error: ChatllmError | None = None  # the prompt could not run (too long for the window, empty): only this item failed
+
+
+@runtime_checkable
+class BatchGeneration(Protocol):
+    """Independent prompts generated together, several sequences per decode, a shared prefix evaluated once."""
+
+    parallel: int  # sequences decoded together; 1 runs one prompt at a time, exactly as stream() does
+
+    def generate_batch(self, prompts: Iterable[str | Sequence[int]], sampling: Sampling,
+                       on_piece: Callable[[int, str], bool] | None = None) -> Iterator[BatchItem]:
+        """Every prompt's reply, each yielded as it finishes (any order: BatchItem.index says which); the prompts are
+        read as room frees up. on_piece(index, text) sees each piece as it comes; True ends that item there."""
+        ...
+
+
+@runtime_checkable
+class BatchScoring(Protocol):
+    """Label scoring of many items per decode."""
+
+    parallel: int
+
+    def score_batch(self, requests: Sequence[tuple[Sequence[int], Sequence[Sequence[int]]]]) -> list[list[float]]:
+        """For each (prompt tokens, continuations): the continuations' log-probabilities, as score_continuations."""
+        ...
+
+
+def batching(engine: object) -> Any:
+    """The engine when it generates batches of items together (BatchGeneration with parallel > 1), else None."""
+    if isinstance(engine, BatchGeneration) and getattr(engine, "parallel", 1) > 1:
+        return engine
+    return None
+
+
+def batch_scoring(engine: object) -> Any:
+    """The engine when it scores batches of items together (BatchScoring with parallel > 1), else None."""
+    if isinstance(engine, BatchScoring) and getattr(engine, "parallel", 1) > 1:
+        return engine
+    return None
 
 
 class MissingCapability(ChatllmError):

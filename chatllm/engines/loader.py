@@ -32,8 +32,10 @@ def model_path(spec: ModelSpec, settings: Settings, out: Output) -> Path:
     return download.ensure_model(spec, settings, out)
 
 
-def load_engine(settings: Settings, out: Output, ref: str | None = None, *, embedding: bool = False) -> Engine:
-    """Resolve, fetch, check and load the model: the one model load of the process (embedding=True: for vectors)."""
+def load_engine(settings: Settings, out: Output, ref: str | None = None, *, embedding: bool = False,
+                parallel: int | None = 1) -> Engine:
+    """Resolve, fetch, check and load the model: the one model load of the process (embedding=True: for vectors);
+    a local model decodes up to `parallel` sequences together in batches (None: a default for the device)."""
     from chatllm.models.model_kinds import EMBED_CTX, check_model_kind, declared_pooling
 
     spec = resolve_spec(settings, ref)
@@ -63,19 +65,26 @@ def load_engine(settings: Settings, out: Output, ref: str | None = None, *, embe
         verbose=settings.verbose,
         name=spec.name,
         embedding=embedding,
+        parallel=1 if embedding else parallel,
     )
 
 
 def load_engines(settings: Settings, out: Output, parallel: int | None = None, *, spare: bool = False) -> list[Engine]:
     """One engine per concurrent worker: `parallel` (else the entry's `parallel`, else 1) connections to a server, one
-    more with `spare` when there are several (for the caller's own thread); a local model always gives one engine."""
+    more with `spare` when there are several (for the caller's own thread); a local model gives one engine that
+    decodes up to `parallel` sequences together (else the entry's, else a default for the device: BatchGeneration)."""
     if parallel is not None and not 1 <= parallel <= 256:
         raise UsageError(f"--parallel must be 1 to 256, not {parallel}", "for example --parallel 4 (the server's slots)")
     spec = resolve_spec(settings)
+    if not spec.is_remote:
+        from chatllm.engines.llamacpp.multi_sequence import MAX_SEQS
+
+        wanted_local = parallel or spec.parallel
+        if wanted_local is not None and wanted_local >= MAX_SEQS:
+            raise UsageError(f"--parallel {wanted_local} is more sequences than a local model decodes together",
+                             f"use at most {MAX_SEQS - 1} with a local model")
+        return [load_engine(settings, out, parallel=wanted_local)]
     wanted = parallel or spec.parallel or 1
-    if not spec.is_remote and wanted > 1:
-        out.warn(f"--parallel {wanted} ignored: a local model has one context and answers one request at a time; "
-                 f"run `chatllm serve --parallel {wanted}` and use its -m openai:URL#MODEL to work concurrently")
     engines = [load_engine(settings, out)]
     try:
         while spec.is_remote and len(engines) < wanted + (spare and wanted > 1):

@@ -19,7 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "/undo": ("", "drop the last exchange"),
     "/save": ("[FILE]", "save the conversation: markdown, or JSON when FILE ends in .json"),
     "/load": ("FILE", "load a conversation from a .md or .json file"),
-    "/set": ("[KEY VALUE]", "show or change sampling: temperature, top_p, top_k, max_tokens, seed, ..."),
+    "/set": ("[KEY VALUE]", "show or change sampling: temperature, top_p, top_k, max_tokens, seed, draft, ..."),
     "/stats": ("", "speed of the last reply, context use, sampling"),
     "/history": ("[N]", "list saved conversations (resume one with `chatllm chat --resume ID`)"),
 }
@@ -27,7 +27,7 @@ INPUT_HELP = 'Alt-Enter or a trailing \\ adds a line · """ starts a block · Ct
 SET_ALIASES = {"temp": "temperature", "max-tokens": "max_tokens", "top-p": "top_p", "top-k": "top_k",
                "min-p": "min_p", "repeat-penalty": "repeat_penalty", "n": "max_tokens", "budget": "reasoning_budget"}
 SETTABLE = ("temperature", "top_p", "top_k", "min_p", "repeat_penalty", "max_tokens", "seed", "stop", "think",
-            "reasoning_budget")
+            "reasoning_budget", "draft")
 
 
 def setting_name(key: str) -> str:
@@ -49,6 +49,9 @@ def parse_set(sampling: Sampling, key: str, value: str) -> Sampling:
     if key in ("seed", "reasoning_budget"):
         if value.lower() in ("none", "random", "-", "off"):
             return dataclasses.replace(sampling, seed=None) if key == "seed" else dataclasses.replace(sampling, reasoning_budget=None)
+    if key == "draft":
+        return check_sampling(dataclasses.replace(sampling, draft=value.lower()), name=lambda k: k,
+                              example=lambda label, v: f"/set {label} {v}")
     kind = int if key in ("top_k", "max_tokens", "seed", "reasoning_budget") else float
     try:
         number = kind(value)

@@ -309,8 +309,14 @@ class Repl:
         ]
         if conv.last_stats is not None:
             s = conv.last_stats
-            lines.append(f"last reply:   {format_stats(s)}; prompt {s.prompt_tokens} tokens, "
+            lines.append(f"last reply:   {format_stats(s, drafts=False)}; prompt {s.prompt_tokens} tokens, "
                          f"{s.cached_tokens} reused from the cache")
+            if s.drafted_tokens:
+                lines.append(f"drafts:       {s.accepted_tokens} of {s.drafted_tokens} tokens drafted from the "
+                             "conversation accepted")
+            else:
+                lines.append("drafts:       off (--draft off)" if conv.sampling.draft == "off" else
+                             "drafts:       none in the last reply (made only where it copies and they pay)")
         lines.append("sampling:     " + sampling_text(conv.sampling))
         self.out.line("\n".join(lines))
 

@@ -55,11 +55,12 @@ class GrammarSampler:
         self._one_data = (llama_cpp.llama_token_data * 1)()
         self._one = llama_cpp.llama_token_data_array(data=self._one_data, size=1, selected=-1, sorted=False)
 
-    def sample(self, ctx) -> int:
-        """The next token: the chain's choice if the grammar allows it, else the chain's choice among allowed ones."""
+    def sample(self, ctx, index: int = -1) -> int:
+        """The next token from the logits of batch position `index`: the chain's choice if the grammar allows it,
+        else the chain's choice among allowed ones."""
         import numpy as np
 
-        logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(ctx, -1), shape=(self._n_vocab,))
+        logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(ctx, index), shape=(self._n_vocab,))
         token = self._pick(logits, with_grammar=False)
         if not self._allowed(token):
             token = self._pick(logits, with_grammar=True)

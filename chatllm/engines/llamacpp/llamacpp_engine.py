@@ -11,7 +11,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Generator, Sequence
+from typing import Callable, Generator, Iterable, Iterator, Sequence
 
 import llama_cpp
 from llama_cpp import _internals as internals
@@ -19,13 +19,15 @@ from llama_cpp import llama_chat_format
 
 from chatllm.engines.chat_formats.formats import detect_format, format_named
 from chatllm.engines.chat_templates import ChatTemplate, check_fits
-from chatllm.engines.contract import GenerationStats
+from chatllm.engines.contract import BatchItem, Event, GenerationStats, Text
 from chatllm.engines.llamacpp.chat_replies import ChatRepliesMixin
 from chatllm.engines.llamacpp.cpu_buffers import drop_amx_buffer
 from chatllm.engines.llamacpp.devices import choose_gpu_layers, extra_buffers_safe
 from chatllm.engines.llamacpp.embedding_mode import EmbeddingMixin, embedding_params
 from chatllm.engines.llamacpp.flash_attn import choose_flash_attn
 from chatllm.engines.llamacpp.grammar_sampling import GrammarSampler, json_schema_grammar
+from chatllm.engines.llamacpp.multi_sequence import MAX_SEQS, default_parallel, generate_batch, score_batch
+from chatllm.engines.llamacpp.prompt_lookup import DecodeCosts, Drafter
 from chatllm.engines.llamacpp.steering import Steering
 from chatllm.engines.llamacpp.threads import default_threads
 from chatllm.engines.stop_strings import StopFilter
@@ -95,6 +97,7 @@ class LlamaCppEngine(EmbeddingMixin, ChatRepliesMixin):
         verbose: bool = False,
         name: str | None = None,
         embedding: bool = False,
+        parallel: int | None = 1,
     ):
         global _BACKEND_READY, _LOG_ECHO
         _LOG_ECHO = verbose
@@ -134,6 +137,12 @@ class LlamaCppEngine(EmbeddingMixin, ChatRepliesMixin):
             llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED if flash_attn else llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
         )
         ctx_params.no_perf = True
+        # Sequences decoded together by generate_batch/score_batch (None: chosen for the device); 1 keeps the context
+        # exactly as the plain path has always had it. Several share one unified KV cache of the same n_ctx cells.
+        self.parallel = max(1, min(parallel or default_parallel(self.gpu_layers), MAX_SEQS - 1))
+        if self.parallel > 1:
+            ctx_params.n_seq_max = MAX_SEQS
+            ctx_params.kv_unified = True
         embedding_params(ctx_params, wanted_ctx, embedding)  # with embedding: pooled vectors, not logits
         try:
             self._ctx = internals.LlamaContext(model=self._model, params=ctx_params, verbose=True)
@@ -162,6 +171,10 @@ class LlamaCppEngine(EmbeddingMixin, ChatRepliesMixin):
         self._template: ChatTemplate | None = None
         self._grammars: dict[str, str] = {}
         self.last_stats = GenerationStats()
+        self._costs = DecodeCosts()  # what decodes of 1..17 tokens cost here: whether drafts pay
+        # Drafts are verified by cutting the KV cache back past the rejected ones, which a recurrent state cannot do.
+        model_ptr = self._model.model
+        self.can_draft = not (llama_cpp.llama_model_is_recurrent(model_ptr) or llama_cpp.llama_model_is_hybrid(model_ptr))
 
     # -- tokens ---------------------------------------------------------------------------------
 
@@ -318,19 +331,26 @@ class LlamaCppEngine(EmbeddingMixin, ChatRepliesMixin):
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         stops = StopFilter(sampling.stop)
         ctx, smpl, vocab = self._ctx.ctx, sampler.sampler, self._vocab
-        try:
-            for _ in range(max_tokens):
-                if constrained is None and (spec := steer.grammar_due()) is not None:
-                    constrained = GrammarSampler(self._vocab, spec.gbnf, smpl, self.n_vocab, spec.triggers)
-                token = steer.forced()
-                if token is not None:
-                    if constrained:
-                        constrained.accept(token)
-                    else:
-                        llama_cpp.llama_sampler_accept(smpl, token)
+
+        def pick(i: int) -> int:  # called once per reply token, in order, drafts included: `steer` sees every one
+            nonlocal constrained
+            if constrained is None and (spec := steer.grammar_due()) is not None:
+                constrained = GrammarSampler(self._vocab, spec.gbnf, smpl, self.n_vocab, spec.triggers)
+            token = steer.forced()
+            if token is not None:
+                if constrained:
+                    constrained.accept(token)
                 else:
-                    token = constrained.sample(ctx) if constrained else llama_cpp.llama_sampler_sample(smpl, ctx, -1)
-                steer.on_token(token)
+                    llama_cpp.llama_sampler_accept(smpl, token)
+            else:
+                token = constrained.sample(ctx, i) if constrained else llama_cpp.llama_sampler_sample(smpl, ctx, i)
+            steer.on_token(token)
+            return token
+
+        drafter = Drafter(tokens, self._costs) if sampling.draft == "auto" and self.can_draft else None
+        produced = self._produce(pick, drafter, stats, max_tokens)
+        try:
+            for token in produced:
                 if llama_cpp.llama_vocab_is_eog(vocab, token):
                     stats.finish_reason = "stop"
                     break
@@ -345,8 +365,6 @@ class LlamaCppEngine(EmbeddingMixin, ChatRepliesMixin):
                     break
                 if len(self._tokens) + 1 >= self.n_ctx or stats.completion_tokens >= max_tokens:
                     break  # the last token's logits are never used: skip its decode (a next prompt re-feeds it)
-                self._decode((token,), len(self._tokens), 0)
-                self._tokens.append(token)
             tail = stops.feed(decoder.decode(b"", final=True)) if not stops.stopped else ""
             tail += stops.flush() if not stops.stopped else ""
             if tail:
@@ -355,10 +373,50 @@ class LlamaCppEngine(EmbeddingMixin, ChatRepliesMixin):
             stats.finish_reason = "interrupted"
             raise
         finally:
+            produced.close()
             stats.seconds = time.perf_counter() - start
             if constrained:
                 constrained.close()
             sampler.close()
+
+    def _produce(self, pick: Callable[[int], int], drafter: Drafter | None, stats: GenerationStats,
+                 max_tokens: int) -> Generator[int, None, None]:
+        """The reply's tokens as sampled, each decoded once the consumer asks for the next (the KV cache holds every
+        token yielded but the last). With a drafter, a step may verify drafted tokens with it in one batch: each
+        position's token is drawn from that position's logits with the same sampler and random stream as a plain
+        step, and a draft counts only as far as it equals what was drawn (a grammar's veto included)."""
+        mem = self._ctx.memory
+        token = pick(-1)
+        try:
+            while True:
+                yield token
+                pos = len(self._tokens)
+                draft: list[int] = []
+                if drafter is not None:
+                    drafter.push(token)
+                    draft = drafter.propose(min(self.n_ctx - pos - 2, max_tokens - stats.completion_tokens - 1))
+                began = time.perf_counter()
+                self._decode((token, *draft), pos, 0)
+                if drafter is not None:
+                    self._costs.add(1 + len(draft), time.perf_counter() - began)
+                self._tokens.append(token)
+                token = pick(0)
+                if not draft:
+                    continue
+                stats.drafted_tokens += len(draft)
+                accepted = 0
+                while accepted < len(draft) and token == draft[accepted]:
+                    accepted += 1
+                    stats.accepted_tokens += 1
+                    yield token
+                    drafter.push(token)  # type: ignore[union-attr]  # a draft implies a drafter
+                    self._tokens.append(token)
+                    token = pick(accepted)
+                drafter.verified(len(draft), accepted)  # type: ignore[union-attr]
+                if accepted < len(draft):
+                    llama_cpp.llama_memory_seq_rm(mem, 0, len(self._tokens), -1)
+        finally:  # the consumer stopped: drafted tokens it never took leave the cache
+            llama_cpp.llama_memory_seq_rm(mem, 0, len(self._tokens), -1)
 
     def score_continuations(self, prefix: str | Sequence[int], continuations: Sequence[Sequence[int]]) -> list[float]:
         """Log-probability of each token sequence following the prefix (the prefix stays cached)."""
@@ -390,6 +448,15 @@ class LlamaCppEngine(EmbeddingMixin, ChatRepliesMixin):
         logits = np.ctypeslib.as_array(ptr, shape=(self.n_vocab,)).astype(np.float64)
         m = logits.max()
         return logits - (m + math.log(np.exp(logits - m).sum()))
+
+    def generate_batch(self, prompts: Iterable[str | Sequence[int]], sampling: Sampling,
+                       on_piece: Callable[[int, str], bool] | None = None) -> Iterator[BatchItem]:
+        """Replies to many prompts, `parallel` sequences per decode, each yielded as it finishes (multi_sequence.py)."""
+        return generate_batch(self, prompts, sampling, on_piece)
+
+    def score_batch(self, requests: Sequence[tuple[Sequence[int], Sequence[Sequence[int]]]]) -> list[list[float]]:
+        """score_continuations for many (tokens, continuations) requests, several per decode (multi_sequence.py)."""
+        return score_batch(self, requests)
 
     def state_key(self) -> dict | None:
         """What a saved KV state depends on; the model file is named by path here (the cache adds its sha256)."""

@@ -3,9 +3,10 @@ several connections to one server), and the ids an earlier run already wrote (fo
 
 The engine's KV cache keeps the longest common token prefix of consecutive prompts, so a shared system prompt and
 an instruction composed before each row's text are evaluated once: each row costs only its own tokens (a server
-does the same per slot, with cache_prompt). That shared prefix is also saved on disk (a WarmStart engine), so the
-next batch with the same instruction starts warm; a batch whose rows share no more than the chat template's own
-header saves nothing.
+does the same per slot, with cache_prompt). An engine that batches (BatchGeneration, --parallel N > 1 on a local
+model) runs N rows together, one sequence each, in the same decodes; their answers still come out in input order.
+That shared prefix is also saved on disk (a WarmStart engine), so the next batch with the same instruction starts
+warm; a batch whose rows share no more than the chat template's own header saves nothing.
 """
 
 from __future__ import annotations
@@ -17,12 +18,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
-from chatllm.engines.contract import Engine, GenerationStats, WarmStart
+from chatllm.engines.contract import BatchGeneration, BatchItem, Engine, GenerationStats, WarmStart, batching
 from chatllm.errors import ChatllmError, EngineUnavailable, NoChatTemplateError, UsageError
 from chatllm.settings import Sampling
-from chatllm.tasks.ask.oneshot import Answer, ask
+from chatllm.tasks.ask.oneshot import Answer, ask, chat_prompt, structured
 from chatllm.tasks.ask.structured_output import JsonSpec
-from chatllm.tasks.text.parallel_map import ordered_map
+from chatllm.tasks.text.parallel_map import in_input_order, ordered_map
 
 # Row texts that begin with characters of different kinds: what their prompts share is what every row's prompt shares
 # (whitespace before a row's text tokenizes by what follows it: "\n\n" is one token before "4", two before "Good"),
@@ -134,9 +135,10 @@ def _json_row(line: str, number: int) -> Row:
 
 def run_rows(engine: Engine, rows: Iterable[Row], sampling: Sampling, *, compose: Callable[[str], str],
              system: str | None = None, spec: JsonSpec | None = None, workers: Sequence[Engine] = ()) -> Iterator[RowResult]:
-    """Answer the rows in input order, on `engine` or concurrently on `workers` (one thread each); a failed row
-    carries its error and the batch goes on, but an unreachable engine stops it (rows before it are all yielded).
-    An engine with warm starts restores the rows' shared prefix from disk, or saves it (for the next batch) at the end."""
+    """Answer the rows in input order, on `engine` (several rows per decode when it batches) or concurrently on
+    `workers` (one thread each); a failed row carries its error and the batch goes on, but an unreachable engine
+    stops it (rows before it are all yielded). An engine with warm starts restores the rows' shared prefix from
+    disk, or saves it (for the next batch) at the end."""
     if not engine.has_chat_template:  # would fail every row alike: once, up front
         raise NoChatTemplateError(engine.name)
     pending: list[int] | None = None
@@ -149,8 +151,15 @@ def run_rows(engine: Engine, rows: Iterable[Row], sampling: Sampling, *, compose
     def one(worker: Engine, row: Row) -> RowResult:
         return answer_row(worker, row, sampling, compose=compose, system=system, spec=spec)
 
+    # A reasoning model's batch would carry its trace in the text and its grammar from the first token: one at a time
+    thinking = getattr(engine, "thinks", False) and sampling.think is not False
+    batcher = batching(engine) if len(workers) <= 1 and not thinking else None
+    if batcher is not None:
+        results = batched_rows(batcher, rows, sampling, compose=compose, system=system, spec=spec)
+    else:
+        results = ordered_map(one, rows, list(workers) or [engine])
     last = None
-    for last in ordered_map(one, rows, list(workers) or [engine]):
+    for last in results:
         yield last
     # Saved after the last row, not the first: cutting the engine's cache back to the prefix would cost the next row
     # the tokens it shares with the one before. Only when that row's prompt began with the prefix.
@@ -200,6 +209,58 @@ def answer_row(engine: Engine, row: Row, sampling: Sampling, *, compose: Callabl
         stats = engine.last_stats if engine.last_stats is not before else None
         return RowResult(row, error=err.message, stats=stats)
     return RowResult(row, answer, stats=answer.stats)
+
+
+def batched_rows(engine: BatchGeneration, rows: Iterable[Row], sampling: Sampling, *, compose: Callable[[str], str],
+                 system: str | None = None, spec: JsonSpec | None = None) -> Iterator[RowResult]:
+    """The rows through the engine's own batches (BatchGeneration): the prompts `ask` would give, several answered
+    per decode, results in input order, each as soon as it and every row before it are done."""
+    seen: list[Row] = []  # every row read, by input position
+    running: list[int] = []  # the input position of each prompt handed to the engine, by its batch index
+    early: list[tuple[int, RowResult]] = []  # rows that never reach the engine (their own error), with their position
+    run_sampling = sampling.replace(json_schema=spec.wire_text) if spec is not None else sampling
+
+    def prompts() -> Iterator[str]:
+        for row in rows:
+            seen.append(row)
+            if row.error is not None:
+                early.append((len(seen) - 1, RowResult(row, error=row.error)))
+                continue
+            try:
+                prompt, _ = chat_prompt(engine, compose(row.prompt), sampling,  # type: ignore[arg-type]
+                                        system=row.system if row.system is not None else system, spec=spec)
+            except UsageError:
+                raise
+            except ChatllmError as err:  # the template refuses this row's messages: the row's own error
+                early.append((len(seen) - 1, RowResult(row, error=err.message)))
+                continue
+            running.append(len(seen) - 1)
+            yield prompt
+
+    def finished() -> Iterator[tuple[int, RowResult]]:
+        for item in engine.generate_batch(prompts(), run_sampling):
+            yield from early
+            early.clear()
+            position = running[item.index]
+            yield position, _row_result(engine, seen[position], item, spec)
+        yield from early
+
+    for _, result in in_input_order(finished(), index=lambda pair: pair[0]):
+        yield result
+
+
+def _row_result(engine: BatchGeneration, row: Row, item: BatchItem, spec: JsonSpec | None) -> RowResult:
+    """A finished batch item as the row's result: the answer `ask` would give, or the row's error."""
+    if item.error is not None:
+        return RowResult(row, error=item.error.message, stats=item.stats if item.stats.completion_tokens else None)
+    answer = Answer(getattr(engine, "name", ""), item.text.lstrip(), item.stats)
+    try:
+        answer = structured(answer, spec)
+    except (UsageError, EngineUnavailable):
+        raise
+    except ChatllmError as err:
+        return RowResult(row, error=err.message, stats=item.stats)
+    return RowResult(row, answer, stats=item.stats)
 
 
 # -- resuming -------------------------------------------------------------------------------------

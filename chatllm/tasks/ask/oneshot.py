@@ -47,6 +47,8 @@ class Answer:
             "tokens_per_second": round(s.tokens_per_second, 2),
             "first_token_seconds": round(s.first_token_seconds, 3),
             "finish_reason": s.finish_reason,
+            "drafted_tokens": s.drafted_tokens,
+            "accepted_tokens": s.accepted_tokens,
         }
         if s.reasoning_tokens:
             record.update(reasoning_tokens=s.reasoning_tokens, reasoning_seconds=round(s.reasoning_seconds, 3))
@@ -63,26 +65,37 @@ def ask(engine: Engine, message: str, sampling: Sampling, *, system: str | None 
         tools: Sequence[ToolSpec] = (), on_reasoning: Callable[[str], None] | None = None) -> Answer:
     """Answer one message through the model's chat template; under a spec the answer is validated JSON (in data);
     with tools, the model may call them instead (the calls are returned, nothing runs)."""
-    if spec is not None:  # the model is told what the grammar holds it to: small models fill fields far better
-        system = f"{system}\n\n{spec.instruction()}" if system else spec.instruction()
-        sampling = sampling.replace(json_schema=spec.wire_text)
-    messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": message}]
     decision = None
     if tools and sampling.tool_choice == "auto":  # whether to call is decided apart from writing the call
-        decision = CallDecision(engine).decide(messages, tools, sampling.think)
+        decision = CallDecision(engine).decide(_messages(message, system, spec), tools, sampling.think)
         if decision is not None:
             sampling = sampling.replace(tool_choice="required" if decision else "none")
-    if tools:
-        sampling = sampling.replace(tools=tools_to_json(tools))
-    offered = list(tools) if tools and sampling.tool_choice != "none" else None
-    prompt = engine.render_chat(messages, tools=offered, think=sampling.think)
+    prompt, sampling = chat_prompt(engine, message, sampling, system=system, spec=spec, tools=tools)
     answer = _run(engine, prompt, sampling, on_text, on_reasoning, strip_leading=True)
     answer.tools_offered = bool(tools)
     answer.tool_decision = None if decision is None else ("call" if decision else "answer")
-    return _structured(answer, spec)
+    return structured(answer, spec)
 
 
-def _structured(answer: Answer, spec: JsonSpec | None) -> Answer:
+def chat_prompt(engine: Engine, message: str, sampling: Sampling, *, system: str | None = None,
+                spec: JsonSpec | None = None, tools: Sequence[ToolSpec] = ()) -> tuple[str, Sampling]:
+    """The prompt `ask` gives the engine for a message, and the sampling it runs with (a schema's grammar added)."""
+    if spec is not None:
+        sampling = sampling.replace(json_schema=spec.wire_text)
+    if tools:
+        sampling = sampling.replace(tools=tools_to_json(tools))
+    offered = list(tools) if tools and sampling.tool_choice != "none" else None
+    return engine.render_chat(_messages(message, system, spec), tools=offered, think=sampling.think), sampling
+
+
+def _messages(message: str, system: str | None, spec: JsonSpec | None) -> list[dict]:
+    if spec is not None:  # the model is told what the grammar holds it to: small models fill fields far better
+        system = f"{system}\n\n{spec.instruction()}" if system else spec.instruction()
+    return ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": message}]
+
+
+def structured(answer: Answer, spec: JsonSpec | None) -> Answer:
+    """The answer with its validated JSON value in data when it was asked for under a spec (else unchanged)."""
     if spec is not None:
         answer.data = decode(spec, answer.text, answer.stats.finish_reason)
         answer.structured = True
@@ -95,7 +108,7 @@ def generate(engine: Engine, text: str, sampling: Sampling, *, on_text: Callable
     if spec is not None:
         sampling = sampling.replace(json_schema=spec.wire_text)
     answer = _run(engine, engine.prompt_tokens(text, special=False), sampling, on_text, None, strip_leading=False)
-    return _structured(answer, spec)
+    return structured(answer, spec)
 
 
 def _run(engine: Engine, prompt: str | list[int], sampling: Sampling, on_text: Callable[[str], None] | None,

@@ -16,7 +16,7 @@ from chatllm.errors import ChatllmError, UsageError
 
 KEYS = ("prompt", "system", "schema", "schema_multi", "model", "sampling")
 # The sampling keys a template may hold: those `ask` takes as flags (min_p and repeat_penalty live in config.toml).
-TEMPLATE_SAMPLING = ("max_tokens", "temperature", "top_p", "top_k", "seed", "stop")
+TEMPLATE_SAMPLING = ("max_tokens", "temperature", "top_p", "top_k", "seed", "stop", "draft")
 _NAME = re.compile(r"(?!\.)[\w.-]{1,100}")
 _STRING_TYPES = {"prompt": "a string", "system": "a string", "schema": "a string", "model": "a string"}
 _SHORT_ESCAPES = {"\\": "\\\\", '"': '\\"', "\b": "\\b", "\t": "\\t", "\n": "\\n", "\f": "\\f", "\r": "\\r"}

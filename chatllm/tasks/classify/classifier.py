@@ -1,8 +1,9 @@
 """Label scoring for `sentiment` and `classify`: each label's probability as the model's own next tokens.
 
 The instruction and the few-shot examples form a prefix that stays in the engine's KV cache, so an item costs only
-its own tokens. Labels of several tokens are scored as whole sequences; the model's bias toward some labels is
-removed by contextual calibration (the label probabilities given a content-free input divide the item's).
+its own tokens; an engine that batches (BatchScoring) evaluates many items per decode (`classify_many`). Labels of
+several tokens are scored as whole sequences; the model's bias toward some labels is removed by contextual
+calibration (the label probabilities given a content-free input divide the item's).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Sequence
 
-from chatllm.engines.contract import Engine, WarmStart, as_label_scorer
+from chatllm.engines.contract import Engine, WarmStart, as_label_scorer, batch_scoring
 from chatllm.errors import ContextOverflowError, UsageError
 from chatllm.tasks.classify.fewshot import Example
 from chatllm.tasks.classify.presets import Preset, choose
@@ -296,6 +297,35 @@ class Classifier:
         lang = detect_language(line) if self.lang == "auto" else self.lang
         prompt = self._prompt(lang)
         logps, truncated = self._raw_scores(prompt, line)
+        return self._result(text, lang, prompt, logps, truncated)
+
+    @property
+    def batches(self) -> bool:
+        """True when the engine scores many items per decode (classify_many pays)."""
+        return batch_scoring(self.engine) is not None
+
+    def classify_many(self, texts: Sequence[str]) -> list[Result]:
+        """Results for several texts, in order: scored together, many per decode, when the engine batches."""
+        scorer = batch_scoring(self.engine)
+        if scorer is None:
+            return [self.classify(text) for text in texts]
+        results: list[Result | None] = [None] * len(texts)
+        groups: dict[str, list[tuple[int, str]]] = {}  # by language: the items of one prompt share its prefix
+        for i, text in enumerate(texts):
+            line = clean(text)
+            if not line:
+                results[i] = Result(text=text, error="empty text")
+                continue
+            groups.setdefault(detect_language(line) if self.lang == "auto" else self.lang, []).append((i, line))
+        for lang, members in groups.items():
+            prompt = self._prompt(lang)
+            items = [self._item_tokens(prompt, line) for _, line in members]
+            scores = scorer.score_batch([(prompt.prefix + tokens, prompt.continuations) for tokens, _ in items])
+            for (i, _), (_, truncated), logps in zip(members, items, scores):
+                results[i] = self._result(texts[i], lang, prompt, _log_normalize(logps), truncated)
+        return [r for r in results if r is not None]
+
+    def _result(self, text: str, lang: str, prompt: _Prompt, logps: list[float], truncated: bool) -> Result:
         if prompt.bias is not None:
             logps = [lp - b for lp, b in zip(logps, prompt.bias)]
         probs = _softmax(logps)

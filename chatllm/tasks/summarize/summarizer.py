@@ -18,7 +18,7 @@ import threading
 import time
 from typing import Callable, Iterable, Iterator, Sequence
 
-from chatllm.engines.contract import Engine, text_stream
+from chatllm.engines.contract import Engine, GenerationStats, batching, text_stream
 from chatllm.errors import ChatllmError
 from chatllm.settings import Sampling
 from chatllm.tasks.summarize.names.entities import EntityTracker
@@ -49,7 +49,7 @@ from chatllm.tasks.summarize.summary_prompts import (
     user_message,
 )
 from chatllm.tasks.text.chunking import chunk_pieces, drain, drop_gutenberg_frame, opening, pieces_from_blocks
-from chatllm.tasks.text.parallel_map import ordered_map
+from chatllm.tasks.text.parallel_map import in_input_order, ordered_map
 from chatllm.tasks.text.text_rules import boundary_after, guess_language, sentence_end
 
 SLACK = 48  # room for template tokens that differ between the measured and the real prompt, and join effects
@@ -223,44 +223,22 @@ class Summarizer:
         engine = engine or self.engine
         # Only the final pass streams (on_text); every other call writes notes, with the notes' sampling.
         sampling = (self.sampling if on_text is not None else self.note_sampling).replace(max_tokens=max_tokens)
-        parts: list[str] = []  # what went out, the lead joined to the first piece
-        text = lead  # the reply so far, the lead included
+        reply = _Reply(lead, one_sentence, on_text)
         stream = text_stream(engine.stream(tokens, sampling))
-        cut = False
-        soft_from = None  # where in the text the soft limit was reached
         try:
             for piece in stream:
-                if not parts and not lead:
-                    piece = piece.lstrip()
-                    if not piece:
-                        continue
-                if soft_tokens is not None and soft_from is None and engine.last_stats.completion_tokens > soft_tokens:
-                    soft_from = len(text)
-                end = None
-                whole = text + piece
-                rule = whole.find(RULE, max(0, len(text) - len(RULE)))
-                if rule >= 0:  # the model copies the prompt's separator: what follows is no longer its answer
-                    end = rule
-                elif one_sentence:
-                    end = sentence_end(whole, MIN_SENTENCE_CHARS)
-                if soft_from is not None and end is None:
-                    end = boundary_after(whole, soft_from)
-                if end is None and on_text is None and looping(whole):
-                    end = len(whole) - LOOP_CHARS  # what follows would be dropped by tidy_note anyway
-                if end is not None:
-                    piece = piece[: max(0, end - len(text))]
-                    cut = True
-                text += piece
-                if not parts and lead:  # the lead goes out with the first real text, or not at all
-                    piece = lead + piece
-                parts.append(piece)
-                if on_text is not None and piece:
-                    on_text(piece)
-                if cut:
+                if soft_tokens is not None and reply.soft_from is None and engine.last_stats.completion_tokens > soft_tokens:
+                    reply.soft_from = len(reply.text)
+                if reply.feed(piece):
                     break
         finally:
             stream.close()
-        stats, res = engine.last_stats, self._result
+        self._count(engine.last_stats, reply.cut)
+        return reply.result()
+
+    def _count(self, stats: GenerationStats, cut: bool) -> None:
+        """One model call's tokens and timings into the result."""
+        res = self._result
         with self._lock:  # map calls may end in several threads at once
             res.calls += 1
             res.prompt_tokens += stats.prompt_tokens - stats.cached_tokens
@@ -270,7 +248,34 @@ class Summarizer:
             res.calls_log.append({"prompt_tokens": stats.prompt_tokens, "cached_tokens": stats.cached_tokens,
                                   "completion_tokens": stats.completion_tokens, "seconds": stats.seconds,
                                   "first_token_seconds": stats.first_token_seconds or stats.seconds})
-        return "".join(parts).strip()
+
+    def _map_notes(self, jobs: Iterator[tuple]) -> Iterator[tuple]:
+        """(chunk, note) for every map job in order: on the worker engines, or in the main engine's own batches."""
+        batcher = batching(self.engine) if len(self.workers) == 1 else None
+        if batcher is None:
+            yield from ordered_map(lambda e, job: (job[0], self._generate(job[1], self.note_reserve, engine=e)), jobs,
+                                   self.workers)
+            return
+        chunks: list = []
+        replies: dict[int, _Reply] = {}
+
+        def prompts() -> Iterator[list[int]]:
+            for chunk, tokens in jobs:
+                replies[len(chunks)] = _Reply("", False, None)
+                chunks.append(chunk)
+                yield tokens
+
+        def on_piece(index: int, piece: str) -> bool:
+            return replies[index].feed(piece)
+
+        sampling = self.note_sampling.replace(max_tokens=self.note_reserve)
+        items = batcher.generate_batch(prompts(), sampling, on_piece)
+        for item in in_input_order(items, index=lambda it: it.index):
+            if item.error is not None:
+                raise item.error
+            reply = replies.pop(item.index)
+            self._count(item.stats, reply.cut)
+            yield chunks[item.index], reply.result()
 
     def _report(self, progress: Progress) -> None:
         if self.on_progress is None:
@@ -366,8 +371,8 @@ class Summarizer:
         del held
         chunks = chunk_pieces(itertools.chain(drain(queue), pieces), count, target)
         jobs = (self._map_job(chunk, note_words, detected) for chunk in chunks)  # tokenized here, on the main engine
-        for chunk, note in ordered_map(lambda e, job: (job[0], self._generate(job[1], self.note_reserve, engine=e)), jobs,
-                                       self.workers):
+        map_start = time.perf_counter()
+        for chunk, note in self._map_notes(jobs):
             # A model that answers nothing (or only invents) still leaves the chunk represented: its opening, cut to size.
             notes.append(self._clean(note) or opening(chunk.text, count, self.note_reserve))
             res.chunks += 1
@@ -379,6 +384,7 @@ class Summarizer:
             fraction = min(0.95, chars_done / size_hint) if size_hint else 0.0
             self._report(Progress("map", done=res.chunks, total=total, fraction=fraction * 0.9))
         res.levels = 1
+        res.map_seconds = time.perf_counter() - map_start
         self._set_main()
         names = self._fit(e.name for e in self.main)
         self._keep(notes)
@@ -445,6 +451,53 @@ class Summarizer:
         res.seconds = time.perf_counter() - self._start
         self._report(progress)
         return res
+
+
+class _Reply:
+    """Where one reply ends, piece by piece: at the prompt's separator the model copies, at the first sentence end
+    (one_sentence), at a boundary past a soft limit, or (notes) where it starts looping; the pieces that go out."""
+
+    def __init__(self, lead: str, one_sentence: bool, on_text: Callable[[str], None] | None):
+        self.lead = lead
+        self.one_sentence = one_sentence
+        self.on_text = on_text
+        self.parts: list[str] = []  # what went out, the lead joined to the first piece
+        self.text = lead  # the reply so far, the lead included
+        self.cut = False
+        self.soft_from: int | None = None  # where in the text the soft limit was reached
+
+    def feed(self, piece: str) -> bool:
+        """Take the next piece (what of it belongs to the reply goes out); True when the reply ends here."""
+        if not self.parts and not self.lead:
+            piece = piece.lstrip()
+            if not piece:
+                return False
+        text = self.text
+        end = None
+        whole = text + piece
+        rule = whole.find(RULE, max(0, len(text) - len(RULE)))
+        if rule >= 0:  # the model copies the prompt's separator: what follows is no longer its answer
+            end = rule
+        elif self.one_sentence:
+            end = sentence_end(whole, MIN_SENTENCE_CHARS)
+        if self.soft_from is not None and end is None:
+            end = boundary_after(whole, self.soft_from)
+        if end is None and self.on_text is None and looping(whole):
+            end = len(whole) - LOOP_CHARS  # what follows would be dropped by tidy_note anyway
+        if end is not None:
+            piece = piece[: max(0, end - len(text))]
+            self.cut = True
+        self.text += piece
+        if not self.parts and self.lead:  # the lead goes out with the first real text, or not at all
+            piece = self.lead + piece
+        self.parts.append(piece)
+        if self.on_text is not None and piece:
+            self.on_text(piece)
+        return self.cut
+
+    def result(self) -> str:
+        """The reply as it went out, stripped."""
+        return "".join(self.parts).strip()
 
 
 def summarize(engine: Engine, blocks: Iterable[str], sampling: Sampling, options: SummaryOptions | None = None,

@@ -88,6 +88,7 @@ class SummaryResult:
     calls: int = 0
     levels: int = 0  # 0: one pass; 1: chunks then the final pass; 2+: notes were combined in between
     seconds: float = 0.0
+    map_seconds: float = 0.0  # the map phase's wall time (the notes on every chunk), 0 for one pass
     finish_reason: str = "stop"
     calls_log: list[dict] = field(default_factory=list)
     entities: list[dict] = field(default_factory=list)  # the main names given to the reduce and final prompts
@@ -110,6 +111,7 @@ class SummaryResult:
             "calls": self.calls,
             "levels": self.levels,
             "seconds": round(self.seconds, 3),
+            "map_seconds": round(self.map_seconds, 3),
             "finish_reason": self.finish_reason,
             "entities": self.entities,
             "removed_names": self.removed,

@@ -2,6 +2,8 @@
 
 Each worker owns one resource, in practice its own engine connection: an engine keeps per-call state (last_stats, a
 token memo), so two threads never share one. Results come back in input order whatever order they finish in.
+`in_input_order` does the same for results an engine's own batch hands back as they finish (several sequences per
+decode, in one thread).
 """
 
 from __future__ import annotations
@@ -36,6 +38,19 @@ def ordered_map(fn: Callable[[W, T], R], items: Iterable[T], workers: Sequence[W
         yield from pool.results()
     finally:
         pool.stop()
+
+
+def in_input_order(results: Iterable[R], index: Callable[[R], int], start: int = 0) -> Iterator[R]:
+    """Results that arrive in any order (each knows its input index), yielded in input order as each comes due."""
+    held: dict[int, R] = {}
+    due = start
+    for result in results:
+        held[index(result)] = result
+        while due in held:
+            yield held.pop(due)
+            due += 1
+    for i in sorted(held):  # an input that never ran leaves a gap: what came after it still goes out, in order
+        yield held.pop(i)
 
 
 class _Pool(Generic[W, T, R]):
