@@ -67,8 +67,10 @@ class ChatRepliesMixin:
         thinking = fmt.thinks and sampling.think is not False
         in_reasoning = fmt.reasoning == "think" and bool(tokens) and self._opens_reasoning(tokens, fmt)
         grammar = self._reply_grammar(sampling, tools, fmt)
-        if grammar is not None and tools and not grammar.lazy:
-            # the whole reply is calls: names and keys repeat by nature, and a repetition penalty bends them
+        if grammar is not None and tools and not grammar.lazy and fmt.tools == "hermes":
+            # The whole reply is a list of calls: names and keys repeat by nature, and a repetition penalty cut
+            # Qwen's lists short (docs/BENCHMARKS.md). Kept for the generic form: SmolLM2 without it repeats one
+            # call until the token limit.
             sampling = sampling.replace(repeat_penalty=1.0)
         if grammar is not None and fmt.reasoning == "think" and thinking and not in_reasoning and tokens:
             # The model would open the block itself: opened here, so the grammar knows to wait for its end.

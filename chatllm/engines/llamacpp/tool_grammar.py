@@ -49,7 +49,10 @@ def tool_call_grammar(tools: Sequence[ToolSpec], fmt: ChatFormat, choice: str = 
     rules = _renamed_root(json_schema_grammar(json.dumps(schema, ensure_ascii=False)), "call")
     fence = '"```" ("json" | "JSON")? ws call ws "```"'
     triggers: tuple[str, ...]
-    if fmt.tools == "hermes" and choice != "auto":
+    if fmt.tools == "hermes" and only is not None:  # one call to the named tool, in the tags, a fence or bare
+        root = f'root ::= "<tool_call>" ws call ws "</tool_call>" | fenced | call\nfenced ::= {fence}'
+        triggers = ()
+    elif fmt.tools == "hermes" and choice == "required":
         # Held from the first token, the calls are a list when they are not in the template's tags: a small model
         # that writes one JSON object per reply writes a list of several when a request asks for several
         # (BFCL parallel, Qwen2.5-Coder-0.5B: 0/8 right as one object, 4/8 as a list; docs/BENCHMARKS.md).

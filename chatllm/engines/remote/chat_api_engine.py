@@ -95,6 +95,10 @@ def describe_remote(spec: ModelSpec) -> dict:
 class ChatRemoteEngine(ServerEngine):
     """The engine contract on a server that speaks only the OpenAI API (plus, maybe, a tokenize endpoint)."""
 
+    # The server applies the model's template and parses its calls: render_chat is a transcript for counting, not
+    # the model's prompt, so nothing can be scored against it (the tool-call decision leaves the call to the server).
+    templated_by_server = True
+
     def __init__(self, server: Server, *, name: str, model: str, ctx: int, tokenizer: Tokenizer):
         self.server, self.name, self.model = server, name, model
         self.ctx = ctx  # the server's window

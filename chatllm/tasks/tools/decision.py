@@ -32,9 +32,11 @@ class CallDecision:
         self._baselines: dict[tuple, float] = {}
 
     def decide(self, messages: Sequence[dict], tools: Sequence[ToolSpec], think: bool | str | None = None) -> bool | None:
-        """True: a call; False: an answer; None: the engine cannot tell (no label scoring), or the turn is not a
-        user's request (after tool results the model decides itself whether to call again)."""
-        if not tools or not isinstance(self.engine, LabelScorer) or not messages or messages[-1].get("role") != "user":
+        """True: a call; False: an answer; None: the engine cannot tell (no label scoring, or its server renders
+        the prompt and parses the calls), or the turn is not a user's request (after tool results the model decides
+        itself whether to call again)."""
+        if (not tools or not isinstance(self.engine, LabelScorer) or getattr(self.engine, "templated_by_server", False)
+                or not messages or messages[-1].get("role") != "user"):
             return None
         score = self._log_odds(messages, tools, think)
         head = [m for m in messages[:-1] if m.get("role") == "system"][:1]
