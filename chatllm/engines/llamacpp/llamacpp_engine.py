@@ -19,7 +19,7 @@ from llama_cpp import llama_chat_format
 
 from chatllm.engines.chat_formats.formats import detect_format, format_named
 from chatllm.engines.chat_templates import ChatTemplate, check_fits
-from chatllm.engines.contract import BatchItem, Event, GenerationStats, Text
+from chatllm.engines.contract import BatchItem, GenerationStats
 from chatllm.engines.llamacpp.chat_replies import ChatRepliesMixin
 from chatllm.engines.llamacpp.cpu_buffers import drop_amx_buffer
 from chatllm.engines.llamacpp.devices import choose_gpu_layers, extra_buffers_safe
