@@ -226,8 +226,7 @@ class Store:
     def __init__(self, path: Path | str, migrations: Sequence[str] = MIGRATIONS):
         self.path = Path(path)
         self.repairs: list[str] = []  # what was found damaged and mended (the search index), for the caller to say
-        # A store opened with fewer migrations (the tests' older releases) reads and writes that older schema.
-        self._branches = len(migrations) >= 2
+        self._branches = False  # the schema has branches and summaries (a store opened on older migrations has not)
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             # isolation_level=None: we issue BEGIN/COMMIT ourselves, so each exchange is one transaction.
@@ -237,6 +236,7 @@ class Store:
             # NORMAL in WAL mode survives a killed process (not a power cut) and keeps commits fast.
             self._db.execute("PRAGMA synchronous = NORMAL")
             self._migrate(migrations)
+            self._branches = any(r[1] == "parent_id" for r in self._db.execute("PRAGMA table_info(conversations)"))
         except sqlite3.DatabaseError as exc:
             raise self._error(exc) from None
         except OSError as exc:
