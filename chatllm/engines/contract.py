@@ -2,9 +2,10 @@
 
 `Engine` is the core every engine implements: tokenize and count, render a chat, stream a reply as typed events,
 stats, close. The capabilities are separate Protocols: `LabelScorer` (log-probabilities of continuations),
-`Embedder` (sentence vectors), `StateSnapshots` (the KV state as bytes) and `WarmStart` (saved states on disk, which
-the loader adds by wrapping an engine that has snapshots). A task that needs one asks for it with `require()`; an
-engine without it is a one-line error naming the engine and the capability, never a stub that returns nothing.
+`Embedder` (sentence vectors), `StateSnapshots` (the KV state as bytes), `WarmStart` (saved states on disk, which
+the loader adds by wrapping an engine that has snapshots) and `ContextShift` (a span cut out of the KV cache in
+place). A task that needs one asks for it with `require()`; an engine without it is a one-line error naming the
+engine and the capability, never a stub that returns nothing.
 
 A reply streams as events: `Text` is the answer, `Reasoning` a thinking model's trace; more kinds (tool calls) are
 added beside them. A task that wants only the answer reads `text_stream(...)`, which passes text and skips any other
@@ -201,6 +202,21 @@ class WarmStart(Protocol):
 
     def save_prefix(self, *, n_tokens: int | None = None, slot: str | None = None, extra: dict | None = None) -> bool:
         """Save the state's first n_tokens (all of it by default); a slot replaces that slot's older state."""
+        ...
+
+
+@runtime_checkable
+class ContextShift(Protocol):
+    """Cut a span out of the KV cache in place: what follows it moves back without being evaluated again.
+
+    llama.cpp's sequence remove + position shift: a chat that outgrows its window drops its oldest exchanges in
+    milliseconds instead of evaluating the rest again. The tokens kept keep the keys they were computed with while the
+    dropped span was in view, so what follows is close to, not the same as, evaluating the shorter prompt afresh.
+    """
+
+    def shift_out(self, held: Sequence[int], start: int, end: int) -> bool:
+        """If the KV cache begins with `held`, remove its positions [start, end) and move what follows back to close
+        the gap; False (the cache as it was) when it does not hold them or cannot shift."""
         ...
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import sqlite3
 import time
 from contextlib import contextmanager
@@ -48,6 +49,7 @@ MIGRATIONS: tuple[str, ...] = (
         upto INTEGER NOT NULL,
         window_start INTEGER NOT NULL,
         compactions INTEGER NOT NULL DEFAULT 0,
+        facts TEXT NOT NULL DEFAULT '',
         model TEXT NOT NULL DEFAULT '',
         updated_at REAL NOT NULL
     );
@@ -113,6 +115,7 @@ class StoredSummary:
     upto: int  # the summary covers exchanges [0, upto)
     window_start: int  # the first exchange the model still sees whole
     compactions: int = 0
+    facts: list[str] = field(default_factory=list)  # the user's statements kept word for word beside the summary
     model: str = ""
 
 
@@ -373,9 +376,9 @@ class Store:
     @staticmethod
     def _put_summary(db: sqlite3.Connection, conv_id: int, s: StoredSummary) -> None:
         db.execute(
-            "INSERT OR REPLACE INTO summaries (conversation_id, text, upto, window_start, compactions, model, updated_at)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (conv_id, s.text, s.upto, s.window_start, s.compactions, s.model, time.time()),
+            "INSERT OR REPLACE INTO summaries (conversation_id, text, upto, window_start, compactions, facts, model,"
+            " updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (conv_id, s.text, s.upto, s.window_start, s.compactions, "\n".join(s.facts), s.model, time.time()),
         )
 
     @staticmethod
@@ -408,9 +411,11 @@ class Store:
             (conv_id,),
         ).fetchall()
         exchanges = [Exchange(r[0], r[1], bool(r[2]), r[3], r[4], r[5], r[6], r[7], r[8]) for r in rows]
-        srow = self._query("SELECT text, upto, window_start, compactions, model FROM summaries WHERE conversation_id = ?",
-                           (conv_id,)).fetchone() if self._branches else None
-        summary = StoredSummary(*srow) if srow is not None else None
+        srow = self._query("SELECT text, upto, window_start, compactions, facts, model FROM summaries"
+                           " WHERE conversation_id = ?", (conv_id,)).fetchone() if self._branches else None
+        summary = None
+        if srow is not None:
+            summary = StoredSummary(srow[0], srow[1], srow[2], srow[3], [f for f in srow[4].split("\n") if f], srow[5])
         return StoredConversation(row[0], row[1], row[2], row[3], row[4], exchanges, summary, row[5], row[6])
 
     def list(self, limit: int | None = None) -> list[Summary]:
@@ -428,7 +433,7 @@ class Store:
             params = (limit,)
         return [Summary(r[0], r[1], first_line(r[5] or ""), r[4], r[2], r[3], r[6], r[7]) for r in self._query(sql, params)]
 
-    def tree(self, conv_id: int) -> list[Summary]:
+    def tree(self, conv_id: int) -> builtins.list[Summary]:
         """Every conversation in the branch tree holding conv_id, its root first, then depth-first by fork turn."""
         self.load(conv_id)  # a wrong id is the usual error
         root = conv_id
@@ -462,7 +467,7 @@ class Store:
         walk(nodes[root])
         return ordered
 
-    def search(self, text: str, limit: int = 20) -> list[SearchHit]:
+    def search(self, text: str, limit: int = 20) -> builtins.list[SearchHit]:
         """Messages holding every term of text (case-insensitive substrings), newest first; a damaged index is rebuilt."""
         terms = list(dict.fromkeys(t.casefold() for t in text.split()))
         if not terms:
@@ -475,7 +480,7 @@ class Store:
         self.rebuild_search_index()
         return self._search(terms, limit)
 
-    def _search(self, terms: Sequence[str], limit: int) -> list[SearchHit]:
+    def _search(self, terms: Sequence[str], limit: int) -> builtins.list[SearchHit]:
         long_terms = [t for t in terms if len(t) >= 3]  # the trigram index finds these; shorter ones are scanned
         short = [t for t in terms if len(t) < 3]
         where, params = [], []

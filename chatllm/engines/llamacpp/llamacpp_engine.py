@@ -418,6 +418,26 @@ class LlamaCppEngine(EmbeddingMixin):
         self._tokens = list(tokens)
         return len(tokens)
 
+    def shift_out(self, held: Sequence[int], start: int, end: int) -> bool:
+        """If the KV cache begins with `held`, remove positions [start, end) and shift what follows back (no evaluation
+        but the last token's, which applies the shift now so a state saved next holds rotated keys)."""
+        n = len(held)
+        if not (0 <= start < end <= n <= len(self._tokens)) or self._tokens[:n] != list(held):
+            return False
+        mem = self._ctx.memory
+        if not llama_cpp.llama_memory_can_shift(mem) or not llama_cpp.llama_memory_seq_rm(mem, 0, start, end):
+            return False
+        llama_cpp.llama_memory_seq_add(mem, 0, end, -1, start - end)
+        del self._tokens[start:end]
+        if self._tokens:
+            # llama.cpp rotates the shifted keys at the next decode: do one now (the last token again, alone), so a
+            # state saved before any other decode does not pair new positions with unrotated keys.
+            last = self._tokens[-1]
+            self._rewind(len(self._tokens) - 1)
+            self._decode((last,), len(self._tokens), 0)
+            self._tokens.append(last)
+        return True
+
     def close(self) -> None:
         """Free the context and the model."""
         for part in ("_batch", "_ctx", "_model"):
