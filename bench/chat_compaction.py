@@ -115,8 +115,11 @@ def retention_run(model: Path, mode: str, fillers: int, ctx: int, max_tokens: in
                               input="\n".join(lines) + "\n", capture_output=True, text=True, encoding="utf-8",
                               env=env_for(Path(tmp), model), timeout=7200)
         seconds = time.perf_counter() - began
-    if proc.returncode != 0:
-        raise SystemExit(f"chat --overflow {mode} failed ({proc.returncode}): {proc.stderr[-2000:]}")
+        if proc.returncode != 0:
+            raise SystemExit(f"chat --overflow {mode} failed ({proc.returncode}): {proc.stderr[-2000:]}")
+        doc = json.loads(subprocess.run(chatllm("history", "export", "1", "--format", "json"), capture_output=True,
+                                        text=True, encoding="utf-8", env=env_for(Path(tmp), model)).stdout)
+    summary = doc.get("summary") or {"text": "", "facts": []}
     # stdout: every reply, and a /stats block ("model: ...") after each answer to a question
     blocks = re.split(r"^model: .*$", proc.stdout, flags=re.M)
     answers = []
@@ -127,11 +130,17 @@ def retention_run(model: Path, mode: str, fillers: int, ctx: int, max_tokens: in
     results = []
     for (fact, question, words), answer in zip(FACTS, answers):
         hit = any(w.lower() in answer.lower() for w in words)
-        results.append({"fact": fact, "question": question, "answer": answer.strip(), "kept": hit})
+        # where the fact was in the model's view: the summarizer's own text, or the user's words kept beside it
+        in_text = any(w.lower() in summary["text"].lower() for w in words)
+        in_facts = any(w.lower() in f.lower() for f in summary["facts"] for w in words)
+        results.append({"fact": fact, "question": question, "answer": answer.strip(), "kept": hit,
+                        "in_summary_text": in_text, "in_kept_statements": in_facts})
     notes = [ln for ln in proc.stderr.splitlines() if ln.startswith(("note:", "compacting"))]
     return {"mode": mode, "model": model.name, "kept": sum(r["kept"] for r in results), "of": len(FACTS),
             "compactions": sum("compacted" in n for n in notes), "trims": sum("dropped" in n for n in notes),
-            "seconds": seconds, "load": load(), "results": results, "notes": notes}
+            "seconds": seconds, "load": load(), "results": results, "notes": notes, "summary": summary,
+            "in_summary_text": sum(r["in_summary_text"] for r in results),
+            "in_kept_statements": sum(r["in_kept_statements"] for r in results)}
 
 
 def retention(args) -> tuple[list[dict], list[dict]]:
@@ -146,6 +155,9 @@ def retention(args) -> tuple[list[dict], list[dict]]:
             print(f"{model.name} --overflow {mode}: {run['kept']}/{run['of']} facts kept ({share:.0f} %), "
                   f"{run['compactions']} compactions, {run['trims']} trims, {run['seconds']:.0f} s; load {run['load']}",
                   flush=True)
+            if mode == "compact":
+                print(f"  in the final summary: {run['in_summary_text']} facts in the summarizer's text, "
+                      f"{run['in_kept_statements']} in the user's statements kept word for word")
             for r in run["results"]:
                 print(f"    {'+' if r['kept'] else '-'} {r['question']} -> {r['answer'][:90]}")
         compact, trim = runs[-2], runs[-1]
