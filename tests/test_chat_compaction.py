@@ -130,9 +130,9 @@ def test_an_empty_summary_is_asked_for_again_then_the_chat_trims_and_says_so():
 
 
 def test_a_summary_in_the_wrong_language_is_retried_then_used():
-    engine = ChatFake(n_ctx=400, summaries=["The user likes tea.", "用户喜欢喝茶，也问了河流的事情。"])
+    engine = ChatFake(n_ctx=1000, summaries=["The user likes tea.", "用户喜欢喝茶，也问了河流的事情。"])
     conv = Conversation(engine, SAMPLING)
-    for i in range(30):
+    for i in range(80):
         talk(conv, f"请 告诉 我 第{i}条 关于 河流 的 知识 谢谢 你 的 帮助")
         if conv.summary.upto:
             break

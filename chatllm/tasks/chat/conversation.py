@@ -248,15 +248,15 @@ class Conversation:
                 "shorten it, lower the reply length (/set max_tokens N), or start the chat with a larger --ctx",
             )
 
-    def _first_kept(self, start: int, end: int, text: str, n_ctx: int, reserve: int, extra: int = 0) -> int:
-        """The first exchange to keep so the prompt (and `extra` tokens more) fits, with room for a few turns."""
+    def _first_kept(self, start: int, end: int, text: str, n_ctx: int, reserve: int, extra: int = 0,
+                    target: float = 0.75) -> int:
+        """The first exchange to keep so the prompt (and `extra` tokens more) fits in `target` of the window if it
+        can (so the window moves once every few turns rather than on every turn), else in all of it."""
 
         def fits(s: int, budget: int) -> bool:
             return len(self._render(s, end, text)[2]) + reserve + extra <= budget
 
-        # Make room for a quarter of the window more than needed, so the window moves once every few turns rather
-        # than on every turn.
-        budget = n_ctx - n_ctx // 4 if fits(end, n_ctx - n_ctx // 4) else n_ctx
+        budget = int(n_ctx * target) if fits(end, int(n_ctx * target)) else n_ctx
         lo, hi = start + 1, end  # fits(hi) holds; find the smallest s that fits
         while lo < hi:
             mid = (lo + hi) // 2
@@ -309,7 +309,8 @@ class Conversation:
         held = self.compacted_tokens
         if len(self._render(end, end, text)[2]) + reserve + room - held > n_ctx:
             raise CompactionFailed("no room for a summary beside this message")
-        return self._compact(self._first_kept(start, end, text, n_ctx, reserve, extra=room - held))
+        # Down to half the window: a summary costs seconds, so it is written once every several turns.
+        return self._compact(self._first_kept(start, end, text, n_ctx, reserve, extra=room - held, target=0.5))
 
     def compact(self, keep: int = 1) -> int:
         """Compact every exchange the model sees but the last `keep` into the summary (/compact); how many went in."""
