@@ -288,3 +288,24 @@ def test_branching_needs_something_to_branch():
     conv = Conversation(ChatFake(), SAMPLING, store=None)
     with pytest.raises(ChatllmError):
         fork(conv)
+
+
+def test_two_chats_going_on_with_one_conversation_lose_nothing(tmp_path):
+    first = Store(tmp_path / "c.db")
+    a = Conversation(ChatFake(n_ctx=2000), SAMPLING, store=first)
+    talk(a, "hello")
+    second = Store(tmp_path / "c.db")  # another process: its own connection
+    notices: list[str] = []
+    b = Conversation(ChatFake(n_ctx=2000), SAMPLING, store=second, notice=notices.append)
+    b.resume(second.load(a.id))
+    talk(a, "from the first chat")
+    talk(b, "from the second chat")
+    assert [e.user for e in first.load(a.id).exchanges] == ["hello", "from the first chat"]
+    assert b.id != a.id and [e.user for e in second.load(b.id).exchanges] == ["hello", "from the second chat"]
+    assert "continued by another chatllm" in notices[-1] and second.load(b.id).parent_id == a.id
+    with a.retry() as t:  # a /retry replaces its own last exchange, as before
+        for _ in t:
+            pass
+    assert [e.user for e in first.load(a.id).exchanges] == ["hello", "from the first chat"]
+    talk(b, "and more")  # the branch goes on normally
+    assert len(second.load(b.id).exchanges) == 3

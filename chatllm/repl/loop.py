@@ -382,11 +382,10 @@ def _compacted(conv: Conversation) -> str:
     s = conv.summary
     mode = "trim" if conv.overflow == "trim" else "compact"
     if not s.upto:
-        dropped = f"; exchanges 1-{conv.window_start} left the view" if conv.window_start else ""
+        dropped = f"; the first {_plural(conv.window_start, 'exchange')} left the view" if conv.window_start else ""
         return f"nothing yet (--overflow {mode}{dropped})"
     kept = f", {len(s.facts)} statements word for word" if s.facts else ""
-    return (f"{_plural(s.upto, 'exchange')} in a {conv.compacted_tokens}-token summary ({_plural(s.compactions, 'compaction')}"
-            f"{kept}); the model sees from #{conv.window_start + 1}")
+    return f"{_plural(s.upto, 'exchange')} in a {conv.compacted_tokens}-token summary ({_plural(s.compactions, 'compaction')}{kept})"
 
 
 def _marked(snippet: str, rich: bool) -> str:

@@ -332,6 +332,23 @@ class Store:
 
         self._write(work)
 
+    def put_exchange_checked(self, conv_id: int, seq: int, exchange: Exchange, *, replaces: Exchange | None = None,
+                             model: str | None = None) -> bool:
+        """put_exchange, only if the conversation still ends where the caller thinks: nothing at seq and after, or only
+        `replaces` (a /retry). False, and nothing written, when another process has added exchanges meanwhile."""
+
+        def work(db: sqlite3.Connection) -> bool:
+            rows = db.execute("SELECT created_at, user FROM exchanges WHERE conversation_id = ? AND seq >= ? ORDER BY seq",
+                              (conv_id, seq)).fetchall()
+            if rows and (replaces is None or rows != [(replaces.created_at, replaces.user)]):
+                return False
+            db.execute("DELETE FROM exchanges WHERE conversation_id = ? AND seq >= ?", (conv_id, seq))
+            self._put(db, conv_id, seq, exchange)
+            self._touch(db, conv_id, model=model)
+            return True
+
+        return self._write(work)
+
     def delete_from(self, conv_id: int, seq: int) -> None:
         """Drop the exchanges at position seq and after (for /undo)."""
 

@@ -385,12 +385,13 @@ class Conversation:
             first_token_seconds=getattr(stats, "first_token_seconds", None),
             seconds=getattr(stats, "seconds", None),
         )
+        replaced = self.exchanges[t.seq] if t.seq < len(self.exchanges) else None
         del self.exchanges[t.seq:]
         self.exchanges.append(ex)
         t.exchange = ex
         self.context_tokens = (ex.prompt_tokens or 0) + (ex.completion_tokens or 0)
         self._remember_prompt(t)
-        self._persist(t.seq, ex)
+        self._persist(t.seq, ex, replaced)
         if isinstance(self.engine, WarmStart) and self.id is not None:
             self.engine.save_prefix(slot=f"chat:{self.id}")  # a fresh process resumes from it
 
@@ -521,13 +522,18 @@ class Conversation:
             raise ChatllmError("no conversation store", "")
         return self.store.search(text, limit)
 
-    def _persist(self, seq: int, ex: Exchange) -> None:
+    def _persist(self, seq: int, ex: Exchange, replaced: Exchange | None = None) -> None:
         if self.store is None:
             return
         if self.id is None:
             self.id = self.store.create(self.model, self.system, self.exchanges)
-        else:
-            self.store.put_exchange(self.id, seq, ex, model=self.model)
+        elif not self.store.put_exchange_checked(self.id, seq, ex, replaces=replaced, model=self.model):
+            # Another chatllm went on with this conversation meanwhile: its exchanges stay, this one starts a branch.
+            old = self.id
+            self.id = self.store.create(self.model, self.system, self.exchanges, parent_id=old, fork_seq=seq)
+            self._save_window()
+            self.notice(f"note: conversation {old} was continued by another chatllm meanwhile; this exchange is saved "
+                        f"in a new branch, conversation {self.id} (both are kept)")
 
     # -- files --------------------------------------------------------------------------------------
 
