@@ -31,7 +31,7 @@ from chatllm.tasks.chat.compaction import (
     system_with_summary,
 )
 from chatllm.tasks.chat.transcripts import conversation_json, read_conversation_file, transcript_markdown
-from chatllm.tasks.chat.window_shift import shift_plan
+from chatllm.tasks.chat.window_shift import common_prefix, kept_prefix, shift_plan
 
 OVERFLOW = ("compact", "trim")  # what happens to the oldest exchanges when a turn would not fit the window
 
@@ -336,9 +336,12 @@ class Conversation:
         span = f"exchange {cut}" if cut - first == 1 else f"exchanges {first + 1}-{cut}"
         self.notice(f"compacting {span} into the conversation's summary (Ctrl-C cancels)...")
         began = time.perf_counter()
-        # The summarizer evaluates its own prompts: what the KV cache held for this conversation is gone after it.
-        self._cache = None
-        new = Compactor(self.engine, self.sampling, on_progress=self.notice).summarize(self.summary, self.exchanges[first:cut])
+        # The summarizer evaluates its own prompts: what the KV cache held for this conversation is gone after it,
+        # but for the system prompt, which is put back.
+        held, self._cache = self._cache, None
+        with kept_prefix(self.engine, self._system_prefix(held[3] if held else [])):
+            new = Compactor(self.engine, self.sampling, on_progress=self.notice).summarize(self.summary,
+                                                                                           self.exchanges[first:cut])
         new.upto, new.compactions = cut, self.summary.compactions + 1
         self.summary, self._start = new, cut
         self._save_window()
@@ -347,6 +350,17 @@ class Conversation:
         self.notice(f"note: compacted {span} into a {size}-token summary in {time.perf_counter() - began:.1f} s{kept} "
                     "(the saved conversation keeps everything)")
         return cut
+
+    def _system_prefix(self, held: Sequence[int]) -> int:
+        """How many of the cached tokens `held` are the system prompt's own (what stays whatever the summary)."""
+        if not self.system or not held:
+            return 0
+        try:
+            head = self.engine.prompt_tokens(self.engine.render_chat([{"role": "system", "content": self.system}],
+                                                                     add_generation_prompt=False))
+        except ChatllmError:
+            return 0
+        return common_prefix(head, held)
 
     def _forget_summary(self) -> None:
         """Drop the running summary (it holds an exchange that is gone or being redone); the view starts again at 0."""

@@ -1,4 +1,5 @@
-"""Where a shorter window is the old one with a span cut out: the plan a ContextShift engine carries out in place.
+"""Where a shorter window is the old one with a span cut out: the plan a ContextShift engine carries out in place;
+and the system prompt's cache kept across a compaction, whose summarizer evaluates prompts of its own.
 
 The tokens the KV cache holds for a conversation and the tokens of its window once the oldest exchanges have left
 share a head (the system prompt) and a tail (the exchanges still in view). When the new tokens are exactly the old
@@ -9,7 +10,10 @@ no such plan, and the window is evaluated again.
 
 from __future__ import annotations
 
-from typing import Sequence
+from contextlib import contextmanager
+from typing import Iterator, Sequence
+
+from chatllm.engines.contract import StateSnapshots
 
 
 def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
@@ -28,3 +32,16 @@ def shift_plan(old: Sequence[int], new: Sequence[int]) -> tuple[int, int] | None
     if end <= start or list(old[end:]) != list(new[start:]):
         return None
     return start, end
+
+
+@contextmanager
+def kept_prefix(engine: object, n_tokens: int) -> Iterator[None]:
+    """Whatever the block evaluates on the engine, its KV cache holds its first n_tokens again afterwards (a state
+    snapshot of those only, taken and put back: what a compaction does for the system prompt)."""
+    snapshots = engine if n_tokens > 0 and isinstance(engine, StateSnapshots) else None
+    state = snapshots.save_state(n_tokens) if snapshots is not None else None
+    try:
+        yield
+    finally:
+        if snapshots is not None and state is not None:
+            snapshots.load_state(*state)
