@@ -79,7 +79,7 @@ def test_compaction_keeps_a_summary_after_the_system_prompt_and_the_users_facts_
         talk(conv, f"Tell me about the weather on day {i} please")
         assert engine.last_stats.prompt_tokens + conv.reply_reserve <= engine.n_ctx
         if conv.summary.compactions > compactions:  # the system prompt's cache survived the summarizer's prompts
-            assert engine.last_stats.cached_tokens >= 3
+            assert engine.last_stats.cached_tokens >= 2  # "<system> Be" (the fake splits at spaces only)
     assert conv.summary.upto > 0 and conv.window_start >= conv.summary.upto
     seen = system_text(engine)
     assert seen.strip().startswith("Be brief.") and SUMMARY_HEAD in seen  # after the system prompt
