@@ -34,16 +34,16 @@ def test_shift_out_cuts_a_span_and_the_rest_is_reused_and_saved_consistently(smo
         assert span is not None and span[0] >= 5  # the system prompt is kept
         assert not engine.shift_out(old[:-3] + [1, 2, 3], *span)  # it checks what the cache holds
         assert engine.shift_out(old[: span[1]], *span)
+        # a state saved right after the shift (llama.cpp rotates the keys at the next decode) loads back whole
+        tokens, data = engine.save_state()
         prompt = engine.prompt_tokens(engine.render_chat(shorter + question))
         answer = complete(engine, prompt, GREEDY)
         assert engine.last_stats.cached_tokens >= len(new)  # the shifted history was not evaluated again
         assert "99" in answer
-        # a state saved after the shift loads back and answers as the shifted cache does
-        tokens, data = engine.save_state()
         engine.close()
         engine = LlamaCppEngine(smollm_path, n_ctx=1024)
         assert engine.load_state(tokens, data) == len(tokens)
         assert complete(engine, prompt, GREEDY) == answer
-        assert engine.last_stats.cached_tokens == len(prompt) - 1
+        assert engine.last_stats.cached_tokens >= len(new)
     finally:
         engine.close()

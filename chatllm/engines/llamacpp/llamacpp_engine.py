@@ -146,6 +146,7 @@ class LlamaCppEngine(EmbeddingMixin):
         self._vocab = self._model.vocab
         self.n_vocab = self._model.n_vocab()
         self._tokens: list[int] = []  # what the KV cache holds, position by position
+        self._shift_pending = False  # shift_out moved positions; llama.cpp rotates the keys at the next decode
         self._piece = ctypes.create_string_buffer(256)
         self.metadata = self._model.metadata()
         self.embedding = embedding
@@ -394,6 +395,7 @@ class LlamaCppEngine(EmbeddingMixin):
 
     def save_state(self, n_tokens: int | None = None) -> tuple[list[int], memoryview] | None:
         """The tokens the KV cache holds (what follows the first n_tokens is dropped) and llama.cpp's sequence state."""
+        self._apply_shift()
         if n_tokens is not None and n_tokens < len(self._tokens):
             self._rewind(n_tokens)
         if not self._tokens:
@@ -419,8 +421,8 @@ class LlamaCppEngine(EmbeddingMixin):
         return len(tokens)
 
     def shift_out(self, held: Sequence[int], start: int, end: int) -> bool:
-        """If the KV cache begins with `held`, remove positions [start, end) and shift what follows back (no evaluation
-        but the last token's, which applies the shift now so a state saved next holds rotated keys)."""
+        """If the KV cache begins with `held`, remove positions [start, end) and shift what follows back, evaluating
+        nothing (llama.cpp rotates the shifted keys at the next decode)."""
         n = len(held)
         if not (0 <= start < end <= n <= len(self._tokens)) or self._tokens[:n] != list(held):
             return False
@@ -429,14 +431,18 @@ class LlamaCppEngine(EmbeddingMixin):
             return False
         llama_cpp.llama_memory_seq_add(mem, 0, end, -1, start - end)
         del self._tokens[start:end]
-        if self._tokens:
-            # llama.cpp rotates the shifted keys at the next decode: do one now (the last token again, alone), so a
-            # state saved before any other decode does not pair new positions with unrotated keys.
+        self._shift_pending = bool(self._tokens)
+        return True
+
+    def _apply_shift(self) -> None:
+        """Decode the last cached token again, alone: llama.cpp applies a pending shift first, so a state saved next
+        does not pair new positions with keys not yet rotated (the next prompt's decode would do it anyway)."""
+        if self._shift_pending and self._tokens:
             last = self._tokens[-1]
             self._rewind(len(self._tokens) - 1)
             self._decode((last,), len(self._tokens), 0)
             self._tokens.append(last)
-        return True
+        self._shift_pending = False
 
     def close(self) -> None:
         """Free the context and the model."""
