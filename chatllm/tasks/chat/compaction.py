@@ -33,7 +33,7 @@ from chatllm.tasks.text.chunking import split_sentences_stripped
 from chatllm.tasks.text.text_rules import CJK_IDEOGRAPH, guess_language
 
 SUMMARY_HEAD = "Summary of the earlier part of this conversation:"
-SAID = {None: "The user said: ", "Chinese": "用户说："}  # before a statement kept in the user's words
+SAID = {None: "The user said:", "Chinese": "用户说："}  # the heading of the statements kept in the user's words
 SUMMARY_SHARE = 4  # the summary may take at most 1/SUMMARY_SHARE of the window
 MIN_SUMMARY_TOKENS = 48  # a window that cannot spare this much for a summary is only trimmed
 MAX_SUMMARY_WORDS = 240
@@ -65,11 +65,12 @@ class CompactionFailed(ChatllmError):
 
 
 def join_summary(text: str, facts: Sequence[str]) -> str:
-    """A summary followed by one line per kept statement of the user's."""
+    """A summary, then the user's statements it does not carry under their heading, one line each."""
     lines = [text.strip()] if text.strip() else []
-    for fact in facts:
-        said = SAID["Chinese"] if CJK_IDEOGRAPH.search(fact) else SAID[None]
-        lines.append(f"- {said}\u201c{fact}\u201d")
+    if facts:
+        chinese = sum(bool(CJK_IDEOGRAPH.search(f)) for f in facts) * 2 > len(facts)
+        lines.append(SAID["Chinese" if chinese else None])
+        lines += [f"- {fact}" for fact in facts]
     return "\n".join(lines)
 
 
