@@ -152,3 +152,18 @@ def test_overflow_flag_and_config_key_are_checked(chatllm, cli_env, tmp_path):
     (home / "config.toml").write_text('overflow = "sometimes"\n')
     r = chatllm("chat", input="")
     assert r.returncode == 2 and "config.toml: overflow must be compact or trim" in r.stderr
+
+
+def test_edit_without_text_offers_the_old_message_in_the_prompt(cli_env):
+    child = spawn(cli_env, "-n", "8")
+    send(child, "Name a colour.")
+    child.sendline("/edit 1")
+    child.expect("Name a colour.")  # the old message, ready to edit
+    child.sendcontrol("u")  # clear the line, type the new one
+    child.sendline("Name a fruit.")
+    child.expect("editing message 1 in a new branch: conversation 2")
+    child.expect(PROMPT)
+    child.sendline("/exit")
+    child.expect(pexpect.EOF)
+    assert [e["user"] for e in exported(cli_env, 2)["exchanges"]] == ["Name a fruit."]
+    assert [e["user"] for e in exported(cli_env, 1)["exchanges"]] == ["Name a colour."]
