@@ -253,18 +253,26 @@ class Conversation:
         """The first exchange to keep so the prompt (and `extra` tokens more) fits in `target` of the window if it
         can (so the window moves once every few turns rather than on every turn), else in all of it."""
 
-        def fits(s: int, budget: int) -> bool:
-            return len(self._render(s, end, text)[2]) + reserve + extra <= budget
+        def size(s: int) -> int:
+            return len(self._render(s, end, text)[2]) + reserve + extra
 
-        budget = int(n_ctx * target) if fits(end, int(n_ctx * target)) else n_ctx
-        lo, hi = start + 1, end  # fits(hi) holds; find the smallest s that fits
-        while lo < hi:
-            mid = (lo + hi) // 2
-            if fits(mid, budget):
-                hi = mid
-            else:
-                lo = mid + 1
-        return lo
+        alone = size(end)
+        budget = int(n_ctx * target) if alone <= int(n_ctx * target) else n_ctx
+        # Guess from the characters each exchange holds, then walk to the smallest start that fits: two or three
+        # tokenizations of the window rather than a binary search's six or seven (they are most of what a trim costs).
+        total = size(start)
+        chars = [len(ex.user) + len(ex.assistant) + 1 for ex in self.exchanges[start:end]]
+        per_char = max(0, total - alone) / max(1, sum(chars))
+        s, dropped = start, 0.0
+        while s < end and dropped < total - budget:
+            dropped += chars[s - start] * per_char
+            s += 1
+        s = max(s, start + 1)
+        while s < end and size(s) > budget:
+            s += 1
+        while s > start + 1 and size(s - 1) <= budget:
+            s -= 1
+        return s
 
     def _trim(self, start: int, end: int, text: str, n_ctx: int, reserve: int) -> int:
         """Drop the oldest exchanges from the view so the prompt fits; the first exchange kept."""
