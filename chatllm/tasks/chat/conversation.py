@@ -130,6 +130,7 @@ class Conversation:
         self.summary = RunningSummary()  # the exchanges compacted so far, in the model's view after the system prompt
         self._no_compaction: str | None = None  # why compaction cannot work in this window (then it only trims)
         self.last_shift_seconds: float | None = None  # how long the last trim took to shift the KV cache in place
+        self._measured: dict[tuple[int, int], tuple[str, list[int]]] = {}  # (start, end): (text, tokens), in a trim
 
     # -- state --------------------------------------------------------------------------------------
 
@@ -253,8 +254,12 @@ class Conversation:
         """The first exchange to keep so the prompt (and `extra` tokens more) fits in `target` of the window if it
         can (so the window moves once every few turns rather than on every turn), else in all of it."""
 
+        self._measured = {}  # the windows measured here: _shift need not tokenize the one kept again
+
         def size(s: int) -> int:
-            return len(self._render(s, end, text)[2]) + reserve + extra
+            full, _, tokens = self._render(s, end, text)
+            self._measured[(s, end)] = (full, tokens)
+            return len(tokens) + reserve + extra
 
         alone = size(end)
         budget = int(n_ctx * target) if alone <= int(n_ctx * target) else n_ctx
@@ -276,10 +281,13 @@ class Conversation:
 
     def _trim(self, start: int, end: int, text: str, n_ctx: int, reserve: int) -> int:
         """Drop the oldest exchanges from the view so the prompt fits; the first exchange kept."""
+        began = time.perf_counter()
         lo = self._first_kept(start, end, text, n_ctx, reserve)
         dropped = lo - start
         shifted = self._shift(start, lo, end)
-        how = f", shifted in place in {self.last_shift_seconds * 1000:.0f} ms" if shifted and self.last_shift_seconds else ""
+        if shifted:  # the whole trim: finding what to drop, and cutting it out of the KV cache
+            self.last_shift_seconds = time.perf_counter() - began
+        how = f", shifted in place in {self.last_shift_seconds * 1000:.0f} ms" if self.last_shift_seconds else ""
         self.notice(
             f"note: dropped the {'oldest exchange' if dropped == 1 else f'{dropped} oldest exchanges'} from the "
             f"model's view to fit its {n_ctx}-token context (the saved conversation keeps everything{how})"
@@ -299,7 +307,15 @@ class Conversation:
             text = self.engine.render_chat(self.messages(new_start, end), add_generation_prompt=False)
         except ChatllmError:
             return False
-        tokens = self.engine.prompt_tokens(text)
+        tokens = None
+        measured, self._measured = self._measured.get((new_start, end)), {}
+        if measured is not None and measured[0].startswith(text):
+            # The window with the new message was just tokenized: the history is all of it but the message's part.
+            tail = self.engine.tokenize(measured[0][len(text):], special=True)
+            if tail and measured[1][-len(tail):] == tail:
+                tokens = measured[1][: -len(tail)]
+        if tokens is None:
+            tokens = self.engine.prompt_tokens(text)
         span = shift_plan(cache[3], tokens)
         if span is None or not self.engine.shift_out(cache[3][:span[1]], *span):
             return False
