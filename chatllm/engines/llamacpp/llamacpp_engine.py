@@ -7,6 +7,7 @@ import collections
 import ctypes
 import hashlib
 import math
+import mmap
 import os
 import sys
 import time
@@ -401,7 +402,11 @@ class LlamaCppEngine(EmbeddingMixin):
         if not self._tokens:
             return None
         size = llama_cpp.llama_state_seq_get_size(self._ctx.ctx, 0)
-        buf = (ctypes.c_uint8 * size)()
+        if size <= 0:
+            return None
+        # An anonymous mapping rather than the heap: freed, it goes back to the system. From the heap, glibc kept each
+        # freed state of a new largest size, and a chat saving its state after every reply grew by megabytes each time.
+        buf = (ctypes.c_uint8 * size).from_buffer(mmap.mmap(-1, size))
         n = llama_cpp.llama_state_seq_get_data(self._ctx.ctx, buf, size, 0)
         return (list(self._tokens), memoryview(buf).cast("B")[:n]) if n else None
 
