@@ -173,6 +173,12 @@ def report_chat(args, turns: dict, rows: list) -> dict:
           f"{len(trims)} turns (first at turn {trims[0] if trims else '-'}), {errors} error lines; load {load()}")
     print(f"  RSS turn {a}: {rss_a:.1f} MB, turn {b}: {rss_b:.1f} MB, growth {growth:+.1f} % (target <= {limit} %: "
           f"{'ok' if growth <= limit else 'MISSED'}); peak {max(r['rss_max'] for r in turns.values()):.1f} MB")
+    rss = {t: r["rss"] for t, r in turns.items()}
+    med_a, med_b = window_median(rss, a), window_median(rss, b)
+    # A turn's RSS holds the KV state being written to disk after it (it grows with the window): medians of 10 turns
+    # say more than two single turns.
+    print(f"  RSS median of turns {a - 9}-{a}: {med_a:.1f} MB, of turns {b - 9}-{b}: {med_b:.1f} MB, "
+          f"growth {(med_b - med_a) / med_a * 100:+.1f} %")
     for t in (a, b):
         print(f"  time to first token, median of turns {t - 9}-{t}: {ttft[t][0] * 1000:.0f} ms pipe, "
               f"{ttft[t][1] * 1000:.0f} ms engine")
