@@ -250,9 +250,10 @@ class Conversation:
             )
 
     def _first_kept(self, start: int, end: int, text: str, n_ctx: int, reserve: int, extra: int = 0,
-                    target: float = 0.75) -> int:
+                    target: float = 0.75, tight: bool = False) -> int:
         """The first exchange to keep so the prompt (and `extra` tokens more) fits in `target` of the window if it
-        can (so the window moves once every few turns rather than on every turn), else in all of it."""
+        can (so the window moves once every few turns rather than on every turn), else in all of it; tight: the
+        latest such exchange (a compaction's summary should not read more than it must)."""
 
         self._measured = {}  # the windows measured here: _shift need not tokenize the one kept again
 
@@ -263,19 +264,20 @@ class Conversation:
 
         alone = size(end)
         budget = int(n_ctx * target) if alone <= int(n_ctx * target) else n_ctx
-        # Guess from the characters each exchange holds, then walk to the smallest start that fits: two or three
-        # tokenizations of the window rather than a binary search's six or seven (they are most of what a trim costs).
+        # Guess from the characters each exchange holds (a little past what is needed), then check, and walk on only if
+        # the guess falls short: usually one tokenization of the window rather than a binary search's six or seven
+        # (they are most of what a trim costs). Unless tight, the start found may drop an exchange more than needed.
         total = size(start)
         chars = [len(ex.user) + len(ex.assistant) + 1 for ex in self.exchanges[start:end]]
         per_char = max(0, total - alone) / max(1, sum(chars))
         s, dropped = start, 0.0
-        while s < end and dropped < total - budget:
+        while s < end and dropped < (total - budget) * 1.1:
             dropped += chars[s - start] * per_char
             s += 1
         s = max(s, start + 1)
         while s < end and size(s) > budget:
             s += 1
-        while s > start + 1 and size(s - 1) <= budget:
+        while tight and s > start + 1 and size(s - 1) <= budget:
             s -= 1
         return s
 
@@ -334,7 +336,8 @@ class Conversation:
         if len(self._render(end, end, text)[2]) + reserve + room - held > n_ctx:
             raise CompactionFailed("no room for a summary beside this message")
         # Down to half the window: a summary costs seconds, so it is written once every several turns.
-        return self._compact(self._first_kept(start, end, text, n_ctx, reserve, extra=room - held, target=0.5))
+        return self._compact(self._first_kept(start, end, text, n_ctx, reserve, extra=room - held, target=0.5,
+                                             tight=True))
 
     def compact(self, keep: int = 1) -> int:
         """Compact every exchange the model sees but the last `keep` into the summary (/compact); how many went in."""
