@@ -15,6 +15,7 @@ DEFAULT_CTX = 8192  # the context a model gets when neither --ctx nor the regist
 DEVICES = ("auto", "cpu", "cuda", "metal")
 FLASH_ATTN = ("auto", "on", "off")
 DRAFT = ("auto", "off")  # drafts from the prompt: where they pay (llama.cpp engine), or never (the exact path)
+OVERFLOW = ("compact", "trim")  # what chat does with the oldest exchanges when a turn would not fit the window
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,7 @@ class Settings:
     flash_attn: bool | None = None  # None: chosen per run (engines/llamacpp/flash_attn.py); True/False: the user's explicit choice
     context_hint: int | None = None  # the most tokens this run's context will hold, when the command knows it up front
     embed_model: str | None = None  # `ask -f` past the window: hybrid retrieval with this embedding model
+    overflow: str = "compact"  # chat: the oldest exchanges are summarized (compact) or dropped (trim)
     verbose: bool = False
     debug: bool = False
     sampling: Sampling = Sampling()
@@ -80,7 +82,8 @@ class Settings:
         return dataclasses.replace(self, **changes)
 
 
-CONFIG_KEYS = {"model", "embed_model", "device", "gpu_layers", "ctx", "threads", "batch", "flash_attn", "sampling"}
+CONFIG_KEYS = {"model", "embed_model", "device", "gpu_layers", "ctx", "threads", "batch", "flash_attn", "overflow",
+               "sampling"}
 # a schema and the tools offered are per command, not settings
 SAMPLING_KEYS = {f.name for f in dataclasses.fields(Sampling)} - {"json_schema", "tools", "tool_choice"}
 # key: (lowest, highest, whether the lowest itself is refused). The one home of these bounds: flags, config.toml
@@ -236,6 +239,7 @@ CONFIG_TYPES = {
     "threads": ((int,), "a whole number", "threads = 4"),
     "batch": ((int,), "a whole number", "batch = 512"),
     "flash_attn": ((str, bool), '"auto", "on" or "off"', 'flash_attn = "auto"'),
+    "overflow": ((str,), '"compact" or "trim"', 'overflow = "trim"'),
 }
 SAMPLING_TYPES = {
     "max_tokens": ((int,), "a whole number", "max_tokens = 256"),
@@ -301,6 +305,7 @@ def load_settings(
     threads: int | None = None,
     offline: bool | None = None,
     flash_attn: str | bool | None = None,
+    overflow: str | None = None,
     verbose: bool = False,
     debug: bool = False,
     **sampling: object,
@@ -337,6 +342,11 @@ def load_settings(
             raise TypeError(f"unknown sampling setting {key}")
     check_sampling(base, name=lambda key: f"config.toml: [sampling] {key}", example=lambda label, value: f"{label.split()[-1]} = {value}")
     samp = check_sampling(base.replace(**flag_sampling))
+    where = "--overflow" if overflow else "config.toml: overflow"
+    overflow = (overflow or cfg.get("overflow") or "compact").strip().lower()
+    if overflow not in OVERFLOW:
+        raise UsageError(f"{where} must be compact or trim, not {overflow!r}",
+                         "compact summarizes the oldest exchanges, trim drops them")
     n_ctx = ctx if ctx is not None else cfg.get("ctx")
     if n_ctx is not None and n_ctx < 64:
         raise UsageError(f"--ctx {n_ctx} is too small", "use at least 64 tokens")
@@ -349,6 +359,7 @@ def load_settings(
         offline=bool(offline) or _truthy(os.environ.get("HF_HUB_OFFLINE")),
         model=model,
         embed_model=os.environ.get("CHATLLM_EMBED_MODEL") or cfg.get("embed_model") or None,
+        overflow=overflow,
         device=device,
         gpu_layers=layers,
         flash_attn=fa,

@@ -59,7 +59,7 @@ def test_a_template_that_rerenders_history_still_gets_append_only_prompts():
 def test_history_over_the_window_drops_oldest_exchanges_keeps_system_and_says_so():
     notices = []
     engine = FakeEngine(n_ctx=120)
-    conv = Conversation(engine, SAMPLING, system="You are terse.", notice=notices.append)
+    conv = Conversation(engine, SAMPLING, system="You are terse.", notice=notices.append, overflow="trim")
     for i in range(30):
         talk(conv, f"turn {i} with a few words")
         assert engine.last_stats.prompt_tokens + conv.reply_reserve <= engine.n_ctx

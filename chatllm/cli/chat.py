@@ -40,8 +40,16 @@ def chat(
     cli: typer.Context,
     system: Annotated[Optional[str], typer.Option("--system", "-s", help="System prompt for the conversation.")] = None,
     cont: Annotated[bool, typer.Option("--continue", "-c", help="Resume the most recent conversation.")] = False,
-    resume: Annotated[Optional[int], typer.Option("--resume", "-r", metavar="ID",
-                                                  help="Resume conversation ID (see `chatllm history`).")] = None,
+    resume: Annotated[Optional[str], typer.Option(
+        "--resume", "-r", metavar="ID[@N]",
+        help="Resume conversation ID (see `chatllm history`); ID@N branches it after its N-th exchange.")] = None,
+    overflow: Annotated[Optional[str], typer.Option(
+        "--overflow", metavar="compact|trim",
+        help="When the conversation outgrows --ctx: summarize the oldest exchanges (compact) or drop them (trim) "
+             "[default: compact; config key overflow]")] = None,
+    exact_window: Annotated[bool, typer.Option(
+        "--exact-window", help="Evaluate the window again after a trim instead of shifting the KV cache in place "
+                               "(replies then depend only on the text in view).")] = False,
     model: Model = None, device: Device = None, gpu_layers: GpuLayers = None, ctx: Ctx = None, threads: Threads = None,
     chat_format: ChatFormat = None, offline: Offline = False,
     max_tokens: MaxTokens = None, temperature: Temperature = None, top_p: TopP = None, top_k: TopK = None,
@@ -60,29 +68,37 @@ def chat(
 
     from chatllm.inputs import stdin_is_piped
     from chatllm.storage.conversations import Store
+    from chatllm.tasks.chat.branching import check_turn, parse_resume, resume_at
     from chatllm.tasks.chat.conversation import Conversation, require_chat_template
 
     if cont and resume is not None:
         raise UsageError("--continue and --resume cannot be used together", "--continue picks the latest; "
                          "--resume ID a given one")
     piped = stdin_is_piped()
+    resume_id, resume_turn = parse_resume(resume) if resume is not None else (None, None)
     store = Store(settings.db_path)
     try:
+        _repairs(store, out)
         stored = None
-        if cont or resume is not None:
-            conv_id = resume if resume is not None else store.latest_id()
+        if cont or resume_id is not None:
+            conv_id = resume_id if resume_id is not None else store.latest_id()
             if conv_id is None:
                 raise UsageError("no saved conversation to continue", "start one with `chatllm chat`")
-            stored = store.load(conv_id)  # before loading the model: a wrong id fails fast
+            stored = store.load(conv_id)  # before loading the model: a wrong id (or turn) fails fast
+            if resume_turn is not None:
+                check_turn(stored, resume_turn)
         engine = require_chat_template(context.load_engine())
 
         def open_engine(name: str) -> "Engine":
             return context.replace(model=name).load_engine()
 
         conv = Conversation(engine, settings.sampling, system=system, store=store, notice=out.status,
-                            open_engine=open_engine)
+                            open_engine=open_engine, overflow=settings.overflow, exact_window=exact_window)
         if stored is not None:
-            conv.resume(stored, system)
+            at = len(stored.exchanges) if resume_turn is None else resume_turn
+            branch = resume_at(conv, stored, at, system)
+            if branch is not None:
+                out.status(f"branched conversation {stored.id} after turn {at}: going on as conversation {branch}")
             if stored.model and stored.model != engine.name:
                 out.status(f"note: conversation {stored.id} was with {stored.model}; continuing with {engine.name}")
             conv.warm_up()  # the saved KV state, if it matches, loads before the first message is typed
@@ -92,6 +108,13 @@ def chat(
             conv.engine.close()  # waits for the last reply's state to reach the disk
     finally:
         store.close()
+
+
+def _repairs(store, out: Output) -> None:
+    """Say what the store found damaged and mended (its search index)."""
+    for note in store.repairs:
+        out.warn(note)
+    store.repairs.clear()
 
 
 def _run(conv: "Conversation", out: Output, settings: Settings, piped: bool, stdin: TextIO, *,

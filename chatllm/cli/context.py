@@ -85,7 +85,8 @@ def command_context(cli: typer.Context, *, as_json: bool | None = None, **overri
     settings = load_settings(
         model=params.get("model"), device=params.get("device"), gpu_layers=params.get("gpu_layers"),
         ctx=params.get("ctx"), threads=threads, offline=bool(params.get("offline")) or glob.offline,
-        flash_attn=params.get("flash_attn") or glob.flash_attn, verbose=glob.verbose, debug=glob.debug,
+        flash_attn=params.get("flash_attn") or glob.flash_attn, overflow=params.get("overflow"), verbose=glob.verbose,
+        debug=glob.debug,
         **{key: params.get(key) for key in SAMPLING_FLAGS},
     )
     if params.get("chat_format"):

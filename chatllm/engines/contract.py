@@ -3,10 +3,10 @@
 `Engine` is the core every engine implements: tokenize and count, render a chat, stream a reply as typed events,
 stats, close. The capabilities are separate Protocols: `LabelScorer` (log-probabilities of continuations),
 `Embedder` (sentence vectors), `StateSnapshots` (the KV state as bytes), `WarmStart` (saved states on disk, which
-the loader adds by wrapping an engine that has snapshots), and `BatchGeneration` / `BatchScoring` (independent items
-through the model together, several sequences per decode: `batching()` says whether an engine runs them so). A task
-that needs one asks for it with `require()`; an engine without it is a one-line error naming the engine and the
-capability, never a stub that returns nothing.
+the loader adds by wrapping an engine that has snapshots), `ContextShift` (a span cut out of the KV cache in place),
+and `BatchGeneration` / `BatchScoring` (independent items through the model together, several sequences per decode:
+`batching()` says whether an engine runs them so). A task that needs one asks for it with `require()`; an engine
+without it is a one-line error naming the engine and the capability, never a stub that returns nothing.
 
 A reply streams as events: `Text` is the answer, `Reasoning` a thinking model's trace; more kinds (tool calls) are
 added beside them. A task that wants only the answer reads `text_stream(...)`, which passes text and skips any other
@@ -261,6 +261,21 @@ def batch_scoring(engine: object) -> Any:
     if isinstance(engine, BatchScoring) and getattr(engine, "parallel", 1) > 1:
         return engine
     return None
+
+
+@runtime_checkable
+class ContextShift(Protocol):
+    """Cut a span out of the KV cache in place: what follows it moves back without being evaluated again.
+
+    llama.cpp's sequence remove + position shift: a chat that outgrows its window drops its oldest exchanges in
+    milliseconds instead of evaluating the rest again. The tokens kept keep the keys they were computed with while the
+    dropped span was in view, so what follows is close to, not the same as, evaluating the shorter prompt afresh.
+    """
+
+    def shift_out(self, held: Sequence[int], start: int, end: int) -> bool:
+        """If the KV cache begins with `held`, remove its positions [start, end) and move what follows back to close
+        the gap; False (the cache as it was) when it does not hold them or cannot shift."""
+        ...
 
 
 class MissingCapability(ChatllmError):

@@ -17,11 +17,15 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "/model": ("[MODEL]", "show the model, or switch to another one (downloaded if needed)"),
     "/retry": ("", "generate the last reply again"),
     "/undo": ("", "drop the last exchange"),
+    "/edit": ("N [TEXT]", "rewrite message N and go on from there in a new branch (the old one is kept)"),
+    "/branch": ("", "fork the conversation here into a new saved conversation (the old one is kept)"),
+    "/compact": ("[KEEP]", "summarize every exchange the model sees but the last KEEP (1) into the running summary"),
     "/save": ("[FILE]", "save the conversation: markdown, or JSON when FILE ends in .json"),
     "/load": ("FILE", "load a conversation from a .md or .json file"),
-    "/set": ("[KEY VALUE]", "show or change sampling: temperature, top_p, top_k, max_tokens, seed, draft, ..."),
-    "/stats": ("", "speed of the last reply, context use, sampling"),
-    "/history": ("[N]", "list saved conversations (resume one with `chatllm chat --resume ID`)"),
+    "/set": ("[KEY VALUE]", "show or change sampling: temperature, top_p, top_k, max_tokens, seed, think, draft, ..."),
+    "/stats": ("", "speed of the last reply, context use, what is compacted, sampling"),
+    "/history": ("[N | search TEXT]", "list saved conversations (resume one with `chatllm chat --resume ID`), or "
+                 "search every message"),
 }
 INPUT_HELP = 'Alt-Enter or a trailing \\ adds a line · """ starts a block · Ctrl-C stops a reply'
 SET_ALIASES = {"temp": "temperature", "max-tokens": "max_tokens", "top-p": "top_p", "top-k": "top_k",

@@ -27,7 +27,8 @@ from chatllm.inputs import unwrap_block
 from chatllm.output import Output, ThinkingView, format_date, format_stats, short_model
 from chatllm.repl.commands import COMMANDS, INPUT_HELP, parse_set, sampling_text, setting_name
 from chatllm.repl.views import LiveMarkdownView, PlainView, ReplyView, chat_markdown
-from chatllm.storage.conversations import first_line
+from chatllm.storage.conversations import HIGHLIGHT, first_line
+from chatllm.tasks.chat.branching import edit_turn, fork
 from chatllm.tasks.chat.conversation import Conversation, Turn
 
 if TYPE_CHECKING:
@@ -265,6 +266,42 @@ class Repl:
         ex = self.conv.undo()
         self.out.status(f"dropped: {first_line(ex.user)}")
 
+    def cmd_branch(self, arg: str) -> None:
+        """Fork the conversation here into a new saved one."""
+        if arg:
+            raise UsageError("/branch takes no argument", "it forks here; /edit N TEXT forks before message N")
+        old = self.conv.id
+        new = fork(self.conv)
+        self.out.status(f"branched conversation {old} into conversation {new}; {old} stays as it was")
+
+    def cmd_edit(self, arg: str) -> None:
+        """Rewrite message N and go on from there in a new branch."""
+        number, _, text = arg.partition(" ")
+        try:
+            n = int(number)
+        except ValueError:
+            raise UsageError("/edit needs the number of the message to rewrite", "for example /edit 2 What about cats?")
+        if not 1 <= n <= len(self.conv.exchanges):
+            edit_turn(self.conv, n)  # the one error for a turn that does not exist
+        text = text.strip()
+        if not text and self.interactive and self.session is not None:
+            text = self.session.prompt(default=self.conv.exchanges[n - 1].user, handle_sigint=False)
+        if not text.strip():
+            raise UsageError(f"/edit {n} needs the new text of message {n}", f"for example /edit {n} What about cats?")
+        old = self.conv.id
+        new = edit_turn(self.conv, n)
+        self.out.status(f"editing message {n} in a new branch: conversation {new} ({old} stays as it was)")
+        self.send(text)
+
+    def cmd_compact(self, arg: str) -> None:
+        """Summarize the exchanges the model sees, all but the last few."""
+        try:
+            keep = int(arg) if arg else 1
+        except ValueError:
+            raise UsageError(f"/compact takes how many exchanges to keep in full, not {arg!r}", "for example /compact 2")
+        with self._sigint_handled():
+            self.conv.compact(keep)
+
     def cmd_save(self, arg: str) -> None:
         """Save a transcript."""
         if not self.conv.exchanges:
@@ -306,6 +343,7 @@ class Repl:
             + (f" (the model sees from #{conv.window_start + 1})" if conv.window_start else ""),
             f"context:      {conv.context_tokens} of {engine.n_ctx} tokens" if conv.last_stats is not None
             else f"context:      {engine.n_ctx} tokens, nothing evaluated yet in this session",
+            "compacted:    " + _compacted(conv),
         ]
         if conv.last_stats is not None:
             s = conv.last_stats
@@ -321,7 +359,11 @@ class Repl:
         self.out.line("\n".join(lines))
 
     def cmd_history(self, arg: str) -> None:
-        """Recent saved conversations."""
+        """Recent saved conversations, or a search of every message."""
+        word, _, rest = arg.partition(" ")
+        if word.lower() == "search":
+            self.history_search(rest.strip())
+            return
         try:
             limit = int(arg) if arg else 20
         except ValueError:
@@ -333,6 +375,36 @@ class Repl:
         self.out.table(["id", "model", "first message", "turns", "date"], [
             [("*" if r.id == self.conv.id else "") + str(r.id), short_model(r.model), r.title, r.turns,
              format_date(r.updated_at)] for r in rows])
+
+
+    def history_search(self, text: str) -> None:
+        """Every saved message holding the words, newest first."""
+        if not text:
+            raise UsageError("/history search needs some text", "for example /history search Lyon")
+        hits = self.conv.search(text)
+        if not hits:
+            self.out.line(f"no message holds {text!r}")
+            return
+        for hit in hits:
+            mark = "*" if hit.conversation_id == self.conv.id else ""
+            self.out.line(f"{mark}{hit.conversation_id}@{hit.turn} {hit.role}: {_marked(hit.snippet, self.out.rich)}")
+
+
+def _compacted(conv: Conversation) -> str:
+    s = conv.summary
+    mode = "trim" if conv.overflow == "trim" else "compact"
+    if not s.upto:
+        dropped = f"; the first {_plural(conv.window_start, 'exchange')} left the view" if conv.window_start else ""
+        return f"nothing yet (--overflow {mode}{dropped})"
+    kept = f", {len(s.facts)} statements word for word" if s.facts else ""
+    return f"{_plural(s.upto, 'exchange')} in a {conv.compacted_tokens}-token summary ({_plural(s.compactions, 'compaction')}{kept})"
+
+
+def _marked(snippet: str, rich: bool) -> str:
+    """A search snippet with its matches in bold (a colour terminal) or between the marks (elsewhere)."""
+    if not rich:
+        return snippet
+    return snippet.replace(HIGHLIGHT[0], "\x1b[1m").replace(HIGHLIGHT[1], "\x1b[22m")
 
 
 def _plural(n: int, word: str) -> str:

@@ -7,6 +7,7 @@ import collections
 import ctypes
 import hashlib
 import math
+import mmap
 import os
 import sys
 import time
@@ -158,6 +159,7 @@ class LlamaCppEngine(EmbeddingMixin, ChatRepliesMixin):
         self._vocab = self._model.vocab
         self.n_vocab = self._model.n_vocab()
         self._tokens: list[int] = []  # what the KV cache holds, position by position
+        self._shift_pending = False  # shift_out moved positions; llama.cpp rotates the keys at the next decode
         self._piece = ctypes.create_string_buffer(256)
         self.metadata = self._model.metadata()
         self.embedding = embedding
@@ -469,12 +471,17 @@ class LlamaCppEngine(EmbeddingMixin, ChatRepliesMixin):
 
     def save_state(self, n_tokens: int | None = None) -> tuple[list[int], memoryview] | None:
         """The tokens the KV cache holds (what follows the first n_tokens is dropped) and llama.cpp's sequence state."""
+        self._apply_shift()
         if n_tokens is not None and n_tokens < len(self._tokens):
             self._rewind(n_tokens)
         if not self._tokens:
             return None
         size = llama_cpp.llama_state_seq_get_size(self._ctx.ctx, 0)
-        buf = (ctypes.c_uint8 * size)()
+        if size <= 0:
+            return None
+        # An anonymous mapping rather than the heap: freed, it goes back to the system. From the heap, glibc kept each
+        # freed state of a new largest size, and a chat saving its state after every reply grew by megabytes each time.
+        buf = (ctypes.c_uint8 * size).from_buffer(mmap.mmap(-1, size))
         n = llama_cpp.llama_state_seq_get_data(self._ctx.ctx, buf, size, 0)
         return (list(self._tokens), memoryview(buf).cast("B")[:n]) if n else None
 
@@ -492,6 +499,30 @@ class LlamaCppEngine(EmbeddingMixin, ChatRepliesMixin):
             return 0
         self._tokens = list(tokens)
         return len(tokens)
+
+    def shift_out(self, held: Sequence[int], start: int, end: int) -> bool:
+        """If the KV cache begins with `held`, remove positions [start, end) and shift what follows back, evaluating
+        nothing (llama.cpp rotates the shifted keys at the next decode)."""
+        n = len(held)
+        if not (0 <= start < end <= n <= len(self._tokens)) or self._tokens[:n] != list(held):
+            return False
+        mem = self._ctx.memory
+        if not llama_cpp.llama_memory_can_shift(mem) or not llama_cpp.llama_memory_seq_rm(mem, 0, start, end):
+            return False
+        llama_cpp.llama_memory_seq_add(mem, 0, end, -1, start - end)
+        del self._tokens[start:end]
+        self._shift_pending = bool(self._tokens)
+        return True
+
+    def _apply_shift(self) -> None:
+        """Decode the last cached token again, alone: llama.cpp applies a pending shift first, so a state saved next
+        does not pair new positions with keys not yet rotated (the next prompt's decode would do it anyway)."""
+        if self._shift_pending and self._tokens:
+            last = self._tokens[-1]
+            self._rewind(len(self._tokens) - 1)
+            self._decode((last,), len(self._tokens), 0)
+            self._tokens.append(last)
+        self._shift_pending = False
 
     def close(self) -> None:
         """Free the context and the model."""

@@ -1,8 +1,13 @@
 """A conversation with one model: history, system prompt, context-window trimming, retry/undo, save/load.
 
 The prompt given to the engine grows append-only from turn to turn (the text the KV cache already holds, plus
-the new exchange), so llama.cpp's prefix reuse evaluates only the new tokens. Trimming, /undo, /retry, a new
-system prompt or a new model break the prefix once; the next turn rebuilds it.
+the new exchange), so llama.cpp's prefix reuse evaluates only the new tokens. /undo, /retry, a new system prompt or
+a new model break the prefix once; the next turn rebuilds it.
+
+When the next turn would not fit the window, the oldest exchanges leave the model's view: compacted into the running
+summary (compaction.py, the default) or dropped (--overflow trim, or when no summary can be had). An engine with
+ContextShift cuts the dropped exchanges out of its KV cache in place (window_shift.py) instead of evaluating the
+rest again; --exact-window keeps the re-evaluation.
 """
 
 from __future__ import annotations
@@ -13,11 +18,22 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Generator, Iterator, Sequence
 
-from chatllm.engines.contract import Engine, Event, Reasoning, Text, WarmStart
+from chatllm.engines.contract import ContextShift, Engine, Event, Reasoning, Text, WarmStart
 from chatllm.errors import ChatllmError, NoChatTemplateError, UsageError
 from chatllm.settings import Sampling
-from chatllm.storage.conversations import Exchange, Store, StoredConversation, Summary
+from chatllm.storage.conversations import Exchange, SearchHit, Store, StoredConversation, StoredSummary, Summary
+from chatllm.tasks.chat.compaction import (
+    MIN_SUMMARY_TOKENS,
+    CompactionFailed,
+    Compactor,
+    RunningSummary,
+    summary_tokens,
+    system_with_summary,
+)
 from chatllm.tasks.chat.transcripts import conversation_json, read_conversation_file, transcript_markdown
+from chatllm.tasks.chat.window_shift import common_prefix, kept_prefix, shift_plan
+
+OVERFLOW = ("compact", "trim")  # what happens to the oldest exchanges when a turn would not fit the window
 
 
 def require_chat_template(engine: Engine) -> Engine:
@@ -105,7 +121,11 @@ class Conversation:
         model: str | None = None,
         notice: Callable[[str], None] | None = None,
         open_engine: Callable[[str], Engine] | None = None,
+        overflow: str = "compact",
+        exact_window: bool = False,
     ):
+        if overflow not in OVERFLOW:
+            raise UsageError(f"overflow must be compact or trim, not {overflow!r}", "use --overflow compact or trim")
         self.engine = engine
         self.sampling = sampling
         self.system = system or None
@@ -122,6 +142,12 @@ class Conversation:
         # (start, end, text, tokens): what the KV cache holds after exchanges[start:end], as text and as tokens
         self._cache: tuple[int, int, str, list[int]] | None = None
         self._warm = False  # the engine's KV cache already holds this conversation (or a restore was tried)
+        self.overflow = overflow
+        self.exact_window = exact_window  # trims evaluate the window again rather than shift the KV cache in place
+        self.summary = RunningSummary()  # the exchanges compacted so far, in the model's view after the system prompt
+        self._no_compaction: str | None = None  # why compaction cannot work in this window (then it only trims)
+        self.last_shift_seconds: float | None = None  # how long the last trim took to shift the KV cache in place
+        self._measured: dict[tuple[int, int], tuple[str, list[int]]] = {}  # (start, end): (text, tokens), in a trim
 
     # -- state --------------------------------------------------------------------------------------
 
@@ -136,8 +162,9 @@ class Conversation:
         return self._start
 
     def messages(self, start: int = 0, end: int | None = None) -> list[dict]:
-        """The chat messages for exchanges[start:end], after the system prompt."""
-        msgs = [{"role": "system", "content": self.system}] if self.system else []
+        """The chat messages for exchanges[start:end], after the system prompt (and the running summary)."""
+        system = system_with_summary(self.system, self.summary.block())
+        msgs = [{"role": "system", "content": system}] if system else []
         for ex in self.exchanges[start:end]:
             msgs.append({"role": "user", "content": ex.user})
             msgs.append({"role": "assistant", "content": ex.assistant})
@@ -183,10 +210,12 @@ class Conversation:
 
     def _begin(self, text: str, seq: int) -> Turn:
         n_ctx, reserve = self.engine.n_ctx, self.reply_reserve
-        start = min(self._start, seq)
+        if seq < self.summary.upto:  # /retry of an exchange the summary already holds
+            self._forget_summary()
+        start = max(min(self._start, seq), self.summary.upto)
         full, prompt, tokens = self._render(start, seq, text)
         if len(tokens) + reserve > n_ctx:
-            start = self._trim(start, seq, text, n_ctx, reserve)
+            start = self._make_room(start, seq, text, n_ctx, reserve)
             full, prompt, tokens = self._render(start, seq, text)
         self._start = start
         self._restore(tokens)
@@ -215,8 +244,21 @@ class Conversation:
         # Tokenize only the new part: the cost of a turn stays flat however long the conversation gets.
         return full, prompt, cached_tokens + self.engine.tokenize(prompt[len(cached_text):], special=True)
 
-    def _trim(self, start: int, end: int, text: str, n_ctx: int, reserve: int) -> int:
-        """The first exchange to keep so the prompt fits; refuses a message that cannot fit even alone."""
+    def _make_room(self, start: int, end: int, text: str, n_ctx: int, reserve: int) -> int:
+        """The first exchange the model sees once the oldest left its view: compacted, else trimmed."""
+        self._check_fits(end, text, n_ctx, reserve)
+        if self.overflow == "compact" and self._no_compaction is None:
+            try:
+                return self._compact_for(start, end, text, n_ctx, reserve)
+            except CompactionFailed as exc:
+                if exc.lasting:
+                    self._no_compaction = exc.message
+                self.notice(f"note: could not compact ({exc.message}); trimming instead"
+                            + ("; this chat only trims from now on" if exc.lasting else ""))
+        return self._trim(start, end, text, n_ctx, reserve)
+
+    def _check_fits(self, end: int, text: str, n_ctx: int, reserve: int) -> None:
+        """Refuse a message that cannot fit even alone (with the system prompt and the summary)."""
         alone = len(self._render(end, end, text)[2])
         if alone + reserve > n_ctx:
             what = "message" + (" with the system prompt" if self.system else "")
@@ -225,26 +267,166 @@ class Conversation:
                 "shorten it, lower the reply length (/set max_tokens N), or start the chat with a larger --ctx",
             )
 
-        def fits(s: int, budget: int) -> bool:
-            return len(self._render(s, end, text)[2]) + reserve <= budget
+    def _first_kept(self, start: int, end: int, text: str, n_ctx: int, reserve: int, extra: int = 0,
+                    target: float = 0.75, tight: bool = False) -> int:
+        """The first exchange to keep so the prompt (and `extra` tokens more) fits in `target` of the window if it
+        can (so the window moves once every few turns rather than on every turn), else in all of it; tight: the
+        latest such exchange (a compaction's summary should not read more than it must)."""
 
-        # Drop a quarter of the window more than needed, so trimming (which re-evaluates the whole prompt)
-        # happens once every few turns rather than on every turn.
-        budget = n_ctx - n_ctx // 4 if fits(end, n_ctx - n_ctx // 4) else n_ctx
-        lo, hi = start + 1, end  # fits(hi) holds; find the smallest s that fits
-        while lo < hi:
-            mid = (lo + hi) // 2
-            if fits(mid, budget):
-                hi = mid
-            else:
-                lo = mid + 1
+        self._measured = {}  # the windows measured here: _shift need not tokenize the one kept again
+
+        def size(s: int) -> int:
+            full, _, tokens = self._render(s, end, text)
+            self._measured[(s, end)] = (full, tokens)
+            return len(tokens) + reserve + extra
+
+        alone = size(end)
+        budget = int(n_ctx * target) if alone <= int(n_ctx * target) else n_ctx
+        # Guess from the characters each exchange holds (a little past what is needed), then check, and walk on only if
+        # the guess falls short: usually one tokenization of the window rather than a binary search's six or seven
+        # (they are most of what a trim costs). Unless tight, the start found may drop an exchange more than needed.
+        total = size(start)
+        chars = [len(ex.user) + len(ex.assistant) + 1 for ex in self.exchanges[start:end]]
+        per_char = max(0, total - alone) / max(1, sum(chars))
+        s, dropped = start, 0.0
+        while s < end and dropped < (total - budget) * 1.1:
+            dropped += chars[s - start] * per_char
+            s += 1
+        s = max(s, start + 1)
+        while s < end and size(s) > budget:
+            s += 1
+        while tight and s > start + 1 and size(s - 1) <= budget:
+            s -= 1
+        return s
+
+    def _trim(self, start: int, end: int, text: str, n_ctx: int, reserve: int) -> int:
+        """Drop the oldest exchanges from the view so the prompt fits; the first exchange kept."""
+        began = time.perf_counter()
+        lo = self._first_kept(start, end, text, n_ctx, reserve)
         dropped = lo - start
-        self._reset_cache()
+        shifted = self._shift(start, lo, end)
+        if shifted:  # the whole trim: finding what to drop, and cutting it out of the KV cache
+            self.last_shift_seconds = time.perf_counter() - began
+        how = f", shifted in place in {self.last_shift_seconds * 1000:.0f} ms" if self.last_shift_seconds else ""
         self.notice(
             f"note: dropped the {'oldest exchange' if dropped == 1 else f'{dropped} oldest exchanges'} from the "
-            f"model's view to fit its {n_ctx}-token context (the saved conversation keeps everything)"
+            f"model's view to fit its {n_ctx}-token context (the saved conversation keeps everything{how})"
         )
+        self._start = lo
+        self._save_window()
         return lo
+
+    def _shift(self, start: int, new_start: int, end: int) -> bool:
+        """Cut exchanges[start:new_start] out of the engine's KV cache in place; False: the window is evaluated again."""
+        self.last_shift_seconds = None
+        cache, self._cache = self._cache, None
+        if self.exact_window or not isinstance(self.engine, ContextShift) or cache is None or cache[:2] != (start, end):
+            return False
+        began = time.perf_counter()
+        try:
+            text = self.engine.render_chat(self.messages(new_start, end), add_generation_prompt=False)
+        except ChatllmError:
+            return False
+        tokens = None
+        measured, self._measured = self._measured.get((new_start, end)), {}
+        if measured is not None and measured[0].startswith(text):
+            # The window with the new message was just tokenized: the history is all of it but the message's part.
+            tail = self.engine.tokenize(measured[0][len(text):], special=True)
+            if tail and measured[1][-len(tail):] == tail:
+                tokens = measured[1][: -len(tail)]
+        if tokens is None:
+            tokens = self.engine.prompt_tokens(text)
+        span = shift_plan(cache[3], tokens)
+        if span is None or not self.engine.shift_out(cache[3][:span[1]], *span):
+            return False
+        self._cache = (new_start, end, text, tokens)
+        self.last_shift_seconds = time.perf_counter() - began
+        return True
+
+    # -- compaction ---------------------------------------------------------------------------------
+
+    def _compact_for(self, start: int, end: int, text: str, n_ctx: int, reserve: int) -> int:
+        """Compact the oldest exchanges so the prompt fits beside a summary at its largest; the first exchange kept."""
+        room = summary_tokens(n_ctx)
+        if room < MIN_SUMMARY_TOKENS:
+            raise CompactionFailed(f"the {n_ctx}-token context has no room for a summary", lasting=True)
+        held = self.compacted_tokens
+        if len(self._render(end, end, text)[2]) + reserve + room - held > n_ctx:
+            raise CompactionFailed("no room for a summary beside this message")
+        # Down to half the window: a summary costs seconds, so it is written once every several turns.
+        return self._compact(self._first_kept(start, end, text, n_ctx, reserve, extra=room - held, target=0.5,
+                                             tight=True))
+
+    def compact(self, keep: int = 1) -> int:
+        """Compact every exchange the model sees but the last `keep` into the summary (/compact); how many went in."""
+        if keep < 0:
+            raise UsageError("keep must be 0 or more", "for example /compact 2")
+        cut = len(self.exchanges) - keep
+        if cut <= max(self.summary.upto, 0):
+            raise UsageError("nothing to compact", "the summary already holds every exchange but the last "
+                             f"{keep}" if self.summary.upto else "send a few messages first")
+        before = self.summary.upto
+        try:
+            self._compact(cut)
+        except CompactionFailed as exc:
+            raise ChatllmError(f"could not compact: {exc.message}", exc.hint or "try again, or go on: the chat trims "
+                               "when it must") from None
+        return cut - before
+
+    def _compact(self, cut: int) -> int:
+        """Summarize exchanges[summary.upto:cut] into the running summary; the model's view starts at cut."""
+        first = self.summary.upto
+        if cut <= first:
+            return cut
+        span = f"exchange {cut}" if cut - first == 1 else f"exchanges {first + 1}-{cut}"
+        self.notice(f"compacting {span} into the conversation's summary (Ctrl-C cancels)...")
+        began = time.perf_counter()
+        # The summarizer evaluates its own prompts: what the KV cache held for this conversation is gone after it,
+        # but for the system prompt, which is put back.
+        held, self._cache = self._cache, None
+        with kept_prefix(self.engine, self._system_prefix(held[3] if held else [])):
+            new = Compactor(self.engine, self.sampling, on_progress=self.notice).summarize(self.summary,
+                                                                                           self.exchanges[first:cut])
+        new.upto, new.compactions = cut, self.summary.compactions + 1
+        self.summary, self._start = new, cut
+        self._save_window()
+        size = self.engine.count_tokens(new.block())
+        kept = f", {len(new.facts)} of the user's statements word for word" if new.facts else ""
+        self.notice(f"note: compacted {span} into a {size}-token summary in {time.perf_counter() - began:.1f} s{kept} "
+                    "(the saved conversation keeps everything)")
+        return cut
+
+    def _system_prefix(self, held: Sequence[int]) -> int:
+        """How many of the cached tokens `held` are the system prompt's own (what stays whatever the summary)."""
+        if not self.system or not held:
+            return 0
+        try:
+            head = self.engine.prompt_tokens(self.engine.render_chat([{"role": "system", "content": self.system}],
+                                                                     add_generation_prompt=False))
+        except ChatllmError:
+            return 0
+        return common_prefix(head, held)
+
+    def _forget_summary(self) -> None:
+        """Drop the running summary (it holds an exchange that is gone or being redone); the view starts again at 0."""
+        self.summary = RunningSummary()
+        self._start = 0
+        self._reset_cache()
+        self._save_window()
+
+    def _save_window(self) -> None:
+        """Keep the summary and the view's start with the conversation, so --continue resumes with them."""
+        if self.store is None or self.id is None:
+            return
+        s = self.summary
+        stored = StoredSummary(s.text, s.upto, self._start, s.compactions, list(s.facts), self.model)
+        self.store.set_summary(self.id, stored if (s.upto or self._start) else None)
+
+    @property
+    def compacted_tokens(self) -> int:
+        """How many tokens the running summary takes in the model's view."""
+        block = self.summary.block()
+        return self.engine.count_tokens(block) if block else 0
 
     def _finish(self, t: Turn) -> None:
         t.close()
@@ -263,12 +445,13 @@ class Conversation:
             first_token_seconds=getattr(stats, "first_token_seconds", None),
             seconds=getattr(stats, "seconds", None),
         )
+        replaced = self.exchanges[t.seq] if t.seq < len(self.exchanges) else None
         del self.exchanges[t.seq:]
         self.exchanges.append(ex)
         t.exchange = ex
         self.context_tokens = (ex.prompt_tokens or 0) + (ex.completion_tokens or 0)
         self._remember_prompt(t)
-        self._persist(t.seq, ex)
+        self._persist(t.seq, ex, replaced)
         if isinstance(self.engine, WarmStart) and self.id is not None:
             self.engine.save_prefix(slot=f"chat:{self.id}")  # a fresh process resumes from it
 
@@ -314,6 +497,8 @@ class Conversation:
         self._reset_cache()
         if self.store is not None and self.id is not None:
             self.store.delete_from(self.id, len(self.exchanges))
+        if len(self.exchanges) < self.summary.upto:
+            self._forget_summary()
         return ex
 
     def clear(self) -> None:
@@ -322,6 +507,7 @@ class Conversation:
         self.id = None
         self.created_at = time.time()
         self._start = 0
+        self.summary = RunningSummary()
         self.context_tokens = 0
         self._reset_cache()
 
@@ -336,8 +522,9 @@ class Conversation:
         """Continue the same conversation on another model."""
         self.engine = engine
         self.model = model or engine.name
-        self._start = 0
+        self._start = self.summary.upto
         self._warm = False
+        self._no_compaction = None
         self._reset_cache()
 
     def switch_model(self, model: str) -> Engine:
@@ -366,8 +553,22 @@ class Conversation:
         """Continue a conversation from the store (system overrides its system prompt when given)."""
         self.adopt(stored.system, stored.exchanges, stored.id)
         self.created_at = stored.created_at
+        if stored.summary is not None:
+            kept = stored.summary
+            upto = min(kept.upto, len(self.exchanges))
+            self.summary = RunningSummary(kept.text, upto, kept.compactions, list(kept.facts)) if upto else RunningSummary()
+            self._start = max(upto, min(kept.window_start, len(self.exchanges)))
         if system is not None and system != stored.system:
             self.set_system(system)
+
+    def branch_to(self, conv_id: int, at: int, summary: RunningSummary, start: int) -> None:
+        """Go on as conversation conv_id, a branch holding the first `at` exchanges with that summary (branching.py)."""
+        if at < len(self.exchanges):
+            self._reset_cache()
+        del self.exchanges[at:]
+        self.summary = summary
+        self._start = max(summary.upto, min(start, at))
+        self.id = conv_id
 
     def saved(self, limit: int | None = None) -> list[Summary]:
         """The most recent saved conversations (at most limit), from the store this conversation is saved in."""
@@ -375,13 +576,24 @@ class Conversation:
             raise ChatllmError("no conversation store", "")
         return self.store.list(limit)
 
-    def _persist(self, seq: int, ex: Exchange) -> None:
+    def search(self, text: str, limit: int = 20) -> list[SearchHit]:
+        """Saved messages (of every conversation) holding every word of text, newest first."""
+        if self.store is None:
+            raise ChatllmError("no conversation store", "")
+        return self.store.search(text, limit)
+
+    def _persist(self, seq: int, ex: Exchange, replaced: Exchange | None = None) -> None:
         if self.store is None:
             return
         if self.id is None:
             self.id = self.store.create(self.model, self.system, self.exchanges)
-        else:
-            self.store.put_exchange(self.id, seq, ex, model=self.model)
+        elif not self.store.put_exchange_checked(self.id, seq, ex, replaces=replaced, model=self.model):
+            # Another chatllm went on with this conversation meanwhile: its exchanges stay, this one starts a branch.
+            old = self.id
+            self.id = self.store.create(self.model, self.system, self.exchanges, parent_id=old, fork_seq=seq)
+            self._save_window()
+            self.notice(f"note: conversation {old} was continued by another chatllm meanwhile; this exchange is saved "
+                        f"in a new branch, conversation {self.id} (both are kept)")
 
     # -- files --------------------------------------------------------------------------------------
 

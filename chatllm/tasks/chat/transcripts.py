@@ -9,10 +9,11 @@ from typing import Sequence
 
 from chatllm.errors import UsageError
 from chatllm.output import format_date
-from chatllm.storage.conversations import Exchange
+from chatllm.storage.conversations import Exchange, StoredConversation, StoredSummary
 
 INTERRUPTED_MARK = "*[interrupted]*"
 JSON_FORMAT = "chatllm.conversation"
+EXPORT_FORMATS = ("md", "json", "openai")
 
 
 def transcript_markdown(system: str | None, exchanges: Sequence[Exchange], *, model: str = "",
@@ -127,6 +128,68 @@ def parse_json(data: object) -> tuple[str | None, list[Exchange]]:
             exchanges.append(Exchange(pending or "", content))
             pending = None
     return system, exchanges
+
+
+def openai_messages(system: str | None, exchanges: Sequence[Exchange]) -> list[dict]:
+    """The conversation as an OpenAI chat-completions `messages` list (what other tools load)."""
+    msgs = [{"role": "system", "content": system}] if system else []
+    for ex in exchanges:
+        msgs.append({"role": "user", "content": ex.user})
+        if ex.assistant or not ex.interrupted:
+            msgs.append({"role": "assistant", "content": ex.assistant})
+    return msgs
+
+
+def export_conversation(conv: StoredConversation, fmt: str) -> str:
+    """A saved conversation as md (a transcript), json (chatllm's, summary and family included) or openai (messages)."""
+    if fmt == "md":
+        return transcript_markdown(conv.system, conv.exchanges, model=conv.model, conv_id=conv.id,
+                                   created_at=conv.created_at)
+    if fmt == "openai":
+        return json.dumps(openai_messages(conv.system, conv.exchanges), ensure_ascii=False, indent=2) + "\n"
+    if fmt != "json":
+        raise UsageError(f"unknown format {fmt!r}", f"use one of: {', '.join(EXPORT_FORMATS)}")
+    doc = conversation_json(conv.system, conv.exchanges, model=conv.model, conv_id=conv.id, created_at=conv.created_at)
+    doc["parent_id"], doc["fork_turn"] = conv.parent_id, conv.fork_seq
+    if conv.summary is not None:
+        s = conv.summary
+        doc["summary"] = {"text": s.text, "covers": s.upto, "window_start": s.window_start, "compactions": s.compactions,
+                          "facts": s.facts}
+    return json.dumps(doc, ensure_ascii=False, indent=2) + "\n"
+
+
+def read_import(path: Path) -> tuple[str | None, list[Exchange], StoredSummary | None]:
+    """A conversation file to import: chatllm JSON (its summary too), an OpenAI messages list, or a markdown transcript."""
+    from chatllm.inputs import read_text
+
+    text = read_text(path)
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError:
+        if path.suffix.lower() == ".json" or text.lstrip().startswith(("{", "[")):
+            raise UsageError(f"{path} is not valid JSON", "give a file from `chatllm history export`, a list of "
+                             '{"role": ..., "content": ...} messages, or a markdown transcript') from None
+        system, exchanges = parse_markdown(text)
+        summary = None
+    else:
+        system, exchanges = parse_json(data)
+        summary = _summary_of(data, len(exchanges))
+    if not exchanges:
+        raise UsageError(f"{path} holds no exchanges", "give a conversation with at least one user message")
+    return system, exchanges, summary
+
+
+def _summary_of(data: object, n: int) -> StoredSummary | None:
+    """The running summary of a chatllm JSON export, when it has a sound one."""
+    s = data.get("summary") if isinstance(data, dict) else None
+    if not isinstance(s, dict) or not isinstance(s.get("text"), str):
+        return None
+    covers, start = s.get("covers"), s.get("window_start")
+    if not isinstance(covers, int) or not isinstance(start, int) or not 0 <= covers <= n or not covers <= start <= n:
+        return None
+    facts = [f for f in s.get("facts") or [] if isinstance(f, str)]
+    compactions = s.get("compactions")
+    return StoredSummary(s["text"], covers, start, compactions if isinstance(compactions, int) else 0, facts)
 
 
 def read_conversation_file(path: Path) -> tuple[str | None, list[Exchange]]:
