@@ -1,17 +1,22 @@
 """`chatllm chat`: the REPL on a model, every exchange saved."""
 
+from contextlib import ExitStack
 from typing import TYPE_CHECKING, Annotated, Optional, TextIO, cast
 
 import typer
 
 from chatllm.cli.context import command_context
 from chatllm.cli.options import (
+    AllTools,
     ChatFormat,
     Ctx,
     Device,
+    Functions,
     GpuLayers,
     HideThinking,
     MaxTokens,
+    MaxToolSteps,
+    Mcp,
     Model,
     NoCache,
     Offline,
@@ -23,8 +28,10 @@ from chatllm.cli.options import (
     Temperature,
     Think,
     Threads,
+    Tool,
     TopK,
     TopP,
+    Yes,
 )
 from chatllm.errors import UsageError
 from chatllm.output import Output
@@ -47,6 +54,8 @@ def chat(
     seed: Seed = None, stop: Stop = None, no_cache: NoCache = False,
     think: Think = None, reasoning_effort: ReasoningEffort = None, reasoning_budget: ReasoningBudget = None,
     show_thinking: ShowThinking = False, hide_thinking: HideThinking = False,
+    mcp: Mcp = None, functions: Functions = None, tool: Tool = None, all_tools: AllTools = False, yes: Yes = False,
+    max_tool_steps: MaxToolSteps = None,
 ) -> None:
     """Chat with a model: replies stream as they are written, and every exchange is saved.
 
@@ -66,6 +75,7 @@ def chat(
                          "--resume ID a given one")
     piped = stdin_is_piped()
     store = Store(settings.db_path)
+    stack = ExitStack()
     try:
         stored = None
         if cont or resume is not None:
@@ -73,13 +83,25 @@ def chat(
             if conv_id is None:
                 raise UsageError("no saved conversation to continue", "start one with `chatllm chat`")
             stored = store.load(conv_id)  # before loading the model: a wrong id fails fast
+        from chatllm.cli.tool_use import open_session
+
+        # the tool files are read before the model loads (a bad one fails fast); the servers start while it loads
+        tools = open_session(settings, out, mcp=mcp, functions=functions, names=tool, all_tools=all_tools, yes=yes,
+                             max_steps=max_tool_steps, interactive=True)
+        stack.callback(tools.toolbox.close)
         engine = require_chat_template(context.load_engine())
+        try:
+            tools.toolbox.ready()
+        except BaseException:
+            engine.close()
+            raise
 
         def open_engine(name: str) -> "Engine":
             return context.replace(model=name).load_engine()
 
         conv = Conversation(engine, settings.sampling, system=system, store=store, notice=out.status,
                             open_engine=open_engine)
+        conv.tools = tools
         if stored is not None:
             conv.resume(stored, system)
             if stored.model and stored.model != engine.name:
@@ -90,6 +112,7 @@ def chat(
         finally:
             conv.engine.close()  # waits for the last reply's state to reach the disk
     finally:
+        stack.close()
         store.close()
 
 
