@@ -34,6 +34,7 @@ from chatllm.tasks.tools.sources import CallFailed
 from chatllm.tasks.tools.toolbox import Toolbox, describe_call
 
 MAX_STEPS = 5  # replies with calls in one turn, before the model must answer
+UNGROUNDED = "not grounded in the conversation"
 REPICKS = 2  # after a call that is not grounded, how many times the model picks again among the other tools
 CALL_TIMEOUT = 60.0  # seconds a call may take (a server's "timeout" in mcp.json wins)
 RESULT_CHARS = 16_000  # the longest result the model reads (less in a small window: see result_cap)
@@ -119,7 +120,7 @@ def model_view(call: dict) -> str:
 
 
 def grounded(arguments: Any, context: str) -> bool:
-    """True when every text the call passes (and every number) is found in the conversation: a small model offered
+    """True when every text the call passes (and every number) is found in the message (or the results so far): a small model offered
     tools reaches for one with made-up arguments (an id from a tool's description) where none is needed."""
     for value in _leaves(arguments):
         if isinstance(value, bool) or value is None:
@@ -130,6 +131,17 @@ def grounded(arguments: Any, context: str) -> bool:
         if text not in context:
             return False
     return True
+
+
+def copied(arguments: Any, described: str, context: str) -> bool:
+    """True when the call passes a text found in the tools' own descriptions but nowhere in the conversation: small
+    models copy a description's example ("an id like A-1042") as the argument."""
+    for value in _leaves(arguments):
+        if isinstance(value, str):
+            text = " ".join(value.split()).casefold()
+            if len(text) >= 3 and text in described and text not in context:
+                return True
+    return False
 
 
 def _leaves(value: Any):
@@ -187,7 +199,9 @@ class ToolSession:
         offered = self.offered()
         wire = tools_to_json(offered)
         before, user = list(messages[:-1]), str(messages[-1].get("content") or "")
-        context = " ".join(" ".join(str(m.get("content") or "").split()) for m in messages).casefold()
+        context = " ".join(user.split()).casefold()  # what a call's arguments must come from (or this turn's results)
+        later_turn = any(m.get("role") == "assistant" for m in before)
+        described = " ".join(wire.split()).casefold()  # the tools' own text: examples a model may copy
         done: set[str] = set()
         held = prompt
         answering = False
@@ -212,7 +226,9 @@ class ToolSession:
                         decided = self._decide(engine, msgs, offered, sampling)
                         stats.model_seconds += time.perf_counter() - model_began
                         began += time.perf_counter() - model_began
-                        choice, judge = ("required", False) if decided else ("auto", True)
+                        # A small model imitates its earlier answers and stops calling: in a chat's later turns its first
+                        # reply is held to a call, which stands only if grounded in the new message.
+                        choice, judge = ("required", False) if decided else ("required" if later_turn else "auto", True)
                 else:
                     msgs, choice, judge = before + exchange_messages(user, steps), "auto", True
                 if excluded and not answering:
@@ -251,13 +267,14 @@ class ToolSession:
                     key = json.dumps([call.name, call.arguments], sort_keys=True, ensure_ascii=False, default=str)
                     if key in done:
                         record.update(status="dropped", note="made already in this turn")
-                    elif judge and call.error is None and not grounded(call.arguments, seen_here):
-                        record.update(status="dropped", note="not grounded in the conversation")
+                    elif call.error is None and (judge and not grounded(call.arguments, seen_here)
+                                                 or copied(call.arguments, described, seen_here)):
+                        record.update(status="dropped", note=UNGROUNDED)
                     else:
                         done.add(key)
                         fresh.append((call, record))
                 stats.calls += len(fresh)
-                ungrounded = [r["name"] for r in step["calls"] if r.get("note") == "not grounded in the conversation"]
+                ungrounded = [r["name"] for r in step["calls"] if r.get("note") == UNGROUNDED]
                 stats.own_seconds += time.perf_counter() - began
                 yield StepStarted(step)
                 if not fresh:

@@ -179,7 +179,8 @@ class McpServer:
         if self.state == "not started":
             self.start()
         if not self._ready.wait(self.start_timeout + 1.0) and self.state == "starting":
-            self._fail(f"no answer to the MCP handshake within {self.start_timeout:g} s")
+            self._fail(f"{self.config.url} did not answer within {self.start_timeout:g} s" if self.config.url
+                       else f"no answer to the MCP handshake within {self.start_timeout:g} s")
             if self._done is not None:
                 self._done.cancel()
         return self.state == "running"
