@@ -16,7 +16,7 @@ FAST = ["--temperature", "0", "--max-tokens", "16"]
 def test_help_and_version_do_not_import_heavy_modules(cli_env):
     code = ("import sys; from chatllm.cli import main\n"
             "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
-            "heavy = [m for m in ('llama_cpp', 'huggingface_hub', 'prompt_toolkit') if m in sys.modules]\n"
+            "heavy = [m for m in ('llama_cpp', 'huggingface_hub', 'prompt_toolkit', 'mcp') if m in sys.modules]\n"
             "sys.stderr.write(repr(heavy))")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=cli_env, timeout=60)
     assert r.stderr.strip() == "[]"

@@ -8,13 +8,17 @@ from typer.core import TyperCommand
 
 from chatllm.cli.context import SAMPLING_FLAGS, CommandContext, command_context
 from chatllm.cli.options import (
+    AllTools,
     ChatFormat,
     Ctx,
     Device,
     Draft,
+    Functions,
     GpuLayers,
     HideThinking,
     MaxTokens,
+    MaxToolSteps,
+    Mcp,
     Model,
     NoCache,
     Offline,
@@ -27,8 +31,10 @@ from chatllm.cli.options import (
     Temperature,
     Think,
     Threads,
+    Tool,
     TopK,
     TopP,
+    Yes,
 )
 from chatllm.errors import UsageError
 from chatllm.output import Output, ThinkingView, format_stats
@@ -125,6 +131,12 @@ def ask(
     no_cache: NoCache = False,
     tools: ToolsOpt = None,
     tool_choice: ToolChoiceOpt = None,
+    mcp: Mcp = None,
+    functions: Functions = None,
+    tool: Tool = None,
+    all_tools: AllTools = False,
+    yes: Yes = False,
+    max_tool_steps: MaxToolSteps = None,
     model: Model = None, device: Device = None, gpu_layers: GpuLayers = None, ctx: Ctx = None, threads: Threads = None,
     chat_format: ChatFormat = None, offline: Offline = False, parallel: Parallel = None,
     max_tokens: MaxTokens = None, temperature: Temperature = None, top_p: TopP = None, top_k: TopK = None,
@@ -153,6 +165,12 @@ def ask(
     context = command_context(cli, model=model, **sampling)
     spec = _spec(schema, schema_multi)
     one_file = _one_file(file, lines, bool(prompt))
+    from chatllm.cli.tool_use import wants_tools
+
+    runnable = wants_tools(mcp, functions, tool, all_tools)
+    if runnable and (lines or (file and prompt)):
+        raise UsageError("--mcp, --functions, -T and --all-tools go with one question, not --lines or questions over files",
+                         'chatllm ask --mcp servers.json "what is the status of order A-1042?"')
     if lines:
         from chatllm.cli.ask_lines import run_batch
 
@@ -168,6 +186,20 @@ def ask(
     if sources or embed_model:
         flag = "--sources" if sources else "--embed-model"
         raise UsageError(f"{flag} goes with -f FILE and a question", f'chatllm ask -f notes.txt {flag} ... "who signed it?"')
+    if runnable:
+        if spec is not None:
+            raise UsageError("tools and --schema cannot be used together", "ask for the JSON in words, or drop the tools")
+        from chatllm.cli.tool_use import open_session
+
+        session = open_session(context.settings, context.out, mcp=mcp, functions=functions, definitions=tools, names=tool,
+                               all_tools=all_tools, yes=yes, max_steps=max_tool_steps, interactive=True)
+        try:
+            context = context.replace(sampling=context.settings.sampling.replace(tool_choice=tool_choice or "auto"))
+            _one_shot("ask", prompt, one_file, context, system=system, compose=compose if template else None,
+                      session=session, show_thinking=show_thinking, hide_thinking=hide_thinking)
+        finally:
+            session.toolbox.close()
+        return
     offered = _load_tools(tools, tool_choice, spec)
     if offered:
         context = context.replace(sampling=context.settings.sampling.replace(tool_choice=tool_choice or "auto"))
@@ -280,7 +312,7 @@ def _load_tools(files: Optional[List[Path]], choice: Optional[str], spec) -> lis
 
 def _one_shot(kind: str, words: Optional[List[str]], file: Optional[Path], context: CommandContext,
               system: Optional[str] = None, spec=None, compose: Optional[Callable[[str], str]] = None, *,
-              tools: Sequence = (), show_thinking: bool = False, hide_thinking: bool = False) -> None:
+              tools: Sequence = (), session=None, show_thinking: bool = False, hide_thinking: bool = False) -> None:
     from chatllm.inputs import gather_prompt
 
     settings, out = context.settings, context.out
@@ -296,6 +328,19 @@ def _one_shot(kind: str, words: Optional[List[str]], file: Optional[Path], conte
     engine = context.replace(context_hint=depth).load_engine()
     from chatllm.tasks.ask import oneshot
 
+    on_tool = None
+    if session is not None:  # its servers started while the model loaded
+        from functools import partial
+
+        from chatllm.cli.tool_use import show_event
+        from chatllm.tasks.tools.definitions import check_choice
+
+        session.toolbox.ready()
+        check_choice(settings.sampling.tool_choice, session.offered())
+        if not session.active():
+            out.warn("no tool can run: the model answers without tools")
+        on_tool = partial(show_event, out)
+
     view = ThinkingView(out, hide=hide_thinking, show_in_pipe=show_thinking)
 
     def on_text(piece: str) -> None:
@@ -305,7 +350,7 @@ def _one_shot(kind: str, words: Optional[List[str]], file: Optional[Path], conte
 
     if kind == "ask":
         answer = oneshot.ask(engine, text, settings.sampling, system=system, on_text=on_text, spec=spec, tools=tools,
-                             on_reasoning=view.reasoning)
+                             on_reasoning=view.reasoning, session=session, on_tool=on_tool)
     else:
         answer = oneshot.generate(engine, text, settings.sampling, on_text=on_text, spec=spec)
     view.fold(answer.stats.reasoning_tokens)

@@ -1,18 +1,23 @@
 """`chatllm chat`: the REPL on a model, every exchange saved."""
 
+from contextlib import ExitStack
 from typing import TYPE_CHECKING, Annotated, Optional, TextIO, cast
 
 import typer
 
 from chatllm.cli.context import command_context
 from chatllm.cli.options import (
+    AllTools,
     ChatFormat,
     Ctx,
     Device,
     Draft,
+    Functions,
     GpuLayers,
     HideThinking,
     MaxTokens,
+    MaxToolSteps,
+    Mcp,
     Model,
     NoCache,
     Offline,
@@ -24,8 +29,10 @@ from chatllm.cli.options import (
     Temperature,
     Think,
     Threads,
+    Tool,
     TopK,
     TopP,
+    Yes,
 )
 from chatllm.errors import UsageError
 from chatllm.output import Output
@@ -56,6 +63,8 @@ def chat(
     seed: Seed = None, stop: Stop = None, draft: Draft = None, no_cache: NoCache = False,
     think: Think = None, reasoning_effort: ReasoningEffort = None, reasoning_budget: ReasoningBudget = None,
     show_thinking: ShowThinking = False, hide_thinking: HideThinking = False,
+    mcp: Mcp = None, functions: Functions = None, tool: Tool = None, all_tools: AllTools = False, yes: Yes = False,
+    max_tool_steps: MaxToolSteps = None,
 ) -> None:
     """Chat with a model: replies stream as they are written, and every exchange is saved.
 
@@ -77,6 +86,7 @@ def chat(
     piped = stdin_is_piped()
     resume_id, resume_turn = parse_resume(resume) if resume is not None else (None, None)
     store = Store(settings.db_path)
+    stack = ExitStack()
     try:
         _repairs(store, out)
         stored = None
@@ -87,13 +97,25 @@ def chat(
             stored = store.load(conv_id)  # before loading the model: a wrong id (or turn) fails fast
             if resume_turn is not None:
                 check_turn(stored, resume_turn)
+        from chatllm.cli.tool_use import open_session
+
+        # the tool files are read before the model loads (a bad one fails fast); the servers start while it loads
+        tools = open_session(settings, out, mcp=mcp, functions=functions, names=tool, all_tools=all_tools, yes=yes,
+                             max_steps=max_tool_steps, interactive=True)
+        stack.callback(tools.toolbox.close)
         engine = require_chat_template(context.load_engine())
+        try:
+            tools.toolbox.ready()
+        except BaseException:
+            engine.close()
+            raise
 
         def open_engine(name: str) -> "Engine":
             return context.replace(model=name).load_engine()
 
         conv = Conversation(engine, settings.sampling, system=system, store=store, notice=out.status,
                             open_engine=open_engine, overflow=settings.overflow, exact_window=exact_window)
+        conv.tools = tools
         if stored is not None:
             at = len(stored.exchanges) if resume_turn is None else resume_turn
             branch = resume_at(conv, stored, at, system)
@@ -107,6 +129,7 @@ def chat(
         finally:
             conv.engine.close()  # waits for the last reply's state to reach the disk
     finally:
+        stack.close()
         store.close()
 
 

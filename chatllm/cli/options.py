@@ -1,5 +1,6 @@
 """Flags shared by the commands, as plain `Annotated` aliases; cli/context.py turns the ones a command has into Settings."""
 
+from pathlib import Path
 from typing import Annotated, List, Optional
 
 import typer
@@ -63,3 +64,26 @@ HideThinking = Annotated[bool, _reasoning_opt(
 
 NoCache = Annotated[bool, typer.Option(
     "--no-cache", help="Neither load nor save the model's KV state on disk (see `chatllm cache`).")]
+
+PANEL_TOOLS = "Tools"
+
+
+def _tools_opt(*decls: str, help: str, metavar: str | None = None):
+    return typer.Option(*decls, help=help, rich_help_panel=PANEL_TOOLS, show_default=False, metavar=metavar)
+
+
+Mcp = Annotated[Optional[List[Path]], _tools_opt(
+    "--mcp", metavar="FILE", help='Offer the tools of the MCP servers FILE configures ({"mcpServers": {...}}, Claude '
+                                  "Desktop's format; repeatable). The calls run, each with your approval.")]
+Functions = Annotated[Optional[List[Path]], _tools_opt(
+    "--functions", metavar="FILE.py", help="Offer the typed public functions of FILE.py as tools (repeatable); the "
+                                           "docstring is the description.")]
+Tool = Annotated[Optional[List[str]], _tools_opt(
+    "--tool", "-T", metavar="NAME", help="Offer only this tool, or every tool of this server (repeatable); the servers "
+                                         "of mcp.json in the config dir start only when named here or with --all-tools.")]
+AllTools = Annotated[bool, _tools_opt("--all-tools", help="Offer every tool: those named on the command line and all "
+                                                          "the servers of mcp.json in the config dir.")]
+Yes = Annotated[bool, _tools_opt("--yes", "-y", help="Run tool calls without asking (needed in a pipe, where nobody can "
+                                                     "be asked).")]
+MaxToolSteps = Annotated[Optional[int], _tools_opt(
+    "--max-tool-steps", help="Replies with tool calls in one turn before the model must answer [default: 5]")]

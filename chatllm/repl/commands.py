@@ -26,6 +26,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "/stats": ("", "speed of the last reply, context use, what is compacted, sampling"),
     "/history": ("[N | search TEXT]", "list saved conversations (resume one with `chatllm chat --resume ID`), or "
                  "search every message"),
+    "/tools": ("[on|off NAME]", "list the tools (source, on or off), or switch a tool or a server's tools on or off"),
+    "/mcp": ("", "the MCP servers: running, or failed and why"),
 }
 INPUT_HELP = 'Alt-Enter or a trailing \\ adds a line · """ starts a block · Ctrl-C stops a reply'
 SET_ALIASES = {"temp": "temperature", "max-tokens": "max_tokens", "top-p": "top_p", "top-k": "top_k",

@@ -30,6 +30,8 @@ from chatllm.repl.views import LiveMarkdownView, PlainView, ReplyView, chat_mark
 from chatllm.storage.conversations import HIGHLIGHT, first_line
 from chatllm.tasks.chat.branching import edit_turn, fork
 from chatllm.tasks.chat.conversation import Conversation, Turn
+from chatllm.tasks.chat.transcripts import tool_lines
+from chatllm.tasks.tools.loop import CallDone, LoopNotice, StepStarted, call_line
 
 if TYPE_CHECKING:
     from prompt_toolkit import PromptSession
@@ -93,6 +95,8 @@ class Repl:
         self.out.status(f"resumed conversation {self.conv.id} ({_plural(len(self.conv.exchanges), 'exchange')})")
         for ex in self.conv.exchanges:
             self.out.line(">>> " + ex.user.replace("\n", "\n... "))
+            for line in tool_lines(ex.tool_steps):
+                self.out.status(f"⚙ {line}")
             self.print_markdown(ex.assistant.strip())
             if ex.interrupted:
                 self.out.status("[interrupted]")
@@ -144,11 +148,20 @@ class Repl:
 
     def stream(self, turn: Turn) -> None:
         """Show the reply as it streams; Ctrl-C stops it at the next token."""
-        view: ReplyView = (LiveMarkdownView(self.out.console) if self.out.rich and self.interactive
-                           else PlainView(self.out))
+        view = self._new_view()
         self._stop, self._turn, self._sigint = False, turn, _STREAM
         thinking = ThinkingView(self.out, hide=self.hide_thinking, show_in_pipe=self.show_thinking)
         turn.on_reasoning = thinking.reasoning
+        started = True
+
+        def on_tool(event: object) -> None:  # a reply that made calls is over: its text stays, the calls show
+            nonlocal view, started
+            if isinstance(event, StepStarted):
+                view.finish(turn.text)
+                view, started = self._new_view(), False
+            self.show_tool_event(event)
+
+        turn.on_tool = on_tool
         pieces = iter(turn)
         try:
             view.start()
@@ -161,6 +174,9 @@ class Repl:
                 if piece is None:
                     break
                 thinking.fold(self.conv.engine.last_stats.reasoning_tokens)
+                if not started:
+                    view.start()
+                    started = True
                 view.update(turn.text, piece)
             if self._stop and not turn.text:
                 raise KeyboardInterrupt  # pressed before the first token, while the waiting mark was drawn
@@ -169,6 +185,16 @@ class Repl:
             self._sigint = _QUIET
             thinking.fold(self.conv.engine.last_stats.reasoning_tokens)
             view.finish(turn.text)
+
+    def _new_view(self) -> ReplyView:
+        return LiveMarkdownView(self.out.console) if self.out.rich and self.interactive else PlainView(self.out)
+
+    def show_tool_event(self, event: object) -> None:
+        """A call on one dim line of stderr once it ran (in a terminal); the loop's notices as warnings, always."""
+        if isinstance(event, LoopNotice):
+            self.out.warn(event.message)
+        elif isinstance(event, CallDone) and self.out.err_tty:
+            self.out.status(f"⚙ {call_line(event.call)}")
 
     def request_stop(self) -> None:
         """Stop the streaming reply at the next token (what Ctrl-C does)."""
@@ -357,6 +383,35 @@ class Repl:
                              "drafts:       none in the last reply (made only where it copies and they pay)")
         lines.append("sampling:     " + sampling_text(conv.sampling))
         self.out.line("\n".join(lines))
+
+    def cmd_tools(self, arg: str) -> None:
+        """List the tools, or switch one (or a whole server's) on or off."""
+        tools = self.conv.tools
+        if tools is None:
+            raise UsageError("tools are not available here", "start the chat with --mcp FILE or --functions FILE.py")
+        verb, _, name = arg.partition(" ")
+        if verb:
+            if verb.lower() not in ("on", "off") or not name.strip():
+                raise UsageError("/tools takes on NAME or off NAME", "for example /tools off get_time, /tools on SERVER")
+            changed = tools.toolbox.switch(name.strip(), verb.lower() == "on")
+            self.out.status(f"{verb.lower()}: {', '.join(changed)}")
+            return
+        entries = tools.toolbox.entries()
+        if not entries:
+            self.out.line("no tools yet: start the chat with --mcp FILE, --functions FILE.py or -T NAME (/mcp lists "
+                          "the servers of mcp.json; /tools on SERVER starts one)")
+            return
+        self.out.table(["tool", "source", "state", "description"], [
+            [e.name, e.source.name, "on" if e.on else "off", first_line(e.spec.description)[:60]] for e in entries])
+
+    def cmd_mcp(self, arg: str) -> None:
+        """The MCP servers (and tool files): running, or failed and why."""
+        tools = self.conv.tools
+        rows = tools.toolbox.servers() if tools is not None else []
+        if not rows:
+            self.out.line("no MCP servers: give --mcp FILE, or write mcp.json in the config dir")
+            return
+        self.out.table(["name", "command or URL", "state"], [list(row) for row in rows])
 
     def cmd_history(self, arg: str) -> None:
         """Recent saved conversations, or a search of every message."""

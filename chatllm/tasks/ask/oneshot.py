@@ -14,6 +14,7 @@ from chatllm.engines.contract import Engine, GenerationStats, Reasoning, Text, T
 from chatllm.settings import Sampling
 from chatllm.tasks.ask.structured_output import JsonSpec, decode
 from chatllm.tasks.tools.decision import CallDecision
+from chatllm.tasks.tools.loop import LoopEvent, LoopStats, StepStarted, ToolSession
 
 
 @dataclass
@@ -29,6 +30,8 @@ class Answer:
     tool_calls: list[ToolCall] = field(default_factory=list)
     tools_offered: bool = False
     tool_decision: str | None = None  # "call" or "answer" when chatllm decided (tool_choice auto), else None
+    tool_steps: list[dict] = field(default_factory=list)  # the calls that ran (a tool loop), with their results
+    loop: LoopStats | None = None  # how the tool loop went, when one ran
 
     def as_dict(self) -> dict:
         """The --json record."""
@@ -38,7 +41,8 @@ class Answer:
             "text": self.text,
             **({"data": self.data} if self.structured else {}),
             **({"reasoning": self.reasoning} if self.reasoning or s.reasoning_tokens else {}),
-            **({"tool_calls": [call_record(c) for c in self.tool_calls]} if self.tools_offered else {}),
+            **({"tool_calls": [call_record(c) for c in self.tool_calls]} if self.tools_offered and self.loop is None else {}),
+            **({"tool_calls": ran_calls(self.tool_steps), "tool_loop": self.loop.as_dict()} if self.loop is not None else {}),
             **({"tool_decision": self.tool_decision} if self.tool_decision else {}),
             "prompt_tokens": s.prompt_tokens,
             "completion_tokens": s.completion_tokens,
@@ -60,11 +64,22 @@ def call_record(call: ToolCall) -> dict:
     return {"name": call.name, "arguments": call.arguments, **({"error": call.error} if call.error else {})}
 
 
+def ran_calls(steps: Sequence[dict]) -> list[dict]:
+    """The calls of a tool loop as --json lists them: each with its step, arguments, result, duration and error."""
+    keys = ("name", "arguments", "source", "status", "result", "error", "seconds", "truncated")
+    return [{"step": n, **{k: c[k] for k in keys if k in c}} for n, step in enumerate(steps, 1) for c in step.get("calls", [])]
+
+
 def ask(engine: Engine, message: str, sampling: Sampling, *, system: str | None = None,
         on_text: Callable[[str], None] | None = None, spec: JsonSpec | None = None,
-        tools: Sequence[ToolSpec] = (), on_reasoning: Callable[[str], None] | None = None) -> Answer:
+        tools: Sequence[ToolSpec] = (), on_reasoning: Callable[[str], None] | None = None,
+        session: ToolSession | None = None, on_tool: Callable[[LoopEvent], None] | None = None) -> Answer:
     """Answer one message through the model's chat template; under a spec the answer is validated JSON (in data);
-    with tools, the model may call them instead (the calls are returned, nothing runs)."""
+    with tools, the model may call them instead (the calls are returned, nothing runs); with a tool session whose
+    tools can run, the calls run (checked, consented to) and the model answers from their results."""
+    if session is not None and session.active():
+        return _ask_with_tools(engine, message, sampling, session, system=system, on_text=on_text,
+                               on_reasoning=on_reasoning, on_tool=on_tool)
     decision = None
     if tools and sampling.tool_choice == "auto":  # whether to call is decided apart from writing the call
         decision = CallDecision(engine).decide(_messages(message, system, spec), tools, sampling.think)
@@ -75,6 +90,39 @@ def ask(engine: Engine, message: str, sampling: Sampling, *, system: str | None 
     answer.tools_offered = bool(tools)
     answer.tool_decision = None if decision is None else ("call" if decision else "answer")
     return structured(answer, spec)
+
+
+def _ask_with_tools(engine: Engine, message: str, sampling: Sampling, session: ToolSession, *, system: str | None,
+                    on_text: Callable[[str], None] | None, on_reasoning: Callable[[str], None] | None,
+                    on_tool: Callable[[LoopEvent], None] | None) -> Answer:
+    """The tool loop for one message: every text the model writes streams (a step's text, then the answer)."""
+    messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": message}]
+    steps: list[dict] = []
+    text, trace, at_start = "", [], True
+    for event in session.run(engine, messages, sampling, steps):
+        if isinstance(event, Text):
+            piece = event.text.lstrip() if at_start else event.text
+            if not piece:
+                continue
+            at_start = False
+            text += piece
+            if on_text is not None:
+                on_text(piece)
+        elif isinstance(event, Reasoning):
+            trace.append(event.text)
+            if on_reasoning is not None:
+                on_reasoning(event.text)
+        elif not isinstance(event, ToolCall):
+            if isinstance(event, StepStarted) and not at_start:  # the next reply's text starts on a line of its own
+                text += "\n"
+                if on_text is not None:
+                    on_text("\n")
+                at_start = True
+            if on_tool is not None:
+                on_tool(event)
+    answer = Answer(engine.name, text, engine.last_stats, reasoning="".join(trace), tools_offered=True,
+                    tool_steps=steps, loop=session.last)
+    return answer
 
 
 def chat_prompt(engine: Engine, message: str, sampling: Sampling, *, system: str | None = None,

@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Generator, Iterator, Sequence
 
-from chatllm.engines.contract import ContextShift, Engine, Event, Reasoning, Text, WarmStart
+from chatllm.engines.contract import ContextShift, Engine, Event, Reasoning, Text, ToolCall, WarmStart
 from chatllm.errors import ChatllmError, NoChatTemplateError, UsageError
 from chatllm.settings import Sampling
 from chatllm.storage.conversations import Exchange, SearchHit, Store, StoredConversation, StoredSummary, Summary
@@ -32,6 +32,7 @@ from chatllm.tasks.chat.compaction import (
 )
 from chatllm.tasks.chat.transcripts import conversation_json, read_conversation_file, transcript_markdown
 from chatllm.tasks.chat.window_shift import common_prefix, kept_prefix, shift_plan
+from chatllm.tasks.tools.loop import LoopEvent, StepStarted, ToolSession, exchange_messages
 
 OVERFLOW = ("compact", "trim")  # what happens to the oldest exchanges when a turn would not fit the window
 
@@ -59,6 +60,8 @@ class Turn:
         self.text = ""
         self.reasoning = ""  # a reasoning model's trace: kept apart, never sent back to the model
         self.on_reasoning: Callable[[str], None] | None = None  # who draws the trace while it streams
+        self.tool_steps: list[dict] = []  # the calls made before the answer (tasks/tools/loop.py fills them in)
+        self.on_tool: Callable[[LoopEvent], None] | None = None  # who shows the calls as they are made
         self.done = False
         self.exchange: Exchange | None = None
         self._gen: Generator[str, None, None] | None = None
@@ -69,7 +72,13 @@ class Turn:
         return self._gen
 
     def _run(self) -> Generator[str, None, None]:
-        pieces = self._text_of(self.conv.engine.stream(self.tokens, self.conv.sampling))
+        conv = self.conv
+        if conv.tools is not None and conv.tools.active():  # the tool loop: calls, results, then the answer
+            messages = conv.messages(self.window, self.seq) + [{"role": "user", "content": self.user}]
+            events = conv.tools.run(conv.engine, messages, conv.sampling, self.tool_steps, prompt=(self.full, self.tokens))
+        else:
+            events = conv.engine.stream(self.tokens, conv.sampling)
+        pieces = self._text_of(events)
         try:
             for piece in pieces:
                 if not self.text:
@@ -82,7 +91,7 @@ class Turn:
         finally:
             pieces.close()  # a reply stopped early is marked "interrupted" by the engine
 
-    def _text_of(self, events: Iterator[Event]) -> Generator[str, None, None]:
+    def _text_of(self, events: Iterator[Event | LoopEvent]) -> Generator[str, None, None]:
         """The answer's text pieces; the trace goes to self.reasoning (and on_reasoning) on the way."""
         try:
             for event in events:
@@ -92,6 +101,11 @@ class Turn:
                         self.on_reasoning(event.text)
                 elif isinstance(event, Text) and event.text:
                     yield event.text
+                elif not isinstance(event, (Text, Reasoning, ToolCall)):  # the tool loop's own events
+                    if self.on_tool is not None:
+                        self.on_tool(event)
+                    if isinstance(event, StepStarted):
+                        self.text = ""  # that reply's text is the step's; the answer comes after the results
         finally:
             close = getattr(events, "close", None)
             if close is not None:
@@ -148,6 +162,8 @@ class Conversation:
         self._no_compaction: str | None = None  # why compaction cannot work in this window (then it only trims)
         self.last_shift_seconds: float | None = None  # how long the last trim took to shift the KV cache in place
         self._measured: dict[tuple[int, int], tuple[str, list[int]]] = {}  # (start, end): (text, tokens), in a trim
+        self.tools: ToolSession | None = None  # the tools offered, and the loop that runs their calls (set by the command)
+        self._offered_key = repr(None)
 
     # -- state --------------------------------------------------------------------------------------
 
@@ -166,9 +182,19 @@ class Conversation:
         system = system_with_summary(self.system, self.summary.block())
         msgs = [{"role": "system", "content": system}] if system else []
         for ex in self.exchanges[start:end]:
-            msgs.append({"role": "user", "content": ex.user})
+            msgs += exchange_messages(ex.user, ex.tool_steps)  # the message, with the results of its calls (if any)
             msgs.append({"role": "assistant", "content": ex.assistant})
         return msgs
+
+    def offered_tools(self) -> list | None:
+        """The tools every prompt of this chat offers (None: no tool loop); when they change (/tools on|off), the
+        prompt the KV cache holds no longer starts the next one."""
+        offered = self.tools.offered() if self.tools is not None and self.tools.active() else None
+        key = repr(offered)
+        if key != self._offered_key:
+            self._offered_key = key
+            self._reset_cache()
+        return offered
 
     def _reset_cache(self) -> None:
         self._cache = None
@@ -224,7 +250,7 @@ class Conversation:
     def _render(self, start: int, end: int, text: str) -> tuple[str, str, list[int]]:
         msgs = self.messages(start, end)
         full = self.engine.render_chat(msgs + [{"role": "user", "content": text}], add_generation_prompt=True,
-                                       think=self.sampling.think)
+                                       think=self.sampling.think, tools=self.offered_tools())
         cache = self._cache if self._cache and self._cache[:2] == (start, end) else None
         if cache is None:
             return full, full, self.engine.prompt_tokens(full)
@@ -235,7 +261,7 @@ class Conversation:
             # The template re-renders history differently (today's date...): keep what the cache holds and
             # append only the template's rendering of the new message.
             try:
-                base = self.engine.render_chat(msgs, add_generation_prompt=False)
+                base = self.engine.render_chat(msgs, add_generation_prompt=False, tools=self.offered_tools())
             except ChatllmError:
                 base = None
             if base is None or not full.startswith(base):
@@ -324,7 +350,8 @@ class Conversation:
             return False
         began = time.perf_counter()
         try:
-            text = self.engine.render_chat(self.messages(new_start, end), add_generation_prompt=False)
+            text = self.engine.render_chat(self.messages(new_start, end), add_generation_prompt=False,
+                                           tools=self.offered_tools())
         except ChatllmError:
             return False
         tokens = None
@@ -402,7 +429,8 @@ class Conversation:
             return 0
         try:
             head = self.engine.prompt_tokens(self.engine.render_chat([{"role": "system", "content": self.system}],
-                                                                     add_generation_prompt=False))
+                                                                     add_generation_prompt=False,
+                                                                     tools=self.offered_tools()))
         except ChatllmError:
             return 0
         return common_prefix(head, held)
@@ -432,12 +460,13 @@ class Conversation:
         t.close()
         stats = getattr(self.engine, "last_stats", None)
         self.last_stats = stats
-        if not t.text:
+        if not t.text and not t.tool_steps:
             return  # stopped before the first token: nothing worth keeping
         ex = Exchange(
             user=t.user,
             assistant=t.text,
             reasoning=t.reasoning,
+            tool_steps=t.tool_steps,
             interrupted=t.interrupted,
             model=self.model,
             prompt_tokens=getattr(stats, "prompt_tokens", None),
@@ -458,7 +487,7 @@ class Conversation:
     def _remember_prompt(self, t: Turn) -> None:
         msgs = self.messages(t.window, t.seq + 1)
         try:
-            after = self.engine.render_chat(msgs, add_generation_prompt=False)
+            after = self.engine.render_chat(msgs, add_generation_prompt=False, tools=self.offered_tools())
         except ChatllmError:
             after = ""
         if not after.startswith(t.full):
@@ -474,7 +503,8 @@ class Conversation:
         if self._warm or not isinstance(self.engine, WarmStart) or not self.exchanges:
             return 0
         try:
-            history = self.engine.render_chat(self.messages(self._start), add_generation_prompt=False)
+            history = self.engine.render_chat(self.messages(self._start), add_generation_prompt=False,
+                                              tools=self.offered_tools())
         except ChatllmError:
             return 0
         return self._restore(self.engine.prompt_tokens(history))

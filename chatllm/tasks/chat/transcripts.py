@@ -28,10 +28,20 @@ def transcript_markdown(system: str | None, exchanges: Sequence[Exchange], *, mo
         parts += ["## User", "", ex.user.strip(), ""]
         if ex.reasoning.strip():
             parts += ["## Thinking", "", ex.reasoning.strip(), ""]
+        calls = tool_lines(ex.tool_steps)
+        if calls:  # shown, not read back: the JSON form keeps the calls whole
+            parts += ["## Tools", ""] + [f"- `{line}`" for line in calls] + [""]
         parts += ["## Assistant", "", ex.assistant.strip(), ""]
         if ex.interrupted:
             parts += [INTERRUPTED_MARK, ""]
     return "\n".join(parts)
+
+
+def tool_lines(steps: Sequence[dict]) -> list[str]:
+    """Each call made before an answer on one line (the calls the loop dropped left out)."""
+    from chatllm.tasks.tools.loop import call_line
+
+    return [call_line(c) for step in steps for c in step.get("calls", []) if c.get("status") != "dropped"]
 
 
 def conversation_json(system: str | None, exchanges: Sequence[Exchange], *, model: str = "",
@@ -53,7 +63,7 @@ def conversation_json(system: str | None, exchanges: Sequence[Exchange], *, mode
     }
 
 
-_SECTION = re.compile(r"^##\s+(System|User|Thinking|Assistant)\s*$", re.IGNORECASE)
+_SECTION = re.compile(r"^##\s+(System|User|Thinking|Tools|Assistant)\s*$", re.IGNORECASE)
 _FENCE = re.compile(r"^\s{0,3}(```|~~~)")
 
 
@@ -83,6 +93,8 @@ def parse_markdown(text: str) -> tuple[str | None, list[Exchange]]:
             system = body or None
         elif role == "thinking":
             thinking = body
+        elif role == "tools":
+            continue
         elif role == "user":
             if pending is not None:
                 exchanges.append(Exchange(pending, "", interrupted=True))
