@@ -376,7 +376,7 @@ class RemoteEngine(ServerEngine):
         # llama.cpp's kernels round differently by batch shape (the repacked weights go through a 4-row gemm and a
         # one-row gemv), so a token's KV entries depend on the batch it was evaluated in: sending the whole prompt
         # would evaluate its uncached tokens together with the last one, in a batch one token longer than locally.
-        if len(tokens) > 1 and _common_prefix(self._held, tokens) < len(tokens) - 1:
+        if len(tokens) > 1 and common_prefix(self._held, tokens) < len(tokens) - 1:
             self.server.post("/completion", {"prompt": tokens[:-1], "n_predict": 0, "cache_prompt": True,
                                              "model": self.model})
         self._held = list(tokens[:-1])
@@ -446,7 +446,8 @@ def describe(spec: ModelSpec) -> dict:
     }
 
 
-def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    """How many leading items the two sequences share."""
     n = 0
     for x, y in zip(a, b):
         if x != y:
