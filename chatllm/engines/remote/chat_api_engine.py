@@ -15,7 +15,9 @@ Each contract method and what it asks the server (HTTP in chatllm.engines.remote
   json_object + schema; the answer is validated by the task either way.
 - score_continuations: /v1/completions with max_tokens 1 and logprobs (top N by text), one request per label token:
   the label's text is followed through the server's own tokens (the longest top-N token that starts what is left);
-  a token outside the top N ends the label with an upper bound of its log-probability. No logprobs: a refusal.
+  a token outside the top N ends the label with an upper bound of its log-probability. No logprobs: a refusal. On
+  llama-cpp-python's server (known by its /extras/tokenize) a first request evaluates the prompt but its last token,
+  so that the label requests decode that token alone, as the local engine does: the same numbers (issue 32).
 """
 
 from __future__ import annotations

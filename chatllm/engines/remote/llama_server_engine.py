@@ -19,13 +19,20 @@ Each contract method and what it asks the server (HTTP in chatllm.engines.remote
   text past max_tokens is cut off there: the reply ends as "length" and the connection closes (events without text
   and without end are refused by Server.events).
 - score_continuations: POST /completion (llama-server's own) with n_predict=1 and n_probs, one request per
-  continuation token (shared prefixes asked once; the server's prompt cache keeps the prefix evaluated, after a first
-  n_predict=0 request so that the last prefix token is always decoded alone, cached or not, as locally). Each request
-  biases the target token (logit_bias) so that it is the one "sampled": llama-server reports the sampled token's
-  log-probability from the raw logits, before any bias or sampler, so the score is exact (what the local engine
-  computes, up to float rounding of batched evaluation). Should a server not honour the bias, the token's log-prob
-  is taken from the top-N list (exact) or, when the token is outside it, bounded above by
-  min(lowest top-N log-prob, log(1 - top-N mass)): the score returned is that bound.
+  continuation token (shared prefixes asked once). The prompt is evaluated in the batches the local engine uses: first
+  an n_predict=0 request for all but its last token (what the server's cache lacks goes in one batch), then each label
+  request decodes the last token alone; llama.cpp's kernels round differently by batch shape, so other batches give
+  other numbers (issue 32). Each request biases the target token (logit_bias) so that it is the one "sampled":
+  llama-server reports the sampled token's log-probability from the raw logits over the whole vocabulary, before any
+  bias or sampler, so the score is the local engine's up to the server's float32 softmax (a shift of about 1e-4 shared
+  by every token at one position). Three cases stay apart from a local run: a sliding-window model (Gemma 3, gpt-oss)
+  on a server without --swa-full, which re-evaluates the end of every prompt from its context checkpoints in batches
+  no client chooses; labels of three or more tokens, whose tokens the local engine evaluates in one batch and the
+  server one request each; requests of several slots that the server batches together (--parallel). Should a server
+  not honour the bias, the token's log-prob is taken from the top-N list (exact) or, when the token is outside it,
+  bounded above by min(lowest top-N log-prob, log(1 - top-N mass)): the score returned is that bound.
+- family: read from the GGUF file /props names when it is readable here and is the one served (same parameter count
+  and tensor size): `chatllm serve` and a server on this machine get the local engine's task presets.
 - n_ctx: the entry's `context` (or --ctx), else the server's per-slot context from /props, never above the latter.
 """
 
