@@ -258,3 +258,20 @@ def test_api_llama_server_forced_on_this_server_fails_in_one_line(env, py_server
     (home / "models.toml").write_text('[bad]\nurl = "http://127.0.0.1:9/v1"\napi = "grpc"\n')
     r = cli(env, "ask", "-m", "bad", "hi")
     assert r.returncode == 1 and 'api must be "auto", "llama-server" or "chat"' in r.stderr, r.stderr
+
+
+def test_label_scores_are_the_local_engines(engine, smollm_path):
+    # The server evaluates all but the prompt's last token first, then the last one alone, as the local engine does
+    # (issue 32: with the whole prompt in one batch the probabilities differed by up to 0.02 on SmolLM2).
+    from chatllm.engines.llamacpp.llamacpp_engine import LlamaCppEngine
+    from chatllm.tasks.classify.classifier import Classifier, sentiment_labels
+    from tests.test_remote_agreement import ITEMS
+
+    with LlamaCppEngine(smollm_path, n_ctx=CTX, n_threads=1, repack=repack_safe()) as local:
+        classifier = Classifier(local, sentiment_labels())
+        here = [classifier.classify(t) for t in ITEMS]
+    classifier = Classifier(engine, sentiment_labels())
+    there = [classifier.classify(t) for t in ITEMS]
+    assert [r.label for r in there] == [r.label for r in here]
+    worst = max(abs(a.scores[k] - b.scores[k]) for a, b in zip(here, there) for k in a.scores)
+    assert worst < 1e-5, [(a.scores, b.scores) for a, b in zip(here, there)]

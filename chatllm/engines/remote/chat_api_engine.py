@@ -15,7 +15,9 @@ Each contract method and what it asks the server (HTTP in chatllm.engines.remote
   json_object + schema; the answer is validated by the task either way.
 - score_continuations: /v1/completions with max_tokens 1 and logprobs (top N by text), one request per label token:
   the label's text is followed through the server's own tokens (the longest top-N token that starts what is left);
-  a token outside the top N ends the label with an upper bound of its log-probability. No logprobs: a refusal.
+  a token outside the top N ends the label with an upper bound of its log-probability. No logprobs: a refusal. On
+  llama-cpp-python's server (known by its /extras/tokenize) a first request evaluates the prompt but its last token,
+  so that the label requests decode that token alone, as the local engine does: the same numbers (issue 32).
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from chatllm.engines.chat_templates import check_fits
 from chatllm.engines.contract import Engine, Event, GenerationStats, Reasoning, Text, ToolCall
 from chatllm.engines.remote.chat_api_tokens import Codec, Tokenizer, estimate_margin, parse, probe_tokenizer, render, split_text
 from chatllm.engines.remote.http_client import Server
-from chatllm.engines.remote.llama_server_engine import ServerEngine, connect_server, pick_model
+from chatllm.engines.remote.llama_server_engine import ServerEngine, common_prefix, connect_server, pick_model
 from chatllm.errors import ChatllmError, EngineUnavailable, UsageError
 from chatllm.models.registry import ModelSpec
 from chatllm.settings import DEFAULT_CTX, Sampling
@@ -111,6 +113,7 @@ class ChatRemoteEngine(ServerEngine):
         self._schema_form = "json_schema"  # then "json_object" (llama-cpp-python's), then "none"
         self._top_n = TOP_N
         self._completions: bool | None = None  # whether /v1/completions answers; None: not asked yet
+        self._held: list[int] = []  # the tokens of the last raw prompt sent (what llama-cpp-python's server keeps)
 
     @classmethod
     def connect(cls, spec: ModelSpec, *, n_ctx: int | None = None, chat_format: str | None = None) -> "ChatRemoteEngine":
@@ -200,6 +203,7 @@ class ChatRemoteEngine(ServerEngine):
         else:
             body["prompt"] = text
             self._require_completions("generate raw text")
+        self._held = [] if chat else tokens
         stats = self.last_stats = GenerationStats(prompt_tokens=len(tokens), finish_reason="length",
                                                   estimated=chat or not self.tokenizer.exact)
         exact = self.tokenizer.exact
@@ -285,6 +289,7 @@ class ChatRemoteEngine(ServerEngine):
             return []
         self._require_completions("score labels")
         text = prefix if isinstance(prefix, str) else self.detokenize(tokens)
+        self._evaluate_all_but_last(tokens, text)
         known: dict[str, dict[str, float]] = {}
         scores = []
         for cont in continuations:
@@ -301,7 +306,20 @@ class ChatRemoteEngine(ServerEngine):
                 total += top[match]
                 path, rest = path + match, rest[len(match):]
             scores.append(total)
+        self._held = tokens  # and a label's first tokens after them, which the next prompt hardly shares
         return scores
+
+    def _evaluate_all_but_last(self, tokens: list[int], text: str) -> None:
+        """On llama-cpp-python's server (llama.cpp, which keeps the last prompt evaluated and evaluates only what follows
+        its longest common prefix): evaluate all but the prompt's last token first, so that the label requests decode it
+        alone, as the local engine does (the reason is in llama_server_engine's _evaluate_all_but_last)."""
+        if getattr(self.tokenizer, "kind", None) != "extras" or len(tokens) < 2:
+            return  # elsewhere another engine computes the numbers anyway; an extra request would only cost
+        head = self.detokenize(tokens[:-1])
+        if head and text.startswith(head) and head != text and common_prefix(self._held, tokens) < len(tokens) - 1:
+            self.server.post("/completions", {"model": self.model, "prompt": head, "max_tokens": 1, "temperature": 0.0},
+                             api=True)
+            self._held = list(tokens[:-1])
 
     def _top(self, prompt: str) -> dict[str, float]:
         body = {"model": self.model, "prompt": prompt, "max_tokens": 1, "temperature": 0.0, "logprobs": self._top_n}

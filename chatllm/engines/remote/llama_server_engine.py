@@ -19,13 +19,20 @@ Each contract method and what it asks the server (HTTP in chatllm.engines.remote
   text past max_tokens is cut off there: the reply ends as "length" and the connection closes (events without text
   and without end are refused by Server.events).
 - score_continuations: POST /completion (llama-server's own) with n_predict=1 and n_probs, one request per
-  continuation token (shared prefixes asked once; the server's prompt cache keeps the prefix evaluated, after a first
-  n_predict=0 request so that the last prefix token is always decoded alone, cached or not, as locally). Each request
-  biases the target token (logit_bias) so that it is the one "sampled": llama-server reports the sampled token's
-  log-probability from the raw logits, before any bias or sampler, so the score is exact (what the local engine
-  computes, up to float rounding of batched evaluation). Should a server not honour the bias, the token's log-prob
-  is taken from the top-N list (exact) or, when the token is outside it, bounded above by
-  min(lowest top-N log-prob, log(1 - top-N mass)): the score returned is that bound.
+  continuation token (shared prefixes asked once). The prompt is evaluated in the batches the local engine uses: first
+  an n_predict=0 request for all but its last token (what the server's cache lacks goes in one batch), then each label
+  request decodes the last token alone; llama.cpp's kernels round differently by batch shape, so other batches give
+  other numbers (issue 32). Each request biases the target token (logit_bias) so that it is the one "sampled":
+  llama-server reports the sampled token's log-probability from the raw logits over the whole vocabulary, before any
+  bias or sampler, so the score is the local engine's up to the server's float32 softmax (a shift of about 1e-4 shared
+  by every token at one position). Three cases stay apart from a local run: a sliding-window model (Gemma 3, gpt-oss)
+  on a server without --swa-full, which re-evaluates the end of every prompt from its context checkpoints in batches
+  no client chooses; labels of three or more tokens, whose tokens the local engine evaluates in one batch and the
+  server one request each; requests of several slots that the server batches together (--parallel). Should a server
+  not honour the bias, the token's log-prob is taken from the top-N list (exact) or, when the token is outside it,
+  bounded above by min(lowest top-N log-prob, log(1 - top-N mass)): the score returned is that bound.
+- family: read from the GGUF file /props names when it is readable here and is the one served (same parameter count
+  and tensor size): `chatllm serve` and a server on this machine get the local engine's task presets.
 - n_ctx: the entry's `context` (or --ctx), else the server's per-slot context from /props, never above the latter.
 """
 
@@ -37,6 +44,7 @@ import math
 import os
 import time
 from collections import OrderedDict
+from pathlib import Path
 from typing import Any, Callable, ContextManager, Generator, Iterator, Protocol, Sequence, TypeVar
 
 from chatllm.engines.chat_formats.formats import detect_format
@@ -48,9 +56,11 @@ from chatllm.engines.contract import Event, GenerationStats, Text
 from chatllm.engines.remote.http_client import Server
 from chatllm.engines.stop_strings import StopFilter
 from chatllm.errors import ChatllmError, NoChatTemplateError, UsageError
+from chatllm.models.gguf_header import read_header
 from chatllm.models.registry import ModelSpec
 from chatllm.settings import DEFAULT_CTX, Sampling
 
+_UNREAD = object()
 TOP_N = 10  # next-token log-probs asked per scoring request
 FORCE_BIAS = 1000.0  # logit bias that makes a scored token the sampled one
 _MEMO_ITEMS, _MEMO_CHARS = 4096, 4000
@@ -183,6 +193,8 @@ class RemoteEngine(ServerEngine):
         self._template: ChatTemplate | None = None
         self._memo: OrderedDict[tuple[str, bool, bool], list[int]] = OrderedDict()
         self.last_stats = GenerationStats()
+        self._family: object = _UNREAD
+        self._held: list[int] = []  # what the server's cache holds after this engine's last request, as far as known
         with_bos = self.tokenize("a", add_bos=True)
         plain = self.tokenize("a")
         self._bos: int | None = with_bos[0] if len(with_bos) > len(plain) and with_bos[1:1 + len(plain)] == plain else None
@@ -259,8 +271,31 @@ class RemoteEngine(ServerEngine):
 
     @property
     def family(self) -> str | None:
-        """Unknown: the server does not report the GGUF's metadata, so tasks use their default presets."""
-        return None
+        """The served GGUF's family (pre-tokenizer, else architecture) as the local engine reads it, when the file the
+        server names in /props is readable here and is the one it serves; else None (tasks use their default presets)."""
+        if self._family is _UNREAD:
+            self._family = self._read_family()
+        return self._family  # type: ignore[return-value]
+
+    def _read_family(self) -> str | None:
+        # llama-server reports no GGUF metadata, only the file's path: a server on this machine (`chatllm serve`) is
+        # known by reading its file. The same parameter count and tensor data size as the server reports make sure the
+        # file here is the one served, whatever host the server runs on.
+        path = self.props.get("model_path")
+        if not isinstance(path, str) or not path or not Path(path).is_file():  # never a FIFO or a device
+            return None
+        try:
+            data = self.server.get("/models", api=True, missing_ok=True) or {}
+            rows = data.get("data") if isinstance(data, dict) else None
+            meta = next((r.get("meta") or {} for r in rows or [] if isinstance(r, dict)
+                         and self.model in [r.get("id"), *(r.get("aliases") or [])]), {})
+            info = read_header(path, check_data=False)
+        except ChatllmError:
+            return None
+        if not isinstance(meta, dict) or (meta.get("n_params"), meta.get("size")) != (info.n_params, info.data_size):
+            return None
+        pre = str(info.metadata.get("tokenizer.ggml.pre") or "")
+        return pre if pre and pre != "default" else (str(info.metadata.get("general.architecture") or "") or None)
 
     def render_chat(self, messages: list[dict], add_generation_prompt: bool = True, *,
                     tools: Sequence[ToolSpec] | None = None, think: bool | str | None = None) -> str:
@@ -310,6 +345,7 @@ class RemoteEngine(ServerEngine):
             only = sampling.tool_choice if sampling.tool_choice != "required" else None
             body["json_schema"] = call_schema(tools, key=self.format.arguments_key, only=only)
         stats = self.last_stats = GenerationStats(prompt_tokens=len(tokens), finish_reason="length")
+        self._held = tokens  # at least: the reply follows in the server's cache
         tail = self.detokenize(tokens[-8:]).rstrip() if self.format.reasoning == "think" else ""
         parser = ReplyParser(self.format, in_reasoning=tail.endswith(self.format.think_open), tools=tools)
         relay = self._relay(self.server.events("/completions", body), stats, max_tokens=body["max_tokens"],
@@ -332,9 +368,7 @@ class RemoteEngine(ServerEngine):
         check_fits(len(tokens) + longest, 0, self.n_ctx)
         known: dict[tuple[int, ...], dict[int, float]] = {}
         if longest:
-            # Evaluate the prefix first, so every score below comes from the last prefix token decoded alone (llama-server
-            # re-evaluates it on each request): the same numbers whether the prefix was cached or not, as locally.
-            self.server.post("/completion", {"prompt": tokens, "n_predict": 0, "cache_prompt": True, "model": self.model})
+            self._evaluate_all_but_last(tokens)
         scores = []
         for cont in continuations:
             total = 0.0
@@ -343,13 +377,26 @@ class RemoteEngine(ServerEngine):
             scores.append(total)
         return scores
 
+    def _evaluate_all_but_last(self, tokens: list[int]) -> None:
+        """Have the server evaluate the prompt as the local engine does: what its cache lacks in one batch, up to but
+        not including the last token, which each scoring request then decodes alone."""
+        # llama.cpp's kernels round differently by batch shape (the repacked weights go through a 4-row gemm and a
+        # one-row gemv), so a token's KV entries depend on the batch it was evaluated in: sending the whole prompt
+        # would evaluate its uncached tokens together with the last one, in a batch one token longer than locally.
+        if len(tokens) > 1 and common_prefix(self._held, tokens) < len(tokens) - 1:
+            self.server.post("/completion", {"prompt": tokens[:-1], "n_predict": 0, "cache_prompt": True,
+                                             "model": self.model})
+        self._held = list(tokens[:-1])
+
     def _next_logprob(self, tokens: list[int], path: tuple[int, ...], token: int, known: dict) -> float:
         seen = known.setdefault(path, {})
         if token in seen:
             return seen[token]
-        body = {"prompt": tokens + list(path), "n_predict": 1, "n_probs": TOP_N, "temperature": 0.0, "cache_prompt": True,
+        prompt = tokens + list(path)
+        body = {"prompt": prompt, "n_predict": 1, "n_probs": TOP_N, "temperature": 0.0, "cache_prompt": True,
                 "logit_bias": [[token, FORCE_BIAS]], "samplers": ["temperature"], "model": self.model}
         data = self.server.post("/completion", body, missing_ok=True)
+        self._held = prompt
         if data is None:
             raise ChatllmError(f"{self.server.where} has no /completion endpoint, so it cannot score labels",
                                "serve the model with llama.cpp's llama-server")
@@ -404,6 +451,16 @@ def describe(spec: ModelSpec) -> dict:
         "description": spec.description,
         "license": spec.license,
     }
+
+
+def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    """How many leading items the two sequences share."""
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
 
 
 def _take_usage(stats: GenerationStats, event: dict) -> None:
