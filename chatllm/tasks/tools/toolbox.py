@@ -44,6 +44,7 @@ class Toolbox:
         self.warn = warn
         self._configured = configured  # reads mcp.json in the config dir (only when asked)
         self._config_read = False
+        self._reported: set[str] = set()  # servers already warned about
         self._log_dir = log_dir  # where MCP servers' logs go (None: no server may start)
         self._runtime: object | None = None
         self._explicit = {s.name for s in self.sources}  # named on the command line: offered unless -T narrows
@@ -147,7 +148,10 @@ class Toolbox:
         from chatllm.tasks.tools.mcp_servers import McpServer
 
         for source in self.sources:
-            if isinstance(source, McpServer) and source.state == "starting" and not source.wait():
+            # a server that failed before this wait (one that exits at once) is reported all the same, once
+            if (isinstance(source, McpServer) and source.state in ("starting", "failed") and not source.wait()
+                    and source.name not in self._reported):
+                self._reported.add(source.name)
                 self.warn(f"MCP server {source.name} is not available: {source.reason}")
 
     def _index(self) -> None:
