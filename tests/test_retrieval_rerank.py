@@ -21,7 +21,7 @@ from chatllm.tasks.retrieval.rerank import Reranker
 from tests.fakes import FakeEngine
 
 QUESTION = "Where was the treaty signed?"
-LINE = Rerank(min_relevance=0.3, window_tokens=24)  # the fake's scale: a cue gives 0.45; its tokens are words
+LINE = Rerank(min_relevance=0.3, window_tokens=24, answer_tokens=24)  # the fake's scale: a cue gives 0.45; tokens: words
 FILLER = "The clerk wrote the weather and the tides in the ledger that week. "
 PARAGRAPHS = [
     # BM25's favourite: the question's words over and over, and no answer
@@ -58,6 +58,9 @@ def test_the_model_reranks_the_passages_and_the_answer_is_written_from_the_best_
     assert "Utrecht in 1713" in answer_prompt and "Bananas" not in answer_prompt and "treaty signed was" not in answer_prompt
     assert f"Question: {QUESTION}" in answer_prompt and len(engine.streamed) == 1
     assert r.answer.text == "Utrecht" and not r.not_found
+    wide = FakeEngine(n_ctx=2000, reply="Utrecht", cues={QUESTION: ["utrecht"]})
+    ask(index, wide, options=Rerank(min_relevance=0.3, window_tokens=24, answer_tokens=60))
+    assert "The clerk wrote" in wide.streamed_texts[0].split("Delegates")[0]  # the answer reads a wider window
 
 
 def test_every_window_is_scored_in_one_short_prompt_that_shares_its_head(index):

@@ -58,9 +58,10 @@ def is_not_found(text: str) -> bool:
 
 
 def answer_words(answer_text: str) -> list[str]:
-    """The answer's words that say something (stopwords aside; all of them when that leaves none)."""
+    """The answer's words that say something (stopwords and stray letters such as the s of "town's" aside; all of
+    them when that leaves none)."""
     words = words_of(answer_text)
-    return [w for w in words if w not in STOPWORDS] or words
+    return [w for w in words if w not in STOPWORDS and (len(w) > 1 or not w.isascii() or w.isdigit())] or words
 
 
 def overlap(answer_text: str, passage_text: str) -> float:
@@ -73,8 +74,9 @@ def overlap(answer_text: str, passage_text: str) -> float:
 
 
 def narrow(p: Passage, answer_text: str) -> tuple[int, int, str | None]:
-    """Where in a passage the answer is: the lines and the text of the sentence that holds most of its words (the
-    best line when several do equally, the whole span when none holds most of them)."""
+    """Where in a passage the answer is: the lines and the text of the sentence that holds the most of its words
+    (the first of equals), when that is most of what the whole passage holds of them and a third of the answer or
+    more; else the whole span."""
     words = answer_words(answer_text)
     best: tuple[float, int, int] | None = None
     for a, b in units(p.text, 10**9):
@@ -82,7 +84,7 @@ def narrow(p: Passage, answer_text: str) -> tuple[int, int, str | None]:
         share = sum(w in have for w in words) / len(words) if words else 0.0
         if best is None or share > best[0]:
             best = (share, a, b)
-    if best is None or best[0] < 0.6:
+    if best is None or best[0] < max(0.3, 0.6 * overlap(answer_text, p.text)):
         return p.start_line, p.end_line, None
     _, a, b = best
     start, end = line_span(p.text, a, b, p.start_line)
