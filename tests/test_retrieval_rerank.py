@@ -14,7 +14,7 @@ from chatllm.settings import Sampling
 from chatllm.storage.search_index import SearchIndex
 from chatllm.tasks.retrieval import file_answers as retrieval
 from chatllm.tasks.retrieval import windows
-from chatllm.tasks.retrieval.citations import NOT_FOUND, cite
+from chatllm.tasks.retrieval.citations import NOT_FOUND, cite, support
 from chatllm.tasks.retrieval.file_answers import Rerank, RetrievalAnswer
 from chatllm.tasks.retrieval.passages import Doc, Passage
 from chatllm.tasks.retrieval.rerank import Reranker
@@ -105,10 +105,20 @@ def test_an_answer_in_the_windows_words_is_cited_from_its_sentence(index):
     assert "Utrecht" in record["sources"][0]["window"] and record["sources"][0]["window_lines"] == [3, 3]
 
 
-def test_an_answer_in_none_of_the_windows_words_is_still_cited_from_the_best_one(index):
+def test_an_answer_of_words_no_window_holds_is_withheld_as_not_found(index):
     engine = FakeEngine(n_ctx=2000, reply="somewhere far away", cues={QUESTION: ["utrecht"]})
-    r = ask(index, engine)
-    assert [(c.source, c.file, c.how) for c in r.citations] == [(1, "f1.txt", "unverified")]
+    shown: list[str] = []
+    r = ask(index, engine, on_text=shown.append)
+    assert len(engine.streamed) == 1 and r.not_found and r.citations == [] and shown == [f"{NOT_FOUND}."]
+    assert r.withheld == "somewhere far away" and r.as_dict()["withheld"] == "somewhere far away"
+    kept = ask(index, FakeEngine(n_ctx=2000, reply="yes, the treaty was signed", cues={QUESTION: ["utrecht"]}))
+    assert not kept.not_found and kept.citations  # yes/no and the question's own words need no passage
+
+
+def test_an_answer_that_shares_too_few_words_with_its_passage_is_cited_from_the_best_one_unverified():
+    ps = [Passage("a.txt", 1, 1, "Delegates met in Utrecht.", 2.0), Passage("b.txt", 5, 6, "Bananas ripen.\nApples too.", 1.0)]
+    assert [(c.source, c.how) for c in cite("A Dutch town, Utrecht, far away", ps, fallback=0)] == [(1, "unverified")]
+    assert cite("A Dutch town, Utrecht, far away", ps) == []  # no fallback given: nothing to rest on
 
 
 def test_the_answer_takes_up_to_three_windows_that_score_close_to_the_best(index):
@@ -176,6 +186,15 @@ def test_a_sentence_longer_than_the_window_is_cut_to_fit():
     text = "word " * 200 + "Skylab orbit. " + "word " * 200
     w = windows.best_window(text, windows.weights("Skylab orbit?", [text]), 20)
     assert "Skylab" in w.text_of(text) and w.tokens <= 20
+
+
+def test_support_counts_the_words_an_answer_adds_to_its_question():
+    windows_ = ["Skylab was launched in 1973 on a Saturn V."]
+    assert support("Skylab was launched in 1973.", "When was Skylab launched?", windows_) == 1.0
+    assert support("In 1975, by NASA.", "When was Skylab launched?", windows_) == 0.0
+    assert support("Yes.", "Was Skylab launched?", windows_) == 1.0
+    assert support("白沙镇由盐商周德海创立。", "白沙镇是谁创立的？", ["白沙镇始建于清朝，由盐商周德海创立。"]) == 1.0
+    assert support("白沙镇由李丽创立。", "白沙镇是谁创立的？", ["白沙镇始建于清朝，由盐商周德海创立。"]) == 0.0
 
 
 def test_citations_narrow_to_the_sentence_and_its_line():

@@ -16,6 +16,9 @@ from chatllm.tasks.retrieval.passages import CITE_MARK, Passage, words_of
 from chatllm.tasks.retrieval.windows import line_span, units
 
 NOT_FOUND = "not found in the files"
+# Words an answer may add that no passage needs to hold: yes and no, and Chinese glue characters.
+_FREE = frozenset("""yes no not true false none
+是 否 不 没 有 的 了 于 在 和 与 及 为 被 其 该 这 那 个 约 共 等 也 都 就 还 由 从 将 把 对 而""".split())
 QUOTE_CHARS = 240  # a cited sentence longer than this is shown cut (the JSON keeps it whole)
 
 
@@ -62,6 +65,19 @@ def answer_words(answer_text: str) -> list[str]:
     them when that leaves none)."""
     words = words_of(answer_text)
     return [w for w in words if w not in STOPWORDS and (len(w) > 1 or not w.isascii() or w.isdigit())] or words
+
+
+def support(answer_text: str, question: str, passage_texts: Sequence[str]) -> float:
+    """The share of the words an answer adds to its question that the passages hold (1.0 when it adds none): an
+    answer of words no passage has was not read in them."""
+    asked = set(words_of(question))
+    added = [w for w in answer_words(answer_text) if w not in asked and w not in _FREE and w not in STOPWORDS]
+    if not added:
+        return 1.0
+    have: set[str] = set()
+    for text in passage_texts:
+        have.update(words_of(text))
+    return sum(w in have for w in added) / len(added)
 
 
 def overlap(answer_text: str, passage_text: str) -> float:

@@ -31,7 +31,7 @@ from chatllm.storage.passage_index import Hit, PassageIndex
 from chatllm.tasks.ask import oneshot
 from chatllm.tasks.ask.structured_output import JsonSpec
 from chatllm.tasks.retrieval import windows
-from chatllm.tasks.retrieval.citations import NOT_FOUND, Citation, cite, is_not_found
+from chatllm.tasks.retrieval.citations import NOT_FOUND, Citation, cite, is_not_found, support
 from chatllm.tasks.retrieval.passages import Doc, Passage, approx_tokens
 from chatllm.tasks.retrieval.rerank import Reranker, answer_message
 from chatllm.tasks.text.chunking import chunk_text, hard_split
@@ -55,6 +55,7 @@ class Rerank:
     window_tokens: int = 64  # model tokens of each judged window: the sentences around the question's rarer words
     answer_tokens: int = 128  # the best passage's window as the answer reads it: wider, so the answer is in it
     passages: int = 3  # at most this many windows go into the answer, each one scoring close to the best
+    min_support: float = 0.5  # an answer whose added words are mostly in none of its windows is withheld: "not found"
     margin: float = 0.5  # how far below the best relevance a window may be and still go into the answer
     rank_prior: float = 0.3  # each place lower in the search's ranking costs this much relevance when ordering
     min_relevance: float = 1.0  # below this, even the best window does not answer the question: "not found"
@@ -95,6 +96,7 @@ class RetrievalAnswer:
     index_seconds: float = 0.0
     retrieval: str = "bm25"  # or "hybrid": BM25 fused with an embedding model's vectors
     reranking: Reranking | None = None  # None: the model was given every passage that fits and decided itself
+    withheld: str | None = None  # the model's answer, not shown: its words were in none of the passages it read
 
     @property
     def not_found(self) -> bool:
@@ -109,6 +111,8 @@ class RetrievalAnswer:
                   "indexed_files": self.indexed, "retrieval": self.retrieval}
         if self.reranking is not None:
             record["rerank"] = self.reranking.as_dict()
+        if self.withheld is not None:
+            record["withheld"] = self.withheld
         return record
 
 
@@ -291,33 +295,48 @@ def answer_best(engine: Engine, question: str, reranking: Reranking, sampling: S
                 system: str | None = None, on_text: Callable[[str], None] | None = None,
                 spec: JsonSpec | None = None, compose: Callable[[str], str] | None = None,
                 options: Rerank = RERANK) -> RetrievalAnswer:
-    """The answer from the best windows, or "not found in the files" when the best one scores under the line
-    (with a schema the model always fills it from the best windows); the answer is cited from them."""
+    """The answer from the best windows, cited from them; "not found in the files" when the best window scores under
+    the line, or when the answer adds words none of its windows holds (it was not read there). The answer is shown
+    once checked, so a withheld one never reaches on_text. With a schema the model always fills it from the best
+    windows."""
     chosen = best_passages(reranking, options)
     best = max((p.relevance or 0.0 for p in reranking.judged), default=None)
     if spec is None and (best is None or best < options.min_relevance):
-        text = f"{NOT_FOUND}."
-        if on_text is not None:
-            on_text(text)
-        stats = GenerationStats(first_token_seconds=reranking.seconds, seconds=reranking.seconds)
-        return RetrievalAnswer(oneshot.Answer(engine.name, text, stats), chosen, [], reranking=reranking)
+        return _not_found(engine, reranking, chosen, on_text, GenerationStats())
     weight = windows.weights(question, [p.text for p in reranking.judged])
     wide = windows.best_window(chosen[0].text, weight, options.answer_tokens, engine.count_tokens) if chosen else None
     if wide is not None and wide.tokens > (chosen[0].tokens or 0):
         lines = windows.line_span(chosen[0].text, wide.start, wide.end, chosen[0].start_line)
         chosen[0] = dataclasses.replace(chosen[0], window=wide.text_of(chosen[0].text), window_lines=lines,
                                         tokens=wide.tokens)
-    message = answer_message(question, [p.window or p.text for p in chosen])
+    read = [p.window or p.text for p in chosen]
+    message = answer_message(question, read)
     if compose is not None:
         message = compose(message)
-    result = oneshot.ask(engine, message, sampling, system=system, on_text=on_text, spec=spec)
-    stats = dataclasses.replace(result.stats, first_token_seconds=result.stats.first_token_seconds + reranking.seconds,
-                                seconds=result.stats.seconds + reranking.seconds)
-    result = dataclasses.replace(result, stats=stats)
+    result = oneshot.ask(engine, message, sampling, system=system, spec=spec)
+    if spec is None and support(result.text, question, read) < options.min_support:
+        return _not_found(engine, reranking, chosen, on_text, result.stats, withheld=result.text)
+    if on_text is not None and result.text:
+        on_text(result.text)
+    result = dataclasses.replace(result, stats=_after(reranking, result.stats))
     # cited from what the model read: the windows, with their own lines
     shown = [Passage(p.file, *(p.window_lines or (p.start_line, p.end_line)), p.window or p.text, p.score) for p in chosen]
-    citations = cite(result.text, shown, fallback=0)
-    return RetrievalAnswer(result, chosen, citations, reranking=reranking)
+    return RetrievalAnswer(result, chosen, cite(result.text, shown, fallback=0), reranking=reranking)
+
+
+def _after(reranking: Reranking, stats: GenerationStats) -> GenerationStats:
+    """The answer's stats with the reranking's time counted in: the first token came after it."""
+    return dataclasses.replace(stats, first_token_seconds=stats.first_token_seconds + reranking.seconds,
+                               seconds=stats.seconds + reranking.seconds)
+
+
+def _not_found(engine: Engine, reranking: Reranking, chosen: list[Passage], on_text: Callable[[str], None] | None,
+               stats: GenerationStats, withheld: str | None = None) -> RetrievalAnswer:
+    text = f"{NOT_FOUND}."
+    if on_text is not None:
+        on_text(text)
+    answer = oneshot.Answer(engine.name, text, _after(reranking, stats))
+    return RetrievalAnswer(answer, chosen, [], reranking=reranking, withheld=withheld)
 
 
 def file_docs(index: PassageIndex, paths: Sequence[Path], texts: Sequence[str] | None, piped: str) -> list[Doc]:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 _APPROX = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af]|[^\W_]+|[^\w\s]", re.UNICODE)
 CITE_MARK = re.compile(r"\[(\d+(?:\s*[,;]\s*\d+)*)\]")
-_WORDS = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff]|[^\W_]+", re.UNICODE)
+_WORDS = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff]|[^\W_\u3400-\u4dbf\u4e00-\u9fff]+", re.UNICODE)
 
 
 def approx_tokens(text: str) -> int:
