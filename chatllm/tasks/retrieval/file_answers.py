@@ -35,6 +35,7 @@ from chatllm.tasks.retrieval.citations import NOT_FOUND, Citation, cite, is_not_
 from chatllm.tasks.retrieval.passages import Doc, Passage, approx_tokens
 from chatllm.tasks.retrieval.rerank import Reranker, answer_message
 from chatllm.tasks.text.chunking import chunk_text, hard_split
+from chatllm.tasks.text.text_rules import detect_language
 
 CHUNK_TOKENS = 192  # estimated tokens per chunk: a paragraph or two, so a citation stays a few lines wide
 CHUNKER = f"approx-{CHUNK_TOKENS}-v1"  # stored in the index: chunks made another way mean a fresh index
@@ -59,6 +60,13 @@ class Rerank:
     margin: float = 0.5  # how far below the best relevance a window may be and still go into the answer
     rank_prior: float = 0.3  # each place lower in the search's ranking costs this much relevance when ordering
     min_relevance: float = 1.0  # below this, even the best window does not answer the question: "not found"
+    # A Chinese question needs more: its tokens are fewer and each carries more, so a window raises each one's
+    # log-probability further (CMRC answerable 2.0-7.0, questions about articles not in the file 0.1-2.9).
+    min_relevance_zh: float = 2.0
+
+    def line(self, question: str) -> float:
+        """The relevance under which a question is not found: by the question's language."""
+        return self.min_relevance_zh if detect_language(question) == "zh" else self.min_relevance
 
 
 RERANK = Rerank()
@@ -260,7 +268,7 @@ def rerank_passages(engine: Engine, scorer: LabelScorer, question: str, candidat
     (the question's mean log-probability per token given the window, above its baseline), best first."""
     started = time.perf_counter()
     if not candidates:  # no passage shares a word with the question: nothing to judge
-        return Reranking([], 0.0, 0, 0.0, options.min_relevance)
+        return Reranking([], 0.0, 0, 0.0, options.line(question))
     weight = windows.weights(question, [p.text for p in candidates])
     judged = []
     for p in candidates:
@@ -278,7 +286,7 @@ def rerank_passages(engine: Engine, scorer: LabelScorer, question: str, candidat
     # The search's order still counts a little: on SQuAD the model alone moved the gold paragraph down as often as up.
     ranks = {id(p): i for i, p in enumerate(judged)}
     judged.sort(key=lambda p: -((p.relevance or 0.0) - options.rank_prior * ranks[id(p)]))
-    return Reranking(judged, baseline, reranker.evaluated, time.perf_counter() - started, options.min_relevance)
+    return Reranking(judged, baseline, reranker.evaluated, time.perf_counter() - started, options.line(question))
 
 
 def best_passages(reranking: Reranking, options: Rerank = RERANK) -> list[Passage]:
@@ -287,7 +295,7 @@ def best_passages(reranking: Reranking, options: Rerank = RERANK) -> list[Passag
     judged = reranking.judged
     if not judged:
         return []
-    floor = max(options.min_relevance, (judged[0].relevance or 0.0) - options.margin)
+    floor = max(reranking.min_relevance, (judged[0].relevance or 0.0) - options.margin)
     return [p for p in judged[:options.passages] if (p.relevance or 0.0) >= floor] or judged[:1]
 
 
@@ -301,7 +309,7 @@ def answer_best(engine: Engine, question: str, reranking: Reranking, sampling: S
     windows."""
     chosen = best_passages(reranking, options)
     best = max((p.relevance or 0.0 for p in reranking.judged), default=None)
-    if spec is None and (best is None or best < options.min_relevance):
+    if spec is None and (best is None or best < reranking.min_relevance):
         return _not_found(engine, reranking, chosen, on_text, GenerationStats())
     weight = windows.weights(question, [p.text for p in reranking.judged])
     wide = windows.best_window(chosen[0].text, weight, options.answer_tokens, engine.count_tokens) if chosen else None
