@@ -273,7 +273,7 @@ def rerank_passages(engine: Engine, scorer: LabelScorer, question: str, candidat
     judged = []
     for p in candidates:
         w = windows.best_window(p.text, weight, options.window_tokens, engine.count_tokens)
-        judged.append(dataclasses.replace(p, window=w.text_of(p.text), tokens=w.tokens,
+        judged.append(dataclasses.replace(p, window=w.text_of(p.text), tokens=w.tokens, span_in_text=(w.start, w.end),
                                           window_lines=windows.line_span(p.text, w.start, w.end, p.start_line)))
     reranker = Reranker(engine, scorer, question, system=system)
     baseline = reranker.baseline()
@@ -311,12 +311,13 @@ def answer_best(engine: Engine, question: str, reranking: Reranking, sampling: S
     best = max((p.relevance or 0.0 for p in reranking.judged), default=None)
     if spec is None and (best is None or best < reranking.min_relevance):
         return _not_found(engine, reranking, chosen, on_text, GenerationStats())
-    weight = windows.weights(question, [p.text for p in reranking.judged])
-    wide = windows.best_window(chosen[0].text, weight, options.answer_tokens, engine.count_tokens) if chosen else None
-    if wide is not None and wide.tokens > (chosen[0].tokens or 0):
-        lines = windows.line_span(chosen[0].text, wide.start, wide.end, chosen[0].start_line)
-        chosen[0] = dataclasses.replace(chosen[0], window=wide.text_of(chosen[0].text), window_lines=lines,
-                                        tokens=wide.tokens)
+    span = chosen[0].span_in_text if chosen else None
+    if span is not None:  # the best window widened, its start kept (the engine's cache may hold its tokens)
+        top = chosen[0]
+        wide = windows.widen(top.text, windows.Window(span[0], span[1], top.tokens), options.answer_tokens,
+                             engine.count_tokens)
+        chosen[0] = dataclasses.replace(top, window=wide.text_of(top.text), tokens=wide.tokens,
+                                        window_lines=windows.line_span(top.text, wide.start, wide.end, top.start_line))
     read = [p.window or p.text for p in chosen]
     message = answer_message(question, read)
     if compose is not None:

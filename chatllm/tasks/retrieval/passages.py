@@ -44,6 +44,7 @@ class Passage:
     window: str | None = None  # the sentences of the passage that the reranker and the answer saw
     relevance: float | None = None  # how much the window raises the question's likelihood (rerank.py)
     window_lines: tuple[int, int] | None = None  # the file lines the window spans
+    span_in_text: tuple[int, int] | None = None  # the window's character offsets in text
 
     @property
     def span(self) -> str:

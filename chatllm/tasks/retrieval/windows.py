@@ -154,6 +154,23 @@ def best_window(text: str, weight: dict[str, float], budget: int,
     return Window(spans[first][0], spans[last][1], used)
 
 
+def widen(text: str, window: Window, budget: int, count: Callable[[str], int] = approx_tokens) -> Window:
+    """The window grown to `budget` tokens by the sentences after it, then (when the passage ends) those before it:
+    it keeps its start where it can, so a prompt that held it still shares its tokens."""
+    spans = units(text, budget, count)
+    inside = [i for i, (a, b) in enumerate(spans) if a < window.end and b > window.start]
+    if not inside:
+        return window
+    first, last, used = inside[0], inside[-1], window.tokens
+    while last + 1 < len(spans) and used + count(text[spans[last + 1][0]:spans[last + 1][1]]) <= budget:
+        last += 1
+        used += count(text[spans[last][0]:spans[last][1]])
+    while first > 0 and used + count(text[spans[first - 1][0]:spans[first - 1][1]]) <= budget:
+        first -= 1
+        used += count(text[spans[first][0]:spans[first][1]])
+    return Window(min(spans[first][0], window.start), max(spans[last][1], window.end), used)
+
+
 def coverage(text: str, weight: dict[str, float]) -> float:
     """The share of the question's term weight that a text holds."""
     total = sum(weight.values())
