@@ -193,7 +193,7 @@ def articles(path: Path) -> Path:
     parts = []
     for town, year, founder, goods in TOWNS:
         parts += [town, f"{town} is a small town known for its {goods}. " + TOWN_FILLER * 2,
-                  f"{town} was founded in {year} by {founder}. " + TOWN_FILLER,
+                  TOWN_FILLER + f"{town} was founded in {year} by {founder}.",
                   f"Today {town} trades mostly in {goods}. " + TOWN_FILLER * 2]
     path.write_text("\n\n".join(parts) + "\n", encoding="utf-8")
     return path
@@ -215,23 +215,26 @@ def line_of(path: Path, needle: str) -> int:
 
 def test_the_answer_comes_from_the_reranked_passage_and_is_cited(chatllm, tmp_path):
     f = articles(tmp_path / "towns.txt")
-    r = chatllm("ask", *FAST, "-n", "24", "-f", str(f), "Who founded Kelbridge?")
+    r = chatllm("ask", *FAST, "-n", "24", "-f", str(f), "When was Mirelle founded?")
     assert r.returncode == 0, r.stderr
     answer, _, cited = r.stdout.rstrip("\n").rpartition("\n\n")
-    assert "Thorne" in answer or "Agnes" in answer, r.stdout
-    gold = line_of(f, "Kelbridge was founded")
-    assert cited.startswith("[1] ") and f"{f}:{gold}-{gold}" in cited.split("\n")[0]  # the passage and its line
-    data = record(chatllm("ask", *FAST, "-n", "24", "--json", "-f", str(f), "Who founded Kelbridge?"))
-    assert data["citations"] and data["citations"][0]["start_line"] == gold and "Kelbridge" in data["citations"][0]["quote"]
-    assert data["rerank"]["passages"] >= 2 and data["sources"][0]["relevance"] >= data["rerank"]["min_relevance"]
+    assert "1820" in answer, r.stdout
+    gold = line_of(f, "Mirelle was founded")
+    assert cited.startswith(f'[1] {f}:{gold}-{gold} "') and "1820" in cited  # the passage, its line, the sentence
+    data = record(chatllm("ask", *FAST, "-n", "24", "--json", "-f", str(f), "When was Mirelle founded?"))
+    (first, *_) = data["citations"]
+    assert first["start_line"] == gold and first["quote"] == "Mirelle was founded in 1820 by the vintner Paul Segond."
+    assert data["rerank"]["passages"] == 3 and data["sources"][0]["relevance"] >= data["rerank"]["min_relevance"]
     assert data["prompt_tokens"] < 250  # the best window or two, not every passage that fits
 
 
 def test_a_question_the_files_cannot_answer_is_not_found_without_an_answer(chatllm, tmp_path):
     f = articles(tmp_path / "towns.txt")
-    data = record(chatllm("ask", *FAST, "--json", "-f", str(f), "What is the boiling point of mercury?"))
-    assert data["not_found"] and data["answer"] == "not found in the files." and data["citations"] == []
-    assert data["completion_tokens"] == 0 and max(j["relevance"] for j in data["rerank"]["judged"]) < data["rerank"]["min_relevance"]
+    for question in ("What is the boiling point of mercury?", "Which river flows through the capital of Peru?"):
+        data = record(chatllm("ask", *FAST, "--json", "-f", str(f), question))
+        assert data["not_found"] and data["answer"] == "not found in the files." and data["citations"] == [], data
+        judged = [j["relevance"] for j in data["rerank"]["judged"]]
+        assert data["completion_tokens"] == 0 and max(judged, default=0) < data["rerank"]["min_relevance"]
 
 
 def test_chinese_articles_are_reranked_answered_and_cited(chatllm, qwen_path, tmp_path):

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Iterable
 
 from chatllm.storage.passage_index import STOPWORDS
 from chatllm.tasks.retrieval.passages import approx_tokens
@@ -22,6 +22,7 @@ _CJK_RUN = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]+")
 _WORD = re.compile(r"[^\W_]+", re.UNICODE)
 _CLAUSE = re.compile(r"[,;:\uff0c\u3001\uff1a\uff1b]\s*")
 _BREAK = re.compile(r"\n+")
+_PARAGRAPH = re.compile(r"\n[ \t\u3000]*\n\s*")
 # Chinese question words and glue: a bigram of these says nothing about where the answer is.
 _CJK_GLUE = frozenset("""什么 哪个 哪些 哪里 哪一 多少 怎么 怎样 如何 为什 为何 是什 是哪 是谁 是多 的是 是由 由哪 有哪 有多 几个
 什 么 哪 谁 的 是 了 在 和 与 及 为 有 被 中 其 该 这 那 一 个 年""".split())
@@ -141,40 +142,36 @@ def best_window(text: str, weight: dict[str, float], budget: int,
             if key[:2] > best[:2]:
                 best = key
     _, neg_used, first, last = best
-    used = -neg_used
-    while True:  # widen: the answer often sits in the sentence after the one that repeats the question
-        if last + 1 < len(spans) and used + cost[last + 1] <= budget:
-            last += 1
-            used += cost[last]
-        elif first > 0 and used + cost[first - 1] <= budget:
-            first -= 1
-            used += cost[first]
-        else:
-            break
-    return Window(spans[first][0], spans[last][1], used)
+    # widen within the paragraph: the answer often sits in the sentence after the one that repeats the question
+    return _grow(text, spans, cost, first, last, -neg_used, budget)
 
 
 def widen(text: str, window: Window, budget: int, count: Callable[[str], int] = approx_tokens) -> Window:
-    """The window grown to `budget` tokens by the sentences after it, then (when the passage ends) those before it:
+    """The window grown to `budget` tokens by the sentences after it, then those before it, within its paragraphs:
     it keeps its start where it can, so a prompt that held it still shares its tokens."""
     spans = units(text, budget, count)
     inside = [i for i, (a, b) in enumerate(spans) if a < window.end and b > window.start]
     if not inside:
         return window
-    first, last, used = inside[0], inside[-1], window.tokens
-    while last + 1 < len(spans) and used + count(text[spans[last + 1][0]:spans[last + 1][1]]) <= budget:
+    cost = [count(text[a:b]) for a, b in spans]
+    grown = _grow(text, spans, cost, inside[0], inside[-1], window.tokens, budget)
+    return Window(min(grown.start, window.start), max(grown.end, window.end), grown.tokens)
+
+
+def _grow(text: str, spans: list[tuple[int, int]], cost: list[int], first: int, last: int, used: int,
+          budget: int) -> Window:
+    """The run [first, last] of spans grown by the ones after it while they fit, then the ones before it, never past
+    the paragraphs (blank-line blocks) it touches."""
+    lo = max((m.end() for m in _PARAGRAPH.finditer(text, 0, spans[first][0])), default=0)
+    after_break = _PARAGRAPH.search(text, spans[last][1] - 1)
+    hi = after_break.start() if after_break else len(text)
+    while last + 1 < len(spans) and spans[last + 1][0] < hi and used + cost[last + 1] <= budget:
         last += 1
-        used += count(text[spans[last][0]:spans[last][1]])
-    while first > 0 and used + count(text[spans[first - 1][0]:spans[first - 1][1]]) <= budget:
+        used += cost[last]
+    while first > 0 and spans[first - 1][1] > lo and used + cost[first - 1] <= budget:
         first -= 1
-        used += count(text[spans[first][0]:spans[first][1]])
-    return Window(min(spans[first][0], window.start), max(spans[last][1], window.end), used)
-
-
-def coverage(text: str, weight: dict[str, float]) -> float:
-    """The share of the question's term weight that a text holds."""
-    total = sum(weight.values())
-    return sum(weight[t] for t in terms(text) & set(weight)) / total if total else 0.0
+        used += cost[first]
+    return Window(spans[first][0], spans[last][1], used)
 
 
 def line_span(text: str, start: int, end: int, first_line: int) -> tuple[int, int]:
@@ -185,16 +182,3 @@ def line_span(text: str, start: int, end: int, first_line: int) -> tuple[int, in
         end -= 1
     top = first_line + text.count("\n", 0, start)
     return top, top + text.count("\n", start, end)
-
-
-def best_sentence(text: str, answer_terms: Sequence[str] | set[str]) -> tuple[int, int] | None:
-    """The character span of the sentence of a text that holds most of the answer's terms (None when none holds any)."""
-    wanted = set(answer_terms)
-    if not wanted:
-        return None
-    best, span = 0, None
-    for a, b in units(text, 10**9):
-        hits = len(terms(text[a:b]) & wanted)
-        if hits > best:
-            best, span = hits, (a, b)
-    return span
