@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import re
 import statistics
@@ -171,11 +172,13 @@ def found(prediction: str, golds: list[str], chinese: bool) -> bool:
     return any(ref and set(ref) <= have for ref in (normalize(g, chinese) for g in golds))
 
 
-def run_ask(args: list[str], env: dict, timeout: float = 900) -> dict:
-    """One `chatllm ask` as a user runs it: seconds to the first byte on stdout, wall seconds, the answer and the
-    citation lines after it."""
+def run_ask(args: list[str], env: dict, timeout: float = 1800) -> dict:
+    """One `chatllm ask` as a user runs it: seconds to the first byte on stdout, wall seconds, the process's CPU
+    seconds, the 1-minute load average after it, the answer and the citation lines after it."""
+    import resource
     import subprocess
 
+    used = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     proc = subprocess.Popen([sys.executable, "-m", "chatllm", "ask", *args], env=env, stdin=subprocess.DEVNULL, bufsize=0,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -184,13 +187,15 @@ def run_ask(args: list[str], env: dict, timeout: float = 900) -> dict:
     ttft = time.perf_counter() - t0
     rest, err = proc.communicate(timeout=timeout)
     wall = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = after.ru_utime + after.ru_stime - used.ru_utime - used.ru_stime
     if proc.returncode != 0:
         raise RuntimeError(f"chatllm ask failed ({proc.returncode}): {err.decode(errors='replace')[-400:]}")
     lines = (first + rest).decode("utf-8").rstrip("\n").split("\n")
     cited = []
     while lines and CITATION.match(lines[-1]):
         cited.insert(0, CITATION.match(lines.pop()).groups())
-    return {"ttft": ttft, "wall": wall, "answer": "\n".join(lines).strip(),
+    return {"ttft": ttft, "wall": wall, "cpu": cpu, "load": os.getloadavg()[0], "answer": "\n".join(lines).strip(),
             "citations": [{"source": int(n), "file": f, "start": int(a), "end": int(b)} for n, f, a, b in cited]}
 
 
@@ -210,8 +215,6 @@ def cli_answers(name: str, work: Path, model: str, split: str, n_answer: int, n_
                 methods: dict[str, tuple[int, int]], ctx: int | None, max_tokens: int, log=None) -> dict:
     """Every question of the split through `chatllm ask -f FILE QUESTION`, the methods alternating question by question
     (each method takes its first n questions of the answerable and of the unanswerable ones)."""
-    import os
-
     chinese = name == "cmrc"
     path, questions = question_sets(name, work, split, n_answer, n_unanswerable, seed)
     env = dict(os.environ, CHATLLM_HOME=str(work / f"home-{model}"), NO_COLOR="1")
@@ -272,6 +275,8 @@ def summarize(rows: list[dict]) -> dict:
             "not_found_written": share(r["not_found"] for r in una if r["written"]),
             "answer_words": share(len(r["answer"].split()) for r in answered),
             "ttft_median": round(statistics.median(ttft), 2) if ttft else None,
+            "cpu_median": round(statistics.median(r["cpu"] for r in rows), 2) if rows else None,
+            "load_median": round(statistics.median(r["load"] for r in rows), 2) if rows else None,
             "ttft_mean": round(statistics.mean(ttft), 2) if ttft else None,
             "ttft_max": round(max(ttft), 2) if ttft else None}
 
