@@ -139,6 +139,7 @@ def test_a_file_that_fits_is_asked_whole_as_before(chatllm, tmp_path):
     (lambda t: (t / "d").mkdir(), ["-f", "{t}/d"], "is a directory"),
     (lambda t: (t / "a.txt").write_text("a\n"), ["-f", "{t}/a.txt", "-f", "{t}/a.txt"], "need a question"),
     (lambda t: None, ["--sources", "hi"], "--sources goes with -f"),
+    (lambda t: None, ["--no-rerank", "hi"], "--no-rerank goes with -f"),
 ])
 def test_input_errors_are_one_line_with_a_hint(cli_env, tmp_path, make, args, message):
     make(tmp_path)
