@@ -339,6 +339,8 @@ def _load_embedder(context: CommandContext):
 def _show_retrieval(result, out: Output, structured: bool, show_sources: bool) -> None:
     """The answer's citations after it on stdout (--sources: the passages on stderr), or the --json record."""
     if show_sources:  # stderr, so stdout stays the answer and its citations
+        if not result.passages:
+            out.status("no passage shares a word with the question")
         for n, p in enumerate(result.passages, 1):
             judged = f", relevance {p.relevance:.2f}" if p.relevance is not None else ""
             out.status(f"[{n}] {p.span} score {p.score:.2f}{judged}, {p.tokens} tokens")
