@@ -1,6 +1,8 @@
 """Questions over files past the window, as a user asks them: one `chatllm ask -f FILE QUESTION` per question.
 
     python bench/eval_qa.py --no-recall                 # report split, Qwen then SmolLM2, SQuAD and CMRC
+    python bench/eval_qa.py --no-recall --models qwen --answers 15 --unanswerable 10 --methods rerank,today:4:2,first-window:1:1
+                                                        # the docs/BENCHMARKS.md rows (~20 min on 2 cores)
     python bench/eval_qa.py --no-recall --split tune --methods rerank --answers 40 --unanswerable 20
     python bench/eval_qa.py --recall-only               # no model: BM25 recall@k of both tokenizer schemes
     python bench/eval_qa.py --recall-only --embed-model PATH   # also vectors alone and hybrid (BM25 + vectors)
