@@ -1,24 +1,33 @@
-"""Questions over files past the window: BM25 recall@k, answer F1 of retrieval vs a first-window baseline, refusals.
+"""Questions over files past the window, as a user asks them: one `chatllm ask -f FILE QUESTION` per question.
 
-    python bench/eval_qa.py                         # recall on every question; answers on a sample, both models
-    python bench/eval_qa.py --answers 60 --unanswerable 30 --models smollm --ctx 1024 --json qa.json
-    python bench/eval_qa.py --recall-only           # no model: recall@k of both tokenizer schemes
+    python bench/eval_qa.py --no-recall                 # report split, Qwen then SmolLM2, SQuAD and CMRC
+    python bench/eval_qa.py --no-recall --models qwen --answers 15 --unanswerable 10 --methods rerank,today:4:2,first-window:1:1
+                                                        # the docs/BENCHMARKS.md rows (~20 min on 2 cores)
+    python bench/eval_qa.py --no-recall --split tune --methods rerank --answers 40 --unanswerable 20
+    python bench/eval_qa.py --recall-only               # no model: BM25 recall@k of both tokenizer schemes
     python bench/eval_qa.py --recall-only --embed-model PATH   # also vectors alone and hybrid (BM25 + vectors)
 
-Data: ../shared/data/qa (SQuAD v1.1 tuning split, 16 articles; CMRC 2018 tuning split, Chinese). All articles of a
-dataset are joined into one long file (title, then one paragraph per line, blank lines between) written to a temp
-dir, never into the repo. recall@k: one of the k best chunks spans the gold paragraph's line; recall@window: one of
-the chunks that fit the prompt does. Answer F1: SQuAD normalisation (lowercase, no punctuation or articles), token
-F1 for English, character F1 for Chinese, the best over the gold answers; "[n]" markers are removed first and a
-"not found" answer scores 0. The baseline puts the first window's worth of the file in the same prompt as one
-source. Unanswerable: questions from articles held out of a second file (the last 2 SQuAD / last 20 CMRC
-articles); the figure is how often the model says "not found in the files" rather than inventing an answer.
+Data: ../shared/data/qa (SQuAD v1.1 tuning split, 16 articles; CMRC 2018 tuning split, Chinese), never copied into
+the repo. For answers, all articles of a dataset but the last few (2 SQuAD, 20 CMRC) are joined into one long file
+(title, then one paragraph per line, blank lines between) in a temp dir. Questions are split by article: `tune`
+takes the articles at even positions, `report` those at odd ones (so reported questions were never tuned on).
+Unanswerable questions: half hand-written (bench/qa_unanswerable.py: a fact about a subject the file covers, which it
+does not hold), half from the articles left out of the file.
+
+Methods, alternating question by question in one run: `rerank` (chatllm's default), `today` (`--no-rerank`: every
+passage that fits, numbered, and the model decides) and `first-window` (the file's first window's worth of tokens,
+asked whole). Figures: answer found (every word of a gold answer is in the answer; characters for Chinese; SQuAD
+normalisation), token F1, answers carrying a citation, citations that name the gold paragraph, "not found" on
+answerable and unanswerable questions, and the time to first token: from starting the process to the first byte on
+stdout, model load included (the index is built once before, as by a first question). recall@k: one of the k best
+chunks spans the gold paragraph's line; recall@window: one of the chunks that fit the prompt does.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import re
 import statistics
@@ -133,120 +142,195 @@ def recall(name: str, work: Path, scheme: str, window_tokens: int, embedder=None
             "index_build_s": build_s, "search_s": search_s}
 
 
-def answers(name: str, work: Path, model: str, n_answer: int, n_unanswerable: int, ctx: int, seed: int) -> dict:
-    """Answer F1 of retrieval vs the first-window baseline, and refusals of questions whose article is not indexed."""
-    from chatllm.engines.llamacpp.llamacpp_engine import LlamaCppEngine
-    from chatllm.settings import Sampling
-    from chatllm.tasks.retrieval import file_answers as retrieval
+METHODS = ("rerank", "today", "first-window")  # this change; every passage that fits (--no-rerank); the file's head
+CITATION = re.compile(r"^\[(\d+)\] (.+):(\d+)-(\d+)(?: \".*)?$")
 
-    chinese = name == "cmrc"
-    path, questions = build(name, work)
-    held_path, held_questions = build(name, work, DATASETS[name][1])
-    engine = LlamaCppEngine(str(MODELS[model]), n_ctx=ctx)
-    sampling = Sampling(max_tokens=48, temperature=0.0, seed=0)
-    index = open_index(work / f"answers-{name}.db", "words")
-    doc = retrieval.Doc(path.name, index.file_sha(path)[0])
-    held = retrieval.Doc(held_path.name, index.file_sha(held_path)[0])
-    read = {doc.sha: path, held.sha: held_path}
-    started = time.perf_counter()
-    retrieval.ensure_indexed(index, [doc, held], lambda d: read[d.sha].read_text(encoding="utf-8"))
-    cold = time.perf_counter() - started
+
+def question_sets(name: str, work: Path, split: str, n_answer: int, n_unanswerable: int, seed: int) -> tuple[Path, list[dict]]:
+    """The file (every article but the held-out ones) and the questions of one split: answerable ones from the
+    articles of that split (tune: even positions, report: odd), unanswerable ones from the held-out articles of that
+    split and the hand-written ones of bench/qa_unanswerable.py (tune: even positions, report: odd)."""
+    from qa_unanswerable import UNANSWERABLE
+
+    parity = 0 if split == "tune" else 1
+    path, questions = build(name, work, DATASETS[name][1])
     rng = random.Random(seed)
-    sample = rng.sample(questions, min(n_answer, len(questions)))
-    unanswerable = rng.sample([q for q in held_questions if q["line"] is None], n_unanswerable)
-    text = path.read_text(encoding="utf-8")
-    rows = {"retrieval": [], "baseline": []}
-    seconds = {"retrieval": [], "baseline": []}
-    for q in sample:
-        t0 = time.perf_counter()
-        r = retrieval.answer(engine, index, [doc], q["question"], sampling, read=lambda d: text)
-        seconds["retrieval"].append(time.perf_counter() - t0)
-        hit = any(p.start_line <= q["line"] + 1 <= p.end_line for p in r.passages)
-        rows["retrieval"].append((f1(r.answer.text, q["answers"], chinese), r.not_found, hit, bool(r.citations)))
-        t0 = time.perf_counter()
-        b = baseline(engine, text, q["question"], sampling)
-        seconds["baseline"].append(time.perf_counter() - t0)
-        rows["baseline"].append((f1(b, q["answers"], chinese), retrieval.is_not_found(b), False, False))
-    refused = []
-    for q in unanswerable:
-        r = retrieval.answer(engine, index, [held], q["question"], sampling, read=lambda d: "")
-        refused.append(r.not_found)
-    engine.close()
-    index.close()
-    out = {"dataset": name, "model": model, "ctx": ctx, "answerable": len(sample), "unanswerable": len(unanswerable),
-           "index_cold_s": cold, "unanswerable_not_found": statistics.mean(refused) if refused else None}
-    for key, vals in rows.items():
-        out[f"{key}_f1"] = statistics.mean(v[0] for v in vals)
-        out[f"{key}_not_found"] = statistics.mean(v[1] for v in vals)
-        out[f"{key}_s_per_q"] = statistics.mean(seconds[key])
-    out["retrieval_gold_in_prompt"] = statistics.mean(v[2] for v in rows["retrieval"])
-    out["retrieval_cited"] = statistics.mean(v[3] for v in rows["retrieval"])
+    answerable = [q for q in questions if q["line"] is not None and q["article"] % 2 == parity]
+    held = [q for q in questions if q["line"] is None and q["article"] % 2 == parity]
+    written = [{"id": f"written-{name}-{i}", "question": text, "answers": [], "line": None, "written": True}
+               for i, text in enumerate(UNANSWERABLE[name]) if i % 2 == parity]
+    n_written = min(len(written), n_unanswerable // 2)
+    unanswerable = rng.sample(written, n_written) + rng.sample(held, n_unanswerable - n_written)
+    return path, rng.sample(answerable, n_answer) + unanswerable
+
+
+def found(prediction: str, golds: list[str], chinese: bool) -> bool:
+    """The gold answer's words are in the answer: every normalised word (character, for Chinese) of one gold answer."""
+    from chatllm.tasks.retrieval.citations import is_not_found
+
+    if is_not_found(prediction):
+        return False
+    have = set(normalize(prediction, chinese))
+    return any(ref and set(ref) <= have for ref in (normalize(g, chinese) for g in golds))
+
+
+def run_ask(args: list[str], env: dict, timeout: float = 1800) -> dict:
+    """One `chatllm ask` as a user runs it: seconds to the first byte on stdout, wall seconds, the process's CPU
+    seconds, the 1-minute load average after it, the answer and the citation lines after it."""
+    import resource
+    import subprocess
+
+    used = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t0 = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-m", "chatllm", "ask", *args], env=env, stdin=subprocess.DEVNULL, bufsize=0,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None
+    first = proc.stdout.read(1)
+    ttft = time.perf_counter() - t0
+    rest, err = proc.communicate(timeout=timeout)
+    wall = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = after.ru_utime + after.ru_stime - used.ru_utime - used.ru_stime
+    if proc.returncode != 0:
+        raise RuntimeError(f"chatllm ask failed ({proc.returncode}): {err.decode(errors='replace')[-400:]}")
+    lines = (first + rest).decode("utf-8").rstrip("\n").split("\n")
+    cited = []
+    while lines and CITATION.match(lines[-1]):
+        cited.insert(0, CITATION.match(lines.pop()).groups())
+    return {"ttft": ttft, "wall": wall, "cpu": cpu, "load": os.getloadavg()[0], "answer": "\n".join(lines).strip(),
+            "citations": [{"source": int(n), "file": f, "start": int(a), "end": int(b)} for n, f, a, b in cited]}
+
+
+def first_window_file(path: Path, work: Path, model: str, tokens: int) -> Path:
+    """The first `tokens` tokens' worth of the file (counted with the model's tokenizer), as a file of its own."""
+    from chatllm.engines.llamacpp.llamacpp_engine import LlamaCppEngine
+
+    out = work / f"{path.stem}-head-{model}.txt"
+    if not out.exists():
+        with LlamaCppEngine(str(MODELS[model]), n_ctx=256) as engine:
+            text = path.read_text(encoding="utf-8")
+            out.write_text(engine.detokenize(engine.tokenize(text[: tokens * 8])[:tokens]), encoding="utf-8")
     return out
 
 
-def baseline(engine, text: str, question: str, sampling) -> str:
-    """The same prompt with the first window's worth of the file as its one source."""
-    from chatllm.tasks.ask import oneshot
-    from chatllm.tasks.retrieval import file_answers as retrieval
+def cli_answers(name: str, work: Path, model: str, split: str, n_answer: int, n_unanswerable: int, seed: int,
+                methods: dict[str, tuple[int, int]], ctx: int | None, max_tokens: int, log=None) -> dict:
+    """Every question of the split through `chatllm ask -f FILE QUESTION`, the methods alternating question by question
+    (each method takes its first n questions of the answerable and of the unanswerable ones)."""
+    chinese = name == "cmrc"
+    path, questions = question_sets(name, work, split, n_answer, n_unanswerable, seed)
+    env = dict(os.environ, CHATLLM_HOME=str(work / f"home-{model}"), NO_COLOR="1")
+    env.pop("CHATLLM_EMBED_MODEL", None)
+    base = ["-m", str(MODELS[model]), "-t", "0", "-n", str(max_tokens), *(["--ctx", str(ctx)] if ctx else [])]
+    from chatllm.settings import DEFAULT_CTX
 
-    budget = engine.n_ctx - retrieval.answer_reserve(engine.n_ctx, sampling.max_tokens) \
-        - retrieval.prompt_overhead(engine, question, None) - 14
-    head = engine.detokenize(engine.tokenize(text[: budget * 8])[:budget])
-    message = retrieval.sources_message(question, [retrieval.Passage("file", 1, 1, head, 0.0)])
-    return oneshot.ask(engine, message, sampling, system=retrieval.SYSTEM).text
+    window = (ctx or DEFAULT_CTX) - max_tokens - 96  # the first window's worth: the window less the answer's room
+    head = first_window_file(path, work, model, window) if methods.get("first-window") else None
+    t0 = time.perf_counter()
+    run_ask([*base, "-n", "1", "-f", str(path), "warm up the index"], env)  # builds the index once, as a first use would
+    index_s = time.perf_counter() - t0
+    rows: dict[str, list[dict]] = {m: [] for m in methods}
+    seen = {"answerable": 0, "unanswerable": 0}
+    for q in questions:
+        kind = "answerable" if q["line"] is not None else "unanswerable"
+        seen[kind] += 1
+        for method, (n_ans, n_una) in methods.items():
+            if seen[kind] > (n_ans if kind == "answerable" else n_una):
+                continue
+            extra = {"rerank": ["-f", str(path)], "today": ["--no-rerank", "-f", str(path)],
+                     "first-window": ["-f", str(head)]}[method]
+            r = run_ask([*base, *extra, q["question"]], env)
+
+            from chatllm.tasks.retrieval.citations import is_not_found
+
+            r.update(id=q["id"], question=q["question"], kind=kind, written=q.get("written", False),
+                     not_found=is_not_found(r["answer"]), found=found(r["answer"], q["answers"], chinese) if q["answers"] else None,
+                     f1=f1(r["answer"], q["answers"], chinese) if q["answers"] else None,
+                     cited_gold=any(c["start"] <= q["line"] + 1 <= c["end"] for c in r["citations"]) if q["line"] is not None else None)
+            rows[method].append(r)
+            if log is not None:
+                log.write(json.dumps({"dataset": name, "model": model, "method": method, **r}, ensure_ascii=False) + "\n")
+                log.flush()
+    out = {"dataset": name, "model": model, "split": split, "ctx": ctx or "default", "index_s": index_s,
+           "load_average": os.getloadavg()[0]}
+    for method, rs in rows.items():
+        out[method] = summarize(rs)
+    return out
 
 
-def cli_timing(work: Path, model: str, ctx: int) -> dict:
-    """Wall seconds of `chatllm ask -f squad.txt` cold (fresh CHATLLM_HOME: index built) and warm (index cached)."""
-    import os
-    import subprocess
+def summarize(rows: list[dict]) -> dict:
+    """The figures of one method: answer found, cited, not found (answerable, unanswerable), time to first token."""
+    ans = [r for r in rows if r["kind"] == "answerable"]
+    una = [r for r in rows if r["kind"] == "unanswerable"]
+    answered = [r for r in rows if not r["not_found"]]
 
-    path, questions = build("squad", work)
-    env = dict(os.environ, CHATLLM_HOME=str(work / "cli-home"), NO_COLOR="1")
-    args = [sys.executable, "-m", "chatllm", "ask", "-m", str(MODELS[model]), "--ctx", str(ctx), "-t", "0", "-n", "24",
-            "-f", str(path)]
-    times = []
-    for q in questions[:3]:
-        t0 = time.perf_counter()
-        subprocess.run([*args, q["question"]], env=env, capture_output=True, check=True, timeout=600)
-        times.append(time.perf_counter() - t0)
-    return {"model": model, "ctx": ctx, "cold_s": times[0], "warm_s": statistics.mean(times[1:])}
+    def share(xs) -> float | None:
+        xs = list(xs)
+        return round(statistics.mean(xs), 3) if xs else None
+
+    ttft = sorted(r["ttft"] for r in rows)
+    return {"answerable": len(ans), "unanswerable": len(una), "found": share(r["found"] for r in ans),
+            "f1": share(r["f1"] for r in ans), "cited": share(bool(r["citations"]) for r in answered),
+            "cited_gold": share(r["cited_gold"] for r in ans if not r["not_found"]),
+            "not_found_answerable": share(r["not_found"] for r in ans),
+            "not_found_unanswerable": share(r["not_found"] for r in una),
+            "not_found_written": share(r["not_found"] for r in una if r["written"]),
+            "answer_words": share(len(r["answer"].split()) for r in answered),
+            "ttft_median": round(statistics.median(ttft), 2) if ttft else None,
+            "cpu_median": round(statistics.median(r["cpu"] for r in rows), 2) if rows else None,
+            "load_median": round(statistics.median(r["load"] for r in rows), 2) if rows else None,
+            "ttft_mean": round(statistics.mean(ttft), 2) if ttft else None,
+            "ttft_max": round(max(ttft), 2) if ttft else None}
 
 
 def main(argv: list[str] | None = None) -> None:
     """Run the measurements and print them as JSON lines."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--datasets", default="squad,cmrc")
-    ap.add_argument("--models", default="smollm,qwen")
-    ap.add_argument("--answers", type=int, default=10, help="answerable questions per dataset and model")
-    ap.add_argument("--unanswerable", type=int, default=6, help="unanswerable questions per dataset and model")
-    ap.add_argument("--ctx", type=int, default=768, help="the window (small, so the file is far past it)")
+    ap.add_argument("--models", default="qwen,smollm")
+    ap.add_argument("--split", choices=("tune", "report"), default="report",
+                    help="tune: questions of the even-numbered articles (and the even hand-written ones); report: odd")
+    ap.add_argument("--answers", type=int, default=20, help="answerable questions per dataset and model")
+    ap.add_argument("--unanswerable", type=int, default=10, help="unanswerable questions per dataset and model (half "
+                                                                 "hand-written, half from articles left out of the file)")
+    ap.add_argument("--methods", default="rerank,today:4:2,first-window:4:2",
+                    help="methods, each with how many answerable and unanswerable questions it takes (default: all)")
+    ap.add_argument("--ctx", type=int, help="--ctx for every `chatllm ask` (default: chatllm's own, as a user runs it)")
+    ap.add_argument("--max-tokens", type=int, default=48)
+    ap.add_argument("--recall-ctx", type=int, default=768, help="the prompt window of the recall@window figure")
     ap.add_argument("--seed", type=int, default=17)
     ap.add_argument("--recall-only", action="store_true")
     ap.add_argument("--no-recall", action="store_true", help="skip the recall pass")
     ap.add_argument("--json", type=Path, help="also write all results to this file")
+    ap.add_argument("--log", type=Path, help="write every `chatllm ask` run (JSON lines) to this file")
     ap.add_argument("--embed-model", type=Path, help="a GGUF embedding model: recall of vectors alone and of hybrid too")
     args = ap.parse_args(argv)
+    methods: dict[str, tuple[int, int]] = {}
+    for item in args.methods.split(","):
+        name, *limits = item.split(":")
+        if name not in METHODS:
+            ap.error(f"unknown method {name!r}: pick from {', '.join(METHODS)}")
+        methods[name] = (int(limits[0]), int(limits[1])) if limits else (args.answers, args.unanswerable)
     results = []
+    log = args.log.open("a", encoding="utf-8") if args.log else None
     with tempfile.TemporaryDirectory(prefix="eval-qa-") as tmp:
         work = Path(tmp)
         for name in args.datasets.split(",") if not args.no_recall else []:
             for scheme in ("words", "trigram"):
-                results.append(recall(name, work, scheme, args.ctx - 48 - 180))
+                results.append(recall(name, work, scheme, args.recall_ctx - 48 - 180))
                 print(json.dumps(results[-1]), flush=True)
             if args.embed_model:
                 from chatllm.engines.llamacpp.llamacpp_engine import LlamaCppEngine
 
                 with LlamaCppEngine(args.embed_model, n_ctx=512, embedding=True, name=args.embed_model.name) as embedder:
                     for mode in ("vectors", "hybrid"):
-                        results.append(recall(name, work, "words", args.ctx - 48 - 180, embedder, mode))
+                        results.append(recall(name, work, "words", args.recall_ctx - 48 - 180, embedder, mode))
                         print(json.dumps(results[-1]), flush=True)
         if not args.recall_only:
-            results.append(cli_timing(work, "smollm", args.ctx))
-            print(json.dumps(results[-1]), flush=True)
             for model in args.models.split(","):
                 for name in args.datasets.split(","):
-                    results.append(answers(name, work, model, args.answers, args.unanswerable, args.ctx, args.seed))
+                    results.append(cli_answers(name, work, model, args.split, args.answers, args.unanswerable, args.seed,
+                                               methods, args.ctx, args.max_tokens, log))
                     print(json.dumps(results[-1]), flush=True)
     if args.json:
         args.json.write_text(json.dumps(results, indent=1), encoding="utf-8")

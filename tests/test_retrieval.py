@@ -11,7 +11,9 @@ from chatllm.inputs import gather_files
 from chatllm.settings import Sampling
 from chatllm.storage.search_index import SearchIndex, index_text, match_expression, query_terms
 from chatllm.tasks.retrieval import file_answers as retrieval
-from chatllm.tasks.retrieval.file_answers import Doc, Passage, approx_tokens, cite, line_chunks, select
+from chatllm.tasks.retrieval.citations import NOT_FOUND, cite, is_not_found
+from chatllm.tasks.retrieval.file_answers import line_chunks, select
+from chatllm.tasks.retrieval.passages import Doc, Passage, approx_tokens
 from tests.fakes import FakeEngine
 
 PARAGRAPHS = [
@@ -150,21 +152,24 @@ def test_citations_map_numbers_to_spans_and_drop_invented_ones():
     assert [(c.source, c.how) for c in unverified] == [(2, "unverified"), (1, "inferred")]
 
 
-def test_answer_puts_numbered_sources_before_the_question_and_fits_the_window(index):
+def test_without_reranking_numbered_sources_go_before_the_question_and_fit_the_window(index):
     docs = [Doc(f"f{i}.txt", f"sha{i}", text_of([p] * 8)) for i, p in enumerate(PARAGRAPHS)]
     engine = FakeEngine(n_ctx=300, reply="Utrecht [1]")
-    r = retrieval.answer(engine, index, docs, "Where was the treaty signed?", Sampling(max_tokens=20), read=str)
+    r = retrieval.answer(engine, index, docs, "Where was the treaty signed?", Sampling(max_tokens=20), read=str,
+                         rerank=None)
+    assert engine.calls == []  # nothing scored
     prompt = engine.streamed_texts[0]
-    assert "[1]" in prompt and "Question: Where was the treaty signed?" in prompt and retrieval.NOT_FOUND in prompt
+    assert "[1]" in prompt and "Question: Where was the treaty signed?" in prompt and NOT_FOUND in prompt
     assert r.passages[0].file == "f2.txt" and len(engine.streamed[0]) + 20 <= 300
     assert r.citations[0].file == "f2.txt" and r.citations[0].how == "cited"
     record = r.as_dict()
     assert record["mode"] == "retrieval" and record["answer"] == "Utrecht [1]" and record["citations"][0]["score"] > 0
     assert record["sources"][0]["file"] == "f2.txt" and not record["not_found"] and r.indexed == 4
+    assert "rerank" not in record
 
 
 def test_not_found_is_recognised():
-    assert retrieval.is_not_found("Not found in the\nfiles.") and not retrieval.is_not_found("Utrecht")
+    assert is_not_found("Not found in the\nfiles.") and not is_not_found("Utrecht")
 
 
 def test_gather_files_walks_a_folder_and_skips_binary_with_a_note(tmp_path):
@@ -240,6 +245,6 @@ def test_hybrid_answer_says_so_in_json(index):
     engine = FakeEngine(n_ctx=300, reply="Utrecht [1]")
     embedder = FakeEngine(name="emb", pooling="mean", dim=32)
     r = retrieval.answer(engine, index, docs, "Where was the treaty signed?", Sampling(max_tokens=20), read=str,
-                         embedder=embedder)
+                         embedder=embedder, rerank=None)
     assert r.passages[0].file == "f2.txt" and r.as_dict()["retrieval"] == "hybrid"
     assert embedder.embedded[-1] == ["Where was the treaty signed?"]

@@ -139,6 +139,7 @@ def test_a_file_that_fits_is_asked_whole_as_before(chatllm, tmp_path):
     (lambda t: (t / "d").mkdir(), ["-f", "{t}/d"], "is a directory"),
     (lambda t: (t / "a.txt").write_text("a\n"), ["-f", "{t}/a.txt", "-f", "{t}/a.txt"], "need a question"),
     (lambda t: None, ["--sources", "hi"], "--sources goes with -f"),
+    (lambda t: None, ["--no-rerank", "hi"], "--no-rerank goes with -f"),
 ])
 def test_input_errors_are_one_line_with_a_hint(cli_env, tmp_path, make, args, message):
     make(tmp_path)
@@ -173,3 +174,73 @@ def test_a_chat_model_as_embedding_model_is_refused_with_a_hint(chatllm, smollm_
 def test_embed_model_without_files_is_a_usage_error(chatllm):
     r = chatllm("ask", "-E", "bge-small-en-v1.5", "hello")
     assert r.returncode == 2 and "--embed-model goes with -f" in r.stderr
+
+
+# -- reranking with the model: a generated file of several articles, past the window ---------------------------------
+
+TOWNS = [("Varnholm", "1642", "the fisherman Edvard Lund", "herring"), ("Ostrava Nova", "1711", "the miller Karel Basta", "flour"),
+         ("Kelbridge", "1583", "the weaver Agnes Thorne", "wool"), ("Mirelle", "1820", "the vintner Paul Segond", "wine"),
+         ("Dunmarrow", "1698", "the smith Owen Price", "iron"), ("Saltreach", "1755", "the merchant Ida Falk", "salt")]
+TOWN_FILLER = ("The town council meets in the old hall on the first Monday of the month, and the market fills the square "
+               "on Saturdays, when farmers bring their carts in from the valley. ")
+CITIES = [("青石镇", "明朝万历年间", "铁匠李长顺", "铁器"), ("白沙镇", "清朝乾隆年间", "盐商周德海", "海盐"),
+          ("柳溪村", "宋朝绍兴年间", "茶农陈守义", "绿茶"), ("松岭镇", "元朝至正年间", "木匠王福来", "木材"),
+          ("云水镇", "唐朝开元年间", "渔夫赵大江", "鲜鱼")]
+CITY_FILLER = "镇上的集市每逢初一和十五开放，附近村庄的农民会带着蔬菜和粮食前来交易，街道两旁的店铺一直营业到傍晚。"
+
+
+def articles(path: Path) -> Path:
+    """Six articles, one a town: its founding sentence among filler paragraphs (far past a 1024-token window)."""
+    parts = []
+    for town, year, founder, goods in TOWNS:
+        parts += [town, f"{town} is a small town known for its {goods}. " + TOWN_FILLER * 2,
+                  TOWN_FILLER + f"{town} was founded in {year} by {founder}.",
+                  f"Today {town} trades mostly in {goods}. " + TOWN_FILLER * 2]
+    path.write_text("\n\n".join(parts) + "\n", encoding="utf-8")
+    return path
+
+
+def chinese_articles(path: Path) -> Path:
+    """The same in Chinese: five towns, each founded by someone in some era."""
+    parts = []
+    for town, era, founder, goods in CITIES:
+        parts += [town, f"{town}以出产{goods}闻名。" + CITY_FILLER * 2, f"{town}始建于{era}，由{founder}创立。" + CITY_FILLER,
+                  f"如今{town}的主要生意是{goods}。" + CITY_FILLER * 2]
+    path.write_text("\n\n".join(parts) + "\n", encoding="utf-8")
+    return path
+
+
+def line_of(path: Path, needle: str) -> int:
+    return next(i for i, line in enumerate(path.read_text(encoding="utf-8").split("\n"), 1) if needle in line)
+
+
+def test_the_answer_comes_from_the_reranked_passage_and_is_cited(chatllm, tmp_path):
+    f = articles(tmp_path / "towns.txt")
+    r = chatllm("ask", *FAST, "-n", "24", "-f", str(f), "When was Mirelle founded?")
+    assert r.returncode == 0, r.stderr
+    answer, _, cited = r.stdout.rstrip("\n").rpartition("\n\n")
+    assert "1820" in answer, r.stdout
+    gold = line_of(f, "Mirelle was founded")
+    assert cited.startswith(f'[1] {f}:{gold}-{gold} "') and "1820" in cited  # the passage, its line, the sentence
+    data = record(chatllm("ask", *FAST, "-n", "24", "--json", "-f", str(f), "When was Mirelle founded?"))
+    (first, *_) = data["citations"]
+    assert first["start_line"] == gold and first["quote"] == "Mirelle was founded in 1820 by the vintner Paul Segond."
+    assert data["rerank"]["passages"] == 3 and data["sources"][0]["relevance"] >= data["rerank"]["min_relevance"]
+    assert data["prompt_tokens"] < 250  # the best window or two, not every passage that fits
+
+
+def test_a_question_the_files_cannot_answer_is_not_found_without_an_answer(chatllm, tmp_path):
+    f = articles(tmp_path / "towns.txt")
+    for question in ("What is the boiling point of mercury?", "Which river flows through the capital of Peru?"):
+        data = record(chatllm("ask", *FAST, "--json", "-f", str(f), question))
+        assert data["not_found"] and data["answer"] == "not found in the files." and data["citations"] == [], data
+        judged = [j["relevance"] for j in data["rerank"]["judged"]]
+        assert data["completion_tokens"] == 0 and max(judged, default=0) < data["rerank"]["min_relevance"]
+
+
+def test_chinese_articles_are_reranked_answered_and_cited(chatllm, qwen_path, tmp_path):
+    f = chinese_articles(tmp_path / "towns-zh.txt")
+    data = record(chatllm("ask", *FAST, "-n", "24", "-m", str(qwen_path), "--json", "-f", str(f), "白沙镇是谁创立的？"))
+    assert "周德海" in data["answer"], data["answer"]
+    gold = line_of(f, "白沙镇始建于")
+    assert data["citations"][0]["start_line"] == gold and "周德海" in data["citations"][0]["quote"]

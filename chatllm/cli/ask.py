@@ -47,6 +47,9 @@ FileOpt = Annotated[Optional[List[Path]], typer.Option(
     "--file", "-f", metavar="FILE|DIR", help="Read more input from FILE (repeatable; a folder gives its text files). Past the "
                                             "window, the question is answered from the passages that match it, with citations.")]
 SourcesOpt = Annotated[bool, typer.Option("--sources", help="With -f and a question: print the passages used (on stderr).")]
+NoRerankOpt = Annotated[bool, typer.Option(
+    "--no-rerank", help="With -f past the window: give the model every passage that fits and let it decide, instead of "
+                        "ranking the passages with the model and answering from the best ones.")]
 EmbedModelOpt = Annotated[Optional[str], typer.Option(
     "--embed-model", "-E", metavar="MODEL", help="With -f past the window: hybrid retrieval, BM25 fused with this embedding "
                                                  "model's vectors (default: embed_model in config.toml, or BM25 alone).",
@@ -119,6 +122,7 @@ def ask(
     file: FileOpt = None,
     sources: SourcesOpt = False,
     embed_model: EmbedModelOpt = None,
+    no_rerank: NoRerankOpt = False,
     as_json: JsonOpt = False,
     schema: SchemaOpt = None,
     schema_multi: SchemaMultiOpt = None,
@@ -181,10 +185,10 @@ def ask(
         raise UsageError("-o/--output, --resume and --parallel go with --lines", "chatllm ask --lines -o out.jsonl < prompts.txt")
     if file and prompt:  # a question over files: the whole text when it fits, else retrieval with citations
         _ask_files(prompt, file, context, system=system, spec=spec, compose=compose if template else None,
-                   show_sources=sources)
+                   show_sources=sources, rerank=not no_rerank)
         return
-    if sources or embed_model:
-        flag = "--sources" if sources else "--embed-model"
+    if sources or embed_model or no_rerank:
+        flag = "--sources" if sources else "--embed-model" if embed_model else "--no-rerank"
         raise UsageError(f"{flag} goes with -f FILE and a question", f'chatllm ask -f notes.txt {flag} ... "who signed it?"')
     if runnable:
         if spec is not None:
@@ -381,7 +385,7 @@ INDEX_FILE = "index.db"
 
 
 def _ask_files(words: List[str], files: List[Path], context: CommandContext, *, system: Optional[str], spec,
-               compose: Optional[Callable[[str], str]], show_sources: bool) -> None:
+               compose: Optional[Callable[[str], str]], show_sources: bool, rerank: bool = True) -> None:
     """A question over files: the inputs are checked and read (when they may fit) before the model loads."""
     from chatllm.inputs import gather_files, prompt_char_limit, read_prompt, read_text, stdin_is_piped
     from chatllm.storage.search_index import SearchIndex
@@ -403,7 +407,8 @@ def _ask_files(words: List[str], files: List[Path], context: CommandContext, *, 
         on_text = None if out.as_json or spec is not None else out.write
         result = file_answers.ask_files(engine, index, docs, question, settings.sampling,
                                         read=lambda d: read_text(d.name, out.warn), system=system, on_text=on_text,
-                                        spec=spec, compose=compose, embedder=embedder, on_status=out.status)
+                                        spec=spec, compose=compose, embedder=embedder, on_status=out.status,
+                                        rerank=file_answers.RERANK if rerank else None)
     finally:
         if embedder is not None:
             embedder.close()
@@ -432,9 +437,16 @@ def _load_embedder(context: CommandContext):
 def _show_retrieval(result, out: Output, structured: bool, show_sources: bool) -> None:
     """The answer's citations after it on stdout (--sources: the passages on stderr), or the --json record."""
     if show_sources:  # stderr, so stdout stays the answer and its citations
+        if not result.passages:
+            out.status("no passage shares a word with the question")
         for n, p in enumerate(result.passages, 1):
-            out.status(f"[{n}] {p.span} score {p.score:.2f}, {p.tokens} tokens")
-            out.status("    " + p.text.replace("\n", "\n    "))
+            judged = f", relevance {p.relevance:.2f}" if p.relevance is not None else ""
+            out.status(f"[{n}] {p.span} score {p.score:.2f}{judged}, {p.tokens} tokens")
+            out.status("    " + (p.window or p.text).replace("\n", "\n    "))
+        if result.reranking is not None:
+            rest = result.reranking.judged[len(result.passages):]
+            if rest:
+                out.status("also judged: " + ", ".join(f"{p.span} ({p.relevance:.2f})" for p in rest))
 
     def human() -> None:
         if structured:
@@ -443,9 +455,11 @@ def _show_retrieval(result, out: Output, structured: bool, show_sources: bool) -
             if not result.answer.text.endswith("\n"):
                 out.write("\n")
             if result.citations:
-                out.write("\n" + "".join(f"[{c.source}] {c.span}\n" for c in result.citations))
+                out.write("\n" + "".join(c.line() + "\n" for c in result.citations))
         if out.err_tty:
             cached = "index cached" if not result.indexed else f"indexed {result.indexed} file(s) in {result.index_seconds:.1f}s"
-            out.status(f"{format_stats(result.answer.stats)} · {len(result.passages)} passages · {cached}")
+            r = result.reranking
+            ranked = f" · {len(r.judged)} reranked ({r.tokens} tokens, {r.seconds:.1f}s)" if r is not None else ""
+            out.status(f"{format_stats(result.answer.stats)} · {len(result.passages)} passages{ranked} · {cached}")
 
     out.result(result.as_dict(with_text=show_sources), human)
