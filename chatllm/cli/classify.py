@@ -115,7 +115,10 @@ def _run(task: str, labels: Optional[List[str]], descriptions: dict, examples_pa
 
     def build(workers: Optional[int] = 1) -> "list[Classifier]":
         """Load the model, once every input has been checked, and a classifier per worker around it."""
-        engines = context.load_engines(workers)
+        # Labels are scored one line at a time unless --parallel (or the entry) asks for batches: on a CPU batches
+        # gain nothing here (0.96x, docs/BENCHMARKS.md) and their arithmetic moves near-ties (Gemma 3: 6 of 100
+        # SST-2 labels flipped against the exact path).
+        engines = context.load_engines(workers, local_default=1)
         first = Classifier(engines[0], labels, task=task, descriptions=descriptions, examples=shots,
                            calibrate=calibrate, lang=lang)
         return [first] + [first.on_engine(e) for e in engines[1:]]

@@ -51,11 +51,12 @@ class CommandContext:
         engine = load_engine(self.settings, self.out, ref, embedding=embedding)
         return engine if embedding else self._warm(engine)
 
-    def load_engines(self, parallel: int | None = None, *, spare: bool = False) -> "list[Engine]":
+    def load_engines(self, parallel: int | None = None, *, spare: bool = False,
+                     local_default: int | None = None) -> "list[Engine]":
         """One engine per concurrent worker (several only on a server); see engines.loader.load_engines."""
         from chatllm.engines.loader import load_engines
 
-        engines = load_engines(self.settings, self.out, parallel, spare=spare)
+        engines = load_engines(self.settings, self.out, parallel, spare=spare, local_default=local_default)
         return [self._warm(engines[0]), *engines[1:]] if len(engines) == 1 else engines
 
     def _warm(self, engine: "Engine") -> "Engine":

@@ -69,17 +69,19 @@ def load_engine(settings: Settings, out: Output, ref: str | None = None, *, embe
     )
 
 
-def load_engines(settings: Settings, out: Output, parallel: int | None = None, *, spare: bool = False) -> list[Engine]:
+def load_engines(settings: Settings, out: Output, parallel: int | None = None, *, spare: bool = False,
+                 local_default: int | None = None) -> list[Engine]:
     """One engine per concurrent worker: `parallel` (else the entry's `parallel`, else 1) connections to a server, one
     more with `spare` when there are several (for the caller's own thread); a local model gives one engine that
-    decodes up to `parallel` sequences together (else the entry's, else a default for the device: BatchGeneration)."""
+    decodes up to `parallel` sequences together (else the entry's, else `local_default`, else a default for the
+    device: BatchGeneration)."""
     if parallel is not None and not 1 <= parallel <= 256:
         raise UsageError(f"--parallel must be 1 to 256, not {parallel}", "for example --parallel 4 (the server's slots)")
     spec = resolve_spec(settings)
     if not spec.is_remote:
         from chatllm.engines.llamacpp.multi_sequence import MAX_SEQS
 
-        wanted_local = parallel or spec.parallel
+        wanted_local = parallel or spec.parallel or local_default
         if wanted_local is not None and wanted_local >= MAX_SEQS:
             raise UsageError(f"--parallel {wanted_local} is more sequences than a local model decodes together",
                              f"use at most {MAX_SEQS - 1} with a local model")
