@@ -393,3 +393,15 @@ def test_mcp_json_errors_name_the_file_and_line_and_never_an_env_value(tmp_path,
     [server] = read_servers(bad)
     assert server.headers == {"Authorization": f"Bearer {secret}"} and secret not in repr(server)
     assert not Path(tmp_path / "never-written").exists()
+
+
+def test_a_header_token_is_scrubbed_alone_too(tmp_path, monkeypatch):
+    from chatllm.tasks.tools.mcp_config import read_servers, scrub, secrets_of
+
+    monkeypatch.setenv("SHOP_TOKEN", "tok-abcdef-123456")
+    config = tmp_path / "servers.json"
+    config.write_text(json.dumps({"mcpServers": {"shop": {"url": "http://127.0.0.1:9/mcp",
+                                                          "headers": {"Authorization": "Bearer ${SHOP_TOKEN}"}}}}))
+    secrets = secrets_of(read_servers(config))
+    echoed = scrub("you sent 'Bearer tok-abcdef-123456'; your token is tok-abcdef-123456", secrets)
+    assert "tok-abcdef" not in echoed and echoed.count("***") == 2

@@ -147,8 +147,10 @@ def config_servers(config_dir: Path) -> list[ServerConfig]:
 
 
 def secrets_of(servers: list[ServerConfig]) -> list[str]:
-    """The env and header values long enough to be secrets: never shown, scrubbed from what a server sends back."""
-    values = {v for s in servers for v in list(s.env.values()) + list(s.headers.values()) if len(v) >= 8}
+    """The env and header values long enough to be secrets, and each of their words (the token of "Bearer TOKEN",
+    which a server may echo alone): never shown, scrubbed from what a server sends back."""
+    whole = [v for s in servers for v in list(s.env.values()) + list(s.headers.values())]
+    values = {part for v in whole for part in [v, *v.split()] if len(part) >= 8}
     return sorted(values, key=len, reverse=True)
 
 
