@@ -90,7 +90,7 @@ def test_max_tool_steps_cuts_the_two_call_task_short_and_says_so(qwen_env, shop_
     data = json.loads(ok(r))
     assert [c["name"] for c in data["tool_calls"] if c["status"] == "ok"] == ["find_order"]  # the second call never ran
     assert data["tool_loop"]["stopped"] == "max_steps" and data["tool_loop"]["calls"] == 1
-    assert "warning: stopped after 1 tool steps (--max-tool-steps)" in r.stderr
+    assert "warning: stopped after 1 tool step (--max-tool-steps)" in r.stderr
 
 
 def test_a_pipe_without_yes_refuses_the_call_and_runs_nothing(qwen_env, tmp_path):

@@ -66,7 +66,7 @@ def call_record(call: ToolCall) -> dict:
 
 def ran_calls(steps: Sequence[dict]) -> list[dict]:
     """The calls of a tool loop as --json lists them: each with its step, arguments, result, duration and error."""
-    keys = ("name", "arguments", "source", "status", "result", "error", "seconds", "truncated")
+    keys = ("name", "arguments", "source", "status", "note", "result", "error", "seconds", "truncated")
     return [{"step": n, **{k: c[k] for k in keys if k in c}} for n, step in enumerate(steps, 1) for c in step.get("calls", [])]
 
 

@@ -212,8 +212,9 @@ class ToolSession:
                 began = time.perf_counter()
                 if round_no == self.max_steps and not answering:
                     stats.stopped, answering = "max_steps", True
-                    yield LoopNotice(f"stopped after {self.max_steps} tool steps (--max-tool-steps): the model answers "
-                                     "with what it has")
+                    steps_word = "step" if self.max_steps == 1 else "steps"
+                    yield LoopNotice(f"stopped after {self.max_steps} tool {steps_word} (--max-tool-steps): the model "
+                                     "answers with what it has")
                 tools_in_prompt: list[ToolSpec] | None = offered
                 judge = False  # whether the calls of this reply must be grounded
                 if answering:
