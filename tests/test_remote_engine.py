@@ -7,7 +7,6 @@ that never answers, an unknown model id).
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import socket
@@ -24,11 +23,11 @@ from chatllm.models.registry import ModelSpec, parse_ref
 from chatllm.settings import Sampling
 from tests.conftest import run_chatllm
 from tests.llama_server import ALIAS, LlamaServer, server_binary
+from tests.review_lines import review_lines
 
 pytestmark = [pytest.mark.model, pytest.mark.slow]
 GREEDY = Sampling(temperature=0, max_tokens=24)
 SECRET = "s3cret-test-key-7f2b9c"
-SST2 = Path(__file__).resolve().parents[2] / "shared" / "data" / "sentiment" / "sst2_tune.tsv"
 SHORT = ("The city council met on Tuesday to discuss the new budget. The mayor proposed raising taxes by two "
          "percent to pay for road repairs and a new library.\n\nAfter three hours of debate the council approved "
          "a smaller rise of one percent, for road repairs only.\n")
@@ -249,11 +248,7 @@ def test_sentiment_classify_and_summarize(remote_env, server):
 
 
 def test_sentiment_labels_agree_with_the_local_engine(remote_env, cli_env, server):
-    if not SST2.exists():
-        pytest.skip(f"{SST2} is not here")
-    with open(SST2, encoding="utf-8", newline="") as fh:
-        rows = list(csv.reader(fh, delimiter="\t"))[1:51]
-    text = "".join(row[0].strip() + "\n" for row in rows)
+    text = "".join(line + "\n" for line in review_lines(50))
     # generous: 50 lines take 20 s on an idle machine, over 120 s on a shared and busy one
     local = cli(cli_env, "sentiment", "--lines", "--json", input=text, timeout=400)
     remote = cli(remote_env, "sentiment", "--lines", "--json", input=text, timeout=400)

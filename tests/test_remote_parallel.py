@@ -3,7 +3,6 @@ temperature 0, a server killed mid-batch gives one clean error and keeps the fin
 
 from __future__ import annotations
 
-import csv
 import json
 import signal
 import subprocess
@@ -15,7 +14,8 @@ import pytest
 
 from tests.conftest import run_chatllm
 from tests.llama_server import ALIAS, LlamaServer, server_binary
-from tests.test_remote_engine import SST2, entry
+from tests.review_lines import review_lines
+from tests.test_remote_engine import entry
 
 pytestmark = [pytest.mark.model, pytest.mark.slow]
 N_LINES = 24
@@ -42,15 +42,8 @@ def env4(cli_env, server4) -> dict:
     return dict(cli_env, CHATLLM_MODEL="smol4")
 
 
-def sst2_lines(n: int) -> list[str]:
-    if not SST2.exists():
-        pytest.skip(f"{SST2} is not here")
-    with open(SST2, encoding="utf-8", newline="") as fh:
-        return [row[0].strip() for row in list(csv.reader(fh, delimiter="\t"))[1:n + 1]]
-
-
 def test_sentiment_lines_keep_order_and_labels_across_parallel(env4):
-    lines = sst2_lines(N_LINES)
+    lines = review_lines(N_LINES)
     text = "".join(line + "\n" for line in lines)
     runs = {}
     for n in ("1", "4"):
@@ -155,7 +148,7 @@ def test_a_server_killed_mid_batch_is_one_error_and_keeps_the_finished_rows(cli_
 
 def test_ctrl_c_stops_a_parallel_run_promptly(env4, tmp_path):
     src = tmp_path / "lines.txt"
-    src.write_text("".join(line + "\n" for line in sst2_lines(200)))
+    src.write_text("".join(line + "\n" for line in review_lines(200)))
     proc = subprocess.Popen([sys.executable, "-m", "chatllm", "sentiment", "--lines", "--parallel", "4", "-f", str(src)], env=env4,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert proc.stdout is not None
