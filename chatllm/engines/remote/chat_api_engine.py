@@ -36,10 +36,11 @@ from chatllm.engines.chat_templates import check_fits
 from chatllm.engines.contract import Engine, Event, GenerationStats, Reasoning, Text, ToolCall
 from chatllm.engines.remote.chat_api_tokens import Codec, Tokenizer, estimate_margin, parse, probe_tokenizer, render, split_text
 from chatllm.engines.remote.http_client import Server
-from chatllm.engines.remote.llama_server_engine import ServerEngine, common_prefix, connect_server, pick_model
+from chatllm.engines.remote.llama_server_engine import ServerEngine, connect_server, pick_model
 from chatllm.errors import ChatllmError, EngineUnavailable, UsageError
 from chatllm.models.registry import ModelSpec
 from chatllm.settings import DEFAULT_CTX, Sampling
+from chatllm.storage.kv_cache import common_prefix
 
 TOP_N = 10  # next-token log-probs asked per scoring request (5 where a server allows no more, as OpenAI's)
 EXTRAS = ("top_k", "min_p", "repeat_penalty", "repetition_penalty")  # sampling keys beyond the OpenAI API

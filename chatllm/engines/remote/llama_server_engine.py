@@ -59,6 +59,7 @@ from chatllm.errors import ChatllmError, NoChatTemplateError, UsageError
 from chatllm.models.gguf_header import read_header
 from chatllm.models.registry import ModelSpec
 from chatllm.settings import DEFAULT_CTX, Sampling
+from chatllm.storage.kv_cache import common_prefix
 
 _UNREAD = object()
 TOP_N = 10  # next-token log-probs asked per scoring request
@@ -451,16 +452,6 @@ def describe(spec: ModelSpec) -> dict:
         "description": spec.description,
         "license": spec.license,
     }
-
-
-def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
-    """How many leading items the two sequences share."""
-    n = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        n += 1
-    return n
 
 
 def _take_usage(stats: GenerationStats, event: dict) -> None:
